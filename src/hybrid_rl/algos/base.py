@@ -1,0 +1,114 @@
+"""The interface every algorithm exposes to the trainer.
+
+An algorithm owns its networks and optimizers and offers:
+- ``update(batch) -> metrics``: one gradient step on a batch of (normalized) transitions.
+  ``batch`` maps ``observations, actions, rewards, next_observations, dones`` to tensors
+  (``(B, obs_dim)``, ``(B, act_dim)``, ``(B,)``, ``(B, obs_dim)``, ``(B,)``). Metrics are
+  0-d tensors, never Python floats: reading them forces a host sync, so the trainer does it
+  only every ``log_every`` steps.
+- ``act(obs, deterministic=True)``: actions for a ``(N, obs_dim)`` numpy batch of
+  (normalized) observations, as a ``(N, act_dim)`` numpy array in [-1, 1].
+- ``q_values(obs, actions)``: the critic's estimate used for diagnostics, ``(B,)``.
+- ``state_dict()`` / ``load_state_dict()``: networks + optimizers + schedulers, enough to
+  resume bit-for-bit.
+
+The losses themselves live in module-level pure functions (``*_loss``) that take the
+networks as callables and a batch, and return ``(loss, metrics)``: no optimizer, no logging,
+no I/O, so they can be unit-tested on hand-made inputs and vmapped over populations.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+Metrics = dict[str, torch.Tensor]
+
+
+class Algorithm:
+    """Shared plumbing: device, module/optimizer registries, acting, checkpoints."""
+
+    name: str = "base"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: Any, device: torch.device | str = "cpu") -> None:
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.config = config
+        self.device = torch.device(device)
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.total_updates = 0
+
+    # The actor used for evaluation; subclasses set self.actor.
+    actor: nn.Module
+
+    def register(self, **modules: nn.Module) -> None:
+        for key, module in modules.items():
+            module.to(self.device)
+            self.modules[key] = module
+            setattr(self, key, module)
+
+    def update(self, batch: Batch) -> Metrics:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        single = obs_t.ndim == 1
+        if single:
+            obs_t = obs_t.unsqueeze(0)
+        action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample(obs_t)
+        action = action.clamp(-1.0, 1.0).cpu().numpy()
+        return action[0] if single else action
+
+    def train_mode(self, training: bool = True) -> None:
+        for module in self.modules.values():
+            module.train(training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {key: module.state_dict() for key, module in self.modules.items()},
+            "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
+            "schedulers": {key: sched.state_dict() for key, sched in self.schedulers.items()},
+            "total_updates": self.total_updates,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][key])
+        self.total_updates = int(state["total_updates"])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Tensors that are neither module parameters nor optimizer state (e.g. log_alpha)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def step_optimizer(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters) -> torch.Tensor:
+    """zero_grad, backward, step; returns the gradient norm before the step (0-d tensor)."""
+    from .networks import grad_norm
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = grad_norm(parameters)
+    optimizer.step()
+    return norm

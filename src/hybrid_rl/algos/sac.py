@@ -1,0 +1,140 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications").
+
+Used online to train the behaviour policies of the dataset factory, as the base of CQL, and
+(Phase II) for offline-to-online fine-tuning. Equations refer to the 2018 applications paper:
+- critic (eq. 5-6): J_Q = E[(Q(s,a) - (r + gamma (1-d) (min_j Qbar_j(s',a') - alpha log pi(a'|s'))))^2], a' ~ pi(s')
+- actor (eq. 7):    J_pi = E[alpha log pi(a|s) - min_j Q_j(s,a)], a ~ pi(s) reparameterised
+- temperature (eq. 18): J_alpha = E[-alpha (log pi(a|s) + target_entropy)], target -|A|
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .base import Algorithm, Batch, Metrics, step_optimizer
+from .networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Standard MuJoCo SAC hyperparameters (Haarnoja et al. 2018, table 1)."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    discount: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    batch_size: int = 256
+    init_alpha: float = 1.0
+    target_entropy: float | None = None  # None: -act_dim
+    backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the target
+
+
+def sac_target(
+    target_q: QFunction,
+    policy: TanhGaussianPolicy,
+    batch: Batch,
+    alpha: torch.Tensor,
+    discount: float,
+    backup_entropy: bool = True,
+) -> torch.Tensor:
+    """Soft Bellman target y = r + gamma (1 - d) (min_j Qbar_j(s', a') - alpha log pi(a'|s')), ``(B,)``."""
+    with torch.no_grad():
+        next_actions, next_log_prob = policy.rsample(batch["next_observations"])
+        next_q = target_q(batch["next_observations"], next_actions).min(dim=0).values
+        if backup_entropy:
+            next_q = next_q - alpha * next_log_prob
+        return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
+
+
+def td_loss(q_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over critics of the mean squared TD error: q_pred ``(E, B)``, target ``(B,)``."""
+    return ((q_pred - target.unsqueeze(0)) ** 2).mean(dim=1).sum()
+
+
+def sac_actor_loss(critic: QFunction, policy: TanhGaussianPolicy, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """J_pi = E[alpha log pi(a|s) - min_j Q_j(s, a)] with reparameterised a ~ pi(s)."""
+    actions, log_prob = policy.rsample(obs)
+    q_pi = critic(obs, actions).min(dim=0).values
+    loss = (alpha.detach() * log_prob - q_pi).mean()
+    return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach(), "q_policy_mean": q_pi.mean().detach(), "log_prob": log_prob.detach()}
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """J_alpha = E[-alpha (log pi + target_entropy)]; written with log_alpha as the variable
+    (as in most implementations) so the gradient sign is the same and alpha stays positive."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def q_statistics(prefix: str, q: torch.Tensor) -> Metrics:
+    """Mean/std/min/max of a ``(B,)`` or ``(E, B)`` tensor of Q-values, as 0-d tensors."""
+    q = q.detach()
+    return {f"{prefix}_mean": q.mean(), f"{prefix}_std": q.std(), f"{prefix}_min": q.min(), f"{prefix}_max": q.max()}
+
+
+class SAC(Algorithm):
+    """SAC with twin critics and automatic entropy tuning."""
+
+    name = "sac"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig = SACConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+        self.register(
+            actor=TanhGaussianPolicy(obs_dim, act_dim, config.hidden),
+            critic=EnsembleCritic(obs_dim, act_dim, config.hidden, ensemble_size=2),
+        )
+        self.register(target_critic=copy.deepcopy(self.critic).requires_grad_(False))
+        self.log_alpha = torch.tensor(float(torch.log(torch.tensor(config.init_alpha))), device=self.device, requires_grad=True)
+        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
+        }
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp().detach()
+
+    def update(self, batch: Batch) -> Metrics:
+        cfg = self.config
+        alpha = self.alpha
+        target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, cfg.backup_entropy)
+        q_pred = self.critic(batch["observations"], batch["actions"])
+        critic_loss = td_loss(q_pred, target)
+        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
+
+        actor_loss, actor_metrics = sac_actor_loss(self.critic, self.actor, batch["observations"], alpha)
+        actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
+
+        alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
+        step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
+
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        self.total_updates += 1
+        return {
+            "critic_loss": critic_loss.detach(),
+            "alpha": alpha,
+            "alpha_loss": alpha_loss.detach(),
+            "grad_norm_critic": critic_grad,
+            "grad_norm_actor": actor_grad,
+            "target_q_mean": target.mean(),
+            **q_statistics("q", q_pred),
+            **actor_metrics,
+        }
+
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs, actions).min(dim=0).values
+
+    def extra_state(self) -> dict:
+        return {"log_alpha": self.log_alpha.detach().clone()}
+
+    def load_extra_state(self, state: dict) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])

@@ -1,0 +1,341 @@
+"""The ``hybrid-rl`` command and the Phase I entry point (``run_phase1.py``).
+
+Subcommands: ``grid`` (the Phase I grid, same flags as run_phase1.py), ``train`` (one run),
+``report`` (tables and figures from a results directory), ``dataset`` (list, info, make,
+train-policy, ship-policy). Bad input ends with one line on stderr and exit status 2;
+set HYBRID_RL_DEBUG=1 for the full traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import HybridRLError
+
+EXIT_BAD_INPUT = 2
+
+
+def comma_list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list with at least one item")
+        try:
+            return tuple(cast(item) for item in items)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc}") from None
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """A positive whole number; accepts 500000, 5e5 and 500_000."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    value = int(number)
+    if value <= 0 or value != number:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn expected errors (bad input, unavailable data) into one line and exit code 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return main(args)
+        except (HybridRLError, ValueError, FileNotFoundError, PermissionError) as exc:
+            if os.environ.get("HYBRID_RL_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print("interrupted: completed runs and checkpoints are kept; run the same command again to resume", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# grid / run_phase1.py
+# ---------------------------------------------------------------------------------------
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"), help="algorithms, comma-separated (cql, iql, bc, td3bc); default cql,iql")
+    parser.add_argument(
+        "--env", type=comma_list(str), default=None,
+        help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v0[@SIZE]), "
+        "Minari ids or HDF5 paths. Default: halfcheetah-medium-v2,hopper-medium-v2 if both are in the local D4RL cache, "
+        "else their generated counterparts (the embedded offline default)",
+    )
+    parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 30.0, 60.0), help="percent of best trajectories removed, comma-separated; default 0,30,60")
+    parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels (reward units); default 0")
+    parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds, comma-separated; default 0,1,2 (0 with --quick)")
+    parser.add_argument("--total_steps", type=positive_int, default=None, help="gradient steps per run; default 500000 (20000 with --quick)")
+    parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000 (2000 with --quick)")
+    parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--quick", action="store_true", help="20k steps, one seed: a fast look")
+    parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
+    parser.add_argument("--results", default="results", help="results directory (one sub-directory per run)")
+    parser.add_argument("--plots", default="plots", help="figures directory")
+    parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
+    parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
+    parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
+
+
+def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
+    """The grid's default datasets and a sentence saying why they were chosen."""
+    from .data.loader import d4rl_cached_path
+    from .grid import D4RL_DEFAULT_ENVS
+
+    if all(d4rl_cached_path(name, cache_dir) is not None for name in D4RL_DEFAULT_ENVS):
+        return D4RL_DEFAULT_ENVS, "D4RL files found in the local cache"
+    generated = tuple(f"gen-{name.split('-')[0]}-medium-v0" for name in D4RL_DEFAULT_ENVS)
+    return generated, (
+        "D4RL halfcheetah-medium-v2 / hopper-medium-v2 are not in the local cache, so the grid runs on the embedded "
+        f"generated datasets {', '.join(generated)} (D4RL-recipe data made by hybrid-rl, not D4RL). "
+        "Pass --env halfcheetah-medium-v2,hopper-medium-v2 to download and use D4RL"
+    )
+
+
+def resolve_workers(text: str, device: str, runs: int) -> int:
+    if text == "auto":
+        from .train import resolve_device
+
+        if resolve_device(device).type != "cpu":
+            return 1
+        return max(1, min(runs, os.cpu_count() or 1))
+    try:
+        workers = int(text)
+    except ValueError:
+        raise HybridRLError(f"--workers takes a positive integer or 'auto', got {text!r}") from None
+    if workers <= 0:
+        raise HybridRLError(f"--workers must be positive, got {workers}")
+    return workers
+
+
+@guarded
+def grid_command(args: argparse.Namespace) -> int:
+    from .eval.report import build_report
+    from .grid import QUICK_STEPS, GridSpec, run_grid
+
+    if args.plot_only:
+        written = build_report(args.results, args.plots)
+        print(f"report rebuilt from {args.results}: {len(written.get('figures', []))} figures in {args.plots}, tables {args.results}/summary.md and summary.csv")
+        return 0
+    from .algos.registry import available_algorithms
+
+    unknown = [algo for algo in args.algo if algo not in available_algorithms()]
+    if unknown:
+        raise HybridRLError(f"unknown algorithm(s) {unknown}; choose from {available_algorithms()}")
+    for k in args.remove_top_k:
+        if not 0 <= k < 100:
+            raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
+    for std in args.reward_noise_std:
+        if std < 0:
+            raise HybridRLError(f"--reward_noise_std {std:g} is negative")
+    if args.env is None:
+        datasets, why = default_datasets(args.cache_dir)
+        print(f"datasets: {why}")
+    else:
+        datasets = args.env
+    seeds = args.seed or ((0,) if args.quick else (0, 1, 2))
+    total_steps = args.total_steps or (QUICK_STEPS if args.quick else 500_000)
+    eval_every = args.eval_every or (2_000 if args.quick else 5_000)
+    spec = GridSpec(
+        algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
+        log_every=min(1_000, max(1, total_steps // 20)), device=args.device, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
+    )
+    workers = resolve_workers(args.workers, args.device, len(spec.expand()))
+    status = run_grid(spec, workers=workers)
+    written = build_report(args.results, args.plots)
+    print(f"tables: {args.results}/summary.md, {args.results}/summary.csv; figures: {args.plots}/ ({len(written.get('figures', []))} files)")
+    return 1 if status["failed"] else 0
+
+
+# ---------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------
+@guarded
+def train_command(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    overrides = json.loads(args.algo_overrides) if args.algo_overrides else {}
+    config = TrainConfig(
+        algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
+        total_steps=args.total_steps, eval_every=min(args.eval_every, args.total_steps), eval_episodes=args.eval_episodes,
+        log_every=min(args.log_every, args.total_steps), checkpoint_every=args.checkpoint_every, device=args.device,
+        tensorboard=args.tensorboard, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir, mirror=args.mirror,
+        threads=args.threads,
+    )
+    from .algos.registry import available_algorithms
+
+    if config.algo not in available_algorithms():
+        raise HybridRLError(f"unknown algorithm {config.algo!r}; choose from {available_algorithms()}")
+    summary = train(config, args.run_dir, resume=not args.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", default="iql", type=str.lower)
+    parser.add_argument("--env", "--dataset", dest="env", default="gen-hopper-medium-v0", help="dataset id or HDF5 path")
+    parser.add_argument("--remove_top_k", type=float, default=0.0)
+    parser.add_argument("--reward_noise_std", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--total_steps", type=positive_int, default=500_000)
+    parser.add_argument("--eval_every", type=positive_int, default=5_000)
+    parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--log_every", type=positive_int, default=1_000)
+    parser.add_argument("--checkpoint_every", type=positive_int, default=10_000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tensorboard", action="store_true")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
+    parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--algo_overrides", default=None, help='JSON dict of config overrides, e.g. \'{"alpha": 5.0}\'')
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--mirror", default=None)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+@guarded
+def report_command(args: argparse.Namespace) -> int:
+    from .eval.report import build_report
+
+    written = build_report(args.results, args.plots)
+    print(json.dumps(written, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# dataset
+# ---------------------------------------------------------------------------------------
+@guarded
+def dataset_command(args: argparse.Namespace) -> int:
+    from .data import factory
+
+    if args.dataset_action == "list":
+        from .data.loader import known_dataset_ids
+
+        for name in known_dataset_ids():
+            print(name)
+        return 0
+    if args.dataset_action == "info":
+        from .data.loader import load_dataset
+
+        dataset = load_dataset(args.name, cache_dir=args.cache_dir, mirror=args.mirror)
+        info = dataset.summary()
+        info["metadata"] = {k: v for k, v in dataset.metadata.items() if k != "training_config"}
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    if args.dataset_action == "make":
+        import time
+
+        name = args.name if args.size is None else f"{factory.parse_generated_id(args.name).base_name}@{factory.parse_size(args.size)}"
+        started = time.time()
+        path = factory.make_generated(name, cache_dir=args.out, seed=args.seed, force=args.force)
+        from .data.hdf5io import read_hdf5
+
+        dataset = read_hdf5(path)
+        elapsed = time.time() - started
+        meta = dataset.metadata
+        print(f"{path}: {len(dataset):,} transitions, {dataset.num_trajectories} episodes, return {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, "
+              f"normalized {meta['normalized_score_mean']:.1f} ({elapsed:.0f} s)")
+        if args.minari:
+            from .data.loader import export_minari
+
+            print(f"Minari dataset: {export_minari(dataset, args.minari)}")
+        return 0
+    if args.dataset_action == "train-policy":
+        import torch
+
+        from .data.behavior import BehaviorTrainingConfig, train_behavior_policy
+
+        torch.set_num_threads(args.threads)
+        out = train_behavior_policy(BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed), args.out or f"behavior_training/{args.robot}")
+        print(f"training written to {out}; ship it with: hybrid-rl dataset ship-policy --robot {args.robot} --from {out}")
+        return 0
+    if args.dataset_action == "ship-policy":
+        path = factory.select_and_ship(args.source, args.robot, args.out, medium_step=args.medium_step, expert_step=args.expert_step)
+        payload = factory.load_policy_file(path)
+        for level in ("medium", "expert"):
+            entry = payload["levels"][level]
+            print(f"{level}: step {entry['step']}, stochastic-policy normalized score {entry['evaluation']['stochastic_normalized']:.1f}")
+        print(f"written {path}")
+        return 0
+    raise HybridRLError(f"unknown dataset action {args.dataset_action!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    grid = sub.add_parser("grid", help="run the Phase I experiment grid (same flags as run_phase1.py)")
+    add_grid_arguments(grid)
+    grid.set_defaults(func=grid_command)
+    train = sub.add_parser("train", help="train one run")
+    add_train_arguments(train)
+    train.set_defaults(func=train_command)
+    report = sub.add_parser("report", help="rebuild tables and figures from a results directory")
+    report.add_argument("--results", default="results")
+    report.add_argument("--plots", default="plots")
+    report.set_defaults(func=report_command)
+
+    dataset = sub.add_parser("dataset", help="dataset ids, info, generation and behaviour policies")
+    actions = dataset.add_subparsers(dest="dataset_action", required=True)
+    actions.add_parser("list", help="list known dataset ids")
+    info = actions.add_parser("info", help="summary and metadata of a dataset")
+    info.add_argument("name")
+    info.add_argument("--cache_dir", default=None)
+    info.add_argument("--mirror", default=None)
+    make = actions.add_parser("make", help="generate a D4RL-recipe dataset (gen-ROBOT-LEVEL-v0)")
+    make.add_argument("name", help="e.g. gen-hopper-medium-v0")
+    make.add_argument("--size", default=None, help="transitions (e.g. 200000, 200k, 1m); default 1M (medium-replay: the replay size)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--out", default=None, help="directory (default $HYBRID_RL_DATA_DIR or ~/.hybrid_rl/datasets)")
+    make.add_argument("--force", action="store_true", help="regenerate even if a valid copy exists")
+    make.add_argument("--minari", default=None, metavar="DATASET_ID", help="also export as a local Minari dataset with this id")
+    train_policy = actions.add_parser("train-policy", help="train a SAC behaviour policy (resumable)")
+    train_policy.add_argument("--robot", required=True)
+    train_policy.add_argument("--steps", type=positive_int, default=300_000)
+    train_policy.add_argument("--seed", type=int, default=0)
+    train_policy.add_argument("--threads", type=int, default=1)
+    train_policy.add_argument("--out", default=None)
+    ship = actions.add_parser("ship-policy", help="select medium/expert snapshots of a training and write the shipped policy file")
+    ship.add_argument("--robot", required=True)
+    ship.add_argument("--from", dest="source", required=True, help="behaviour training directory")
+    ship.add_argument("--out", default=None, help="policy file (default: the package's policies/ROBOT-v0.pt)")
+    ship.add_argument("--medium_step", type=int, default=None)
+    ship.add_argument("--expert_step", type=int, default=None)
+    dataset.set_defaults(func=dataset_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def phase1_main(argv: Sequence[str] | None = None) -> int:
+    """``python run_phase1.py [flags]``: the Phase I grid."""
+    parser = argparse.ArgumentParser(
+        prog="run_phase1.py",
+        description="Phase I: train CQL and IQL on D4RL-style datasets with their best trajectories removed (and noisy rewards); "
+        "resumable; writes results/ and plots/.",
+    )
+    add_grid_arguments(parser)
+    return grid_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

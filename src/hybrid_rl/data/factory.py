@@ -1,0 +1,470 @@
+"""D4RL-recipe datasets generated offline from behaviour policies the project ships.
+
+Dataset ids: ``gen-{robot}-{level}-v0`` with robot in halfcheetah, hopper, walker2d and
+level in random, medium, medium-replay, expert, medium-expert; an optional ``@SIZE``
+suffix (``gen-hopper-medium-v0@50000``, ``@50k``, ``@1m``) asks for another number of
+transitions. The ``gen-`` prefix and ``-v0`` suffix make them impossible to mistake for
+D4RL's ``-v2`` ids, and every file's metadata says how it was made. ``v0`` names the
+version of the shipped policies (``hybrid_rl/policies/{robot}-v0.pt``).
+
+The recipe follows D4RL (Fu et al. 2020, sec. 5 and appendix):
+- random: uniform random actions;
+- medium: the stochastic SAC policy stopped at about one third of expert return;
+- expert: the best policy SAC training reached (see the policy file for its level);
+- medium-expert: medium followed by expert (twice the size);
+- medium-replay: SAC's replay buffer up to the medium point. The buffer itself is not
+  shipped (it is data); it is re-created from the training's actor snapshots: uniform
+  random actions for the warm-up steps, then each snapshot's stochastic policy for the
+  steps it was in charge of, in one continuous stream of episodes. This matches the
+  buffer's size, order and policy mix at snapshot granularity (documented in metadata).
+Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true terminations only.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .behavior import EPISODE_LIMIT, FACTORY_ROBOTS, atomic_torch_save, file_sha256, make_robot_env, read_progress, MEDIUM_TARGET_RANGE
+from .dataset import OfflineDataset, concatenate_datasets
+from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
+from .refs import GYM_ENV_IDS, normalized_score
+from ..algos.networks import TanhGaussianPolicy
+
+LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+POLICY_VERSION = "v0"
+POLICY_FORMAT = "hybrid-rl-behavior-policies/1"
+DEFAULT_SIZE = 1_000_000
+POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+_ID_PATTERN = re.compile(r"^gen-(?P<robot>[a-z0-9]+)-(?P<level>[a-z-]+)-(?P<version>v\d+)(?:@(?P<size>\d+(?:\.\d+)?[kKmM]?))?$")
+
+
+class GeneratedDatasetError(ValueError):
+    """Bad generated-dataset id, size, or a missing/corrupt behaviour policy file."""
+
+
+@dataclass(frozen=True)
+class GeneratedId:
+    robot: str
+    level: str
+    size: int | None  # None: the level's default size
+
+    @property
+    def base_name(self) -> str:
+        return f"gen-{self.robot}-{self.level}-{POLICY_VERSION}"
+
+    @property
+    def name(self) -> str:
+        return self.base_name if self.size is None else f"{self.base_name}@{self.size}"
+
+
+def parse_size(text: str) -> int:
+    """'50000', '50k', '1m', '1.5M' -> number of transitions."""
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    number = text[:-1] if factor > 1 else text
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise GeneratedDatasetError(f"cannot read dataset size {text!r}; write e.g. 50000, 50k or 1m") from None
+    if value <= 0 or value != int(value):
+        raise GeneratedDatasetError(f"dataset size must be a positive whole number of transitions, got {text!r}")
+    return int(value)
+
+
+def is_generated_id(name: str) -> bool:
+    return name.startswith("gen-")
+
+
+def generated_ids() -> list[str]:
+    return [f"gen-{robot}-{level}-{POLICY_VERSION}" for robot in FACTORY_ROBOTS for level in LEVELS]
+
+
+def parse_generated_id(name: str) -> GeneratedId:
+    match = _ID_PATTERN.match(name)
+    if not match:
+        raise GeneratedDatasetError(
+            f"{name!r} is not a generated dataset id; the form is gen-ROBOT-LEVEL-{POLICY_VERSION}[@SIZE], "
+            f"e.g. gen-hopper-medium-{POLICY_VERSION} or gen-hopper-medium-{POLICY_VERSION}@50k"
+        )
+    robot, level, version = match["robot"], match["level"], match["version"]
+    if robot not in FACTORY_ROBOTS:
+        raise GeneratedDatasetError(f"no generated datasets for robot {robot!r}; choose one of {list(FACTORY_ROBOTS)}")
+    if level not in LEVELS:
+        raise GeneratedDatasetError(f"unknown level {level!r} in {name!r}; choose one of {list(LEVELS)}")
+    if version != POLICY_VERSION:
+        raise GeneratedDatasetError(f"{name!r}: this release ships behaviour policies {POLICY_VERSION}, not {version}")
+    return GeneratedId(robot, level, parse_size(match["size"]) if match["size"] else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Shipped behaviour policies
+# ---------------------------------------------------------------------------------------
+def policy_path(robot: str) -> Path:
+    return POLICY_DIR / f"{robot}-{POLICY_VERSION}.pt"
+
+
+def load_policy_file(path: str | Path) -> dict[str, Any]:
+    """Load and check a behaviour policy file; one clear error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        raise GeneratedDatasetError(
+            f"behaviour policy file {path} is missing; reinstall hybrid-rl or retrain it with "
+            "`hybrid-rl dataset train-policy --robot ROBOT` then `hybrid-rl dataset ship-policy` (docs/datasets.md)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for damaged zip/pickle data
+        raise GeneratedDatasetError(f"behaviour policy file {path} is corrupt ({type(exc).__name__}); reinstall or retrain it") from None
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise GeneratedDatasetError(f"{path} is not a hybrid-rl behaviour policy file (format {POLICY_FORMAT})")
+    payload["sha256"] = file_sha256(path)
+    return payload
+
+
+def build_actor(payload: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> TanhGaussianPolicy:
+    actor = TanhGaussianPolicy(payload["obs_dim"], payload["act_dim"], tuple(payload["hidden"]))
+    actor.load_state_dict({key: value.float() for key, value in state_dict.items()})
+    return actor.eval()
+
+
+def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path | None = None, *, medium_step: int | None = None, expert_step: int | None = None) -> Path:
+    """Pick the medium and expert snapshots of a behaviour training and write the policy file.
+
+    medium: unless given, the earliest snapshot whose stochastic-policy score lies inside
+    the middle 70% of the robot's target window (early stopping as in D4RL), else the one
+    closest to the window's centre. expert: unless given, the best stochastic score.
+    The file holds those two actors, every snapshot up to the medium step (the
+    medium-replay schedule) and the training's evaluation table.
+    """
+    import json
+
+    training_dir = Path(training_dir)
+    progress = read_progress(training_dir)
+    if not progress:
+        raise GeneratedDatasetError(f"{training_dir} has no evaluations yet (progress.jsonl); train longer")
+    steps = [record["step"] for record in progress]
+    scores = {record["step"]: record["stochastic_normalized"] for record in progress}
+    if medium_step is None:
+        low, high = MEDIUM_TARGET_RANGE[robot]
+        margin = 0.15 * (high - low)
+        inside = [step for step in steps if low + margin <= scores[step] <= high - margin]
+        centre = (low + high) / 2
+        medium_step = inside[0] if inside else min(steps, key=lambda s: abs(scores[s] - centre))
+    if expert_step is None:
+        expert_step = max(steps, key=lambda s: scores[s])
+    config = json.loads((training_dir / "config.json").read_text())
+    snapshot = lambda step: torch.load(training_dir / "snapshots" / f"actor_{step:07d}.pt", map_location="cpu")  # noqa: E731
+    env = make_robot_env(robot)
+    payload = {
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
+        "robot": robot,
+        "gym_env_id": GYM_ENV_IDS[robot],
+        "obs_dim": int(env.observation_space.shape[0]),
+        "act_dim": int(env.action_space.shape[0]),
+        "hidden": list(config["sac"]["hidden"]),
+        "training_config": config,
+        "random_steps": int(config["random_steps"]),
+        "levels": {
+            "medium": {"step": medium_step, "state_dict": snapshot(medium_step), "evaluation": next(r for r in progress if r["step"] == medium_step)},
+            "expert": {"step": expert_step, "state_dict": snapshot(expert_step), "evaluation": next(r for r in progress if r["step"] == expert_step)},
+        },
+        "replay_schedule": [{"step": step, "state_dict": snapshot(step)} for step in steps if step < medium_step],
+        "progress": progress,
+        "versions": package_versions(),
+    }
+    env.close()
+    out = Path(out_file) if out_file else policy_path(robot)
+    atomic_torch_save(payload, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Rollouts
+# ---------------------------------------------------------------------------------------
+PolicyFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (obs (N,d), global step) -> (actions, log-probs)
+
+
+def uniform_policy(act_dim: int, seed: int) -> PolicyFn:
+    rng = np.random.default_rng(seed)
+    log_density = act_dim * np.log(0.5)  # uniform on [-1, 1]^act_dim
+
+    def act(obs: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        actions = rng.uniform(-1.0, 1.0, size=(len(obs), act_dim)).astype(np.float32)
+        return actions, np.full(len(obs), log_density, dtype=np.float32)
+
+    return act
+
+
+def stochastic_actor_policy(actor: TanhGaussianPolicy, seed: int) -> PolicyFn:
+    """Sample a = tanh(mu + sigma * eps) with an explicit generator (deterministic per seed)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        mean, log_std = actor.mean_and_log_std(torch.as_tensor(obs, dtype=torch.float32))
+        noise = torch.randn(mean.shape, generator=generator)
+        pre_tanh = mean + log_std.exp() * noise
+        log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(pre_tanh).sum(-1)
+        from ..algos.networks import tanh_log_det_jacobian
+
+        log_prob = log_prob - tanh_log_det_jacobian(pre_tanh).sum(-1)
+        return torch.tanh(pre_tanh).numpy(), log_prob.numpy()
+
+    return act
+
+
+def scheduled_policy(schedule: list[tuple[int, PolicyFn]]) -> PolicyFn:
+    """The policy whose start step is the largest one <= the global step."""
+    starts = [start for start, _ in schedule]
+
+    def act(obs: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        index = int(np.searchsorted(starts, step, side="right")) - 1
+        return schedule[max(index, 0)][1](obs, step)
+
+    return act
+
+
+def rollout(robot: str, policy: PolicyFn, num_transitions: int, *, num_envs: int, seed: int, progress: bool = True, desc: str = "") -> dict[str, np.ndarray]:
+    """Collect `num_transitions` transitions in D4RL's layout by stepping `num_envs` envs together.
+
+    Complete episodes are appended in the order they finish (so each episode's transitions
+    are contiguous); collection stops once enough transitions are complete and the last
+    episode is cut at `num_transitions` (a trailing partial trajectory, as in D4RL files).
+    Deterministic for a given seed: envs are seeded once and stepped in a fixed order.
+    """
+    from tqdm import tqdm
+
+    envs = [make_robot_env(robot) for _ in range(num_envs)]
+    obs = np.stack([env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    fields = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel", "action_log_probs")
+    running: list[dict[str, list]] = [{key: [] for key in fields} for _ in envs]
+    finished: list[dict[str, np.ndarray]] = []
+    collected, global_step = 0, 0
+    bar = tqdm(total=num_transitions, desc=desc or f"rollout {robot}", disable=not progress, unit="tr", mininterval=2)
+    while collected < num_transitions:
+        actions, log_probs = policy(obs, global_step)
+        for i, env in enumerate(envs):
+            data = env.unwrapped.data
+            qpos, qvel = data.qpos.copy(), data.qvel.copy()
+            next_obs, reward, terminated, truncated, _ = env.step(actions[i])
+            episode = running[i]
+            for key, value in zip(fields, (obs[i].copy(), actions[i], reward, next_obs, terminated, truncated, qpos, qvel, log_probs[i])):
+                episode[key].append(value)
+            if terminated or truncated:
+                finished.append({key: np.asarray(values) for key, values in episode.items()})
+                collected += len(episode["rewards"])
+                bar.update(len(episode["rewards"]))
+                running[i] = {key: [] for key in fields}
+                next_obs, _ = env.reset()
+            obs[i] = next_obs
+        global_step += num_envs
+    bar.close()
+    for env in envs:
+        env.close()
+    arrays = {key: np.concatenate([episode[key] for episode in finished])[:num_transitions] for key in fields}
+    return arrays
+
+
+def rollout_sequential(robot: str, policy: PolicyFn, num_transitions: int, *, seed: int, progress: bool = True, desc: str = "") -> dict[str, np.ndarray]:
+    """One env, one continuous stream of episodes: the layout of an online replay buffer.
+
+    Unlike `rollout`, the last episode may be cut anywhere, and the global step passed to
+    the policy is exactly the env step count (needed for the medium-replay schedule).
+    """
+    env = make_robot_env(robot)
+    fields = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel", "action_log_probs")
+    out = {key: [] for key in fields}
+    obs, _ = env.reset(seed=seed * 1000)
+    from tqdm import tqdm
+
+    for step in tqdm(range(num_transitions), desc=desc or f"replay {robot}", disable=not progress, unit="tr", mininterval=2):
+        action, log_prob = policy(obs[None].astype(np.float32), step)
+        data = env.unwrapped.data
+        qpos, qvel = data.qpos.copy(), data.qvel.copy()
+        next_obs, reward, terminated, truncated, _ = env.step(action[0])
+        for key, value in zip(fields, (obs.astype(np.float32), action[0], reward, next_obs, terminated, truncated, qpos, qvel, log_prob[0])):
+            out[key].append(value)
+        obs = env.reset()[0] if (terminated or truncated) else next_obs
+    env.close()
+    return {key: np.asarray(values) for key, values in out.items()}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("hybrid-rl", "gymnasium", "mujoco", "torch", "numpy", "h5py"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _to_dataset(arrays: dict[str, np.ndarray], name: str, metadata: dict[str, Any]) -> OfflineDataset:
+    return OfflineDataset(
+        observations=arrays["observations"].astype(np.float32),
+        actions=arrays["actions"].astype(np.float32),
+        rewards=arrays["rewards"].astype(np.float32),
+        next_observations=arrays["next_observations"].astype(np.float32),
+        terminals=arrays["terminals"].astype(bool),
+        timeouts=arrays["timeouts"].astype(bool),
+        name=name,
+        infos={key: arrays[key].astype(np.float32) for key in ("qpos", "qvel", "action_log_probs")},
+        metadata=metadata,
+    )
+
+
+def generate_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    policy_file: str | Path | None = None,
+    num_envs: int = 16,
+    progress: bool = True,
+) -> OfflineDataset:
+    """Generate the dataset `name` (``gen-ROBOT-LEVEL-v0[@SIZE]``) in memory.
+
+    Policy inference runs on batches of `num_envs` observations, where extra torch threads
+    only add synchronisation (4x slower on a loaded 2-core machine): one thread is used.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _generate_dataset(name, seed=seed, policy_file=policy_file, num_envs=num_envs, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate_dataset(name: str, *, seed: int, policy_file: str | Path | None, num_envs: int, progress: bool) -> OfflineDataset:
+    gid = parse_generated_id(name)
+    robot, level = gid.robot, gid.level
+    env = make_robot_env(robot)
+    act_dim = int(env.action_space.shape[0])
+    env.close()
+    payload = load_policy_file(policy_file or policy_path(robot)) if level != "random" else None
+    metadata: dict[str, Any] = {
+        "source": "generated",
+        "not_d4rl": "generated by hybrid-rl's dataset factory following the D4RL recipe; this is not D4RL data",
+        "generator": "hybrid_rl.data.factory",
+        "env_name": f"{robot}-{level}",
+        "robot": robot,
+        "level": level,
+        "gym_env_id": GYM_ENV_IDS[robot],
+        "seed": seed,
+        "episode_limit": EPISODE_LIMIT,
+        "versions": package_versions(),
+    }
+    if payload is not None:
+        metadata["policy_file_sha256"] = payload["sha256"]
+        metadata["policy_version"] = payload["version"]
+
+    def policy_of(level_name: str, policy_seed: int) -> PolicyFn:
+        entry = payload["levels"][level_name]
+        metadata[f"{level_name}_policy_step"] = entry["step"]
+        return stochastic_actor_policy(build_actor(payload, entry["state_dict"]), policy_seed)
+
+    if level == "medium-expert":
+        size = gid.size or 2 * DEFAULT_SIZE
+        half = size // 2
+        parts = [
+            _to_dataset(rollout(robot, policy_of("medium", seed), half, num_envs=num_envs, seed=seed, progress=progress, desc="medium"), name, {}),
+            _to_dataset(rollout(robot, policy_of("expert", seed + 1), size - half, num_envs=num_envs, seed=seed + 1, progress=progress, desc="expert"), name, {}),
+        ]
+        metadata["recipe"] = "medium rollouts followed by expert rollouts (D4RL medium-expert)"
+        dataset = concatenate_datasets(parts, name=name, metadata=metadata)
+    else:
+        if level == "random":
+            size = gid.size or DEFAULT_SIZE
+            arrays = rollout(robot, uniform_policy(act_dim, seed), size, num_envs=num_envs, seed=seed, progress=progress, desc=name)
+            metadata["recipe"] = "uniform random actions in [-1, 1]"
+        elif level in ("medium", "expert"):
+            size = gid.size or DEFAULT_SIZE
+            arrays = rollout(robot, policy_of(level, seed), size, num_envs=num_envs, seed=seed, progress=progress, desc=name)
+            metadata["recipe"] = f"stochastic rollouts of the SAC {level} policy (step {payload['levels'][level]['step']})"
+        else:  # medium-replay
+            medium_step = payload["levels"]["medium"]["step"]
+            size = gid.size or medium_step
+            schedule: list[tuple[int, PolicyFn]] = [(0, uniform_policy(act_dim, seed))]
+            schedule += [
+                (entry["step"], stochastic_actor_policy(build_actor(payload, entry["state_dict"]), seed + 1 + i))
+                for i, entry in enumerate(payload["replay_schedule"])
+            ]
+            # Stretch the schedule when a different size is asked for, keeping its proportions.
+            scale = size / medium_step
+            schedule = [(int(start * scale), fn) for start, fn in schedule]
+            arrays = rollout_sequential(robot, scheduled_policy(schedule), size, seed=seed, progress=progress, desc=name)
+            metadata["recipe"] = (
+                f"SAC replay buffer up to the medium point (step {medium_step}) re-created from actor snapshots: "
+                f"uniform random actions for the first {payload['random_steps']} steps, then each of "
+                f"{len(payload['replay_schedule'])} snapshots' stochastic policy for the steps it was in charge of"
+            )
+            metadata["medium_policy_step"] = medium_step
+        dataset = _to_dataset(arrays, name, metadata)
+    returns = dataset.trajectory_returns()
+    metadata.update(
+        size=len(dataset),
+        episodes=dataset.num_trajectories,
+        return_mean=float(returns.mean()),
+        return_std=float(returns.std()),
+        normalized_score_mean=normalized_score(robot, float(returns.mean())),
+    )
+    return dataset.replace(metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HYBRID_RL_DATA_DIR", Path.home() / ".hybrid_rl" / "datasets"))
+
+
+def generated_path(name: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+    gid = parse_generated_id(name)
+    suffix = "" if seed == 0 else f"-seed{seed}"
+    return Path(cache_dir or default_cache_dir()) / f"{gid.name}{suffix}.hdf5"
+
+
+def make_generated(name: str, *, cache_dir: str | Path | None = None, seed: int = 0, policy_file: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Generate `name` into the cache (atomic write) unless a valid, current copy exists."""
+    path = generated_path(name, cache_dir, seed)
+    if path.exists() and not force:
+        reason = _stale_reason(path, name, policy_file)
+        if reason is None:
+            return path
+        print(f"regenerating {path.name}: {reason}")
+    dataset = generate_dataset(name, seed=seed, policy_file=policy_file, progress=progress)
+    write_hdf5(dataset, path)
+    return path
+
+
+def _stale_reason(path: Path, name: str, policy_file: str | Path | None) -> str | None:
+    """Why a cached generated file can't be used (None if it can)."""
+    try:
+        validate_hdf5(path)
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            cached_sha = handle["metadata/policy_file_sha256"][()].decode() if "metadata/policy_file_sha256" in handle else None
+    except (DatasetFileError, OSError, KeyError) as exc:
+        return f"cached file is damaged ({exc})"
+    gid = parse_generated_id(name)
+    if gid.level == "random":
+        return None
+    current = file_sha256(Path(policy_file or policy_path(gid.robot)))
+    if cached_sha != current:
+        return "the behaviour policy file changed since it was generated"
+    return None
+
+
+def load_generated(name: str, *, cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True) -> OfflineDataset:
+    """The generated dataset `name`, generated on first use (progress bar) and cached."""
+    path = make_generated(name, cache_dir=cache_dir, seed=seed, progress=progress)
+    return read_hdf5(path, name=name)
+

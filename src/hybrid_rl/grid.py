@@ -1,0 +1,215 @@
+"""The Phase I experiment grid: algo x dataset x corruption level x seed.
+
+Expansion, a pre-flight check (every dataset loadable before any work starts), resumable
+scheduling on local worker processes, and the report at the end. A run is the unit of
+work: completed runs (summary.json) are skipped, interrupted ones resume from their
+checkpoint, so killing the grid at any moment and starting it again loses and duplicates
+nothing. One failing run never stops the others; failures are listed at the end.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import HybridRLError
+from .train import TrainConfig, atomic_write_text, train
+
+D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
+QUICK_STEPS = 20_000
+
+# Rough single-run throughput on a 2-core CPU (updates/s, one thread per worker), used only
+# for the time estimate printed before a grid starts; see docs/performance.md.
+CPU_UPDATES_PER_SECOND = {"iql": 130.0, "bc": 600.0, "td3bc": 250.0, "cql": 10.0}
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    algos: tuple[str, ...] = ("cql", "iql")
+    datasets: tuple[str, ...] = D4RL_DEFAULT_ENVS
+    remove_top_k: tuple[float, ...] = (0.0, 30.0, 60.0)
+    reward_noise_std: tuple[float, ...] = (0.0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    total_steps: int = 500_000
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    log_every: int = 1_000
+    device: str = "auto"
+    results_dir: str = "results"
+    algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache_dir: str | None = None
+    mirror: str | None = None
+
+    def expand(self) -> list[TrainConfig]:
+        """Every run of the grid, in a stable order (dataset, algo, noise, k, seed)."""
+        configs = []
+        for dataset in self.datasets:
+            for algo in self.algos:
+                for noise in self.reward_noise_std:
+                    for k in self.remove_top_k:
+                        for seed in self.seeds:
+                            configs.append(
+                                TrainConfig(
+                                    algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
+                                    total_steps=self.total_steps, eval_every=self.eval_every, eval_episodes=self.eval_episodes,
+                                    log_every=self.log_every, checkpoint_every=max(self.eval_every, min(10_000, self.total_steps)),
+                                    device=self.device, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides.get(algo, {})),
+                                    cache_dir=self.cache_dir, mirror=self.mirror,
+                                )
+                            )
+        return configs
+
+
+def run_state(config: TrainConfig) -> str:
+    """'complete' (summary with a final status), 'partial' (checkpoint) or 'new'."""
+    run_dir = Path(config.results_dir) / config.run_id
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text()).get("status") in ("completed", "diverged"):
+                return "complete"
+        except json.JSONDecodeError:
+            pass
+    return "partial" if (run_dir / "checkpoint.pt").exists() else "new"
+
+
+def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: str) -> float | None:
+    """Rough wall-time estimate on CPU from CPU_UPDATES_PER_SECOND (None on accelerators)."""
+    if device_type != "cpu":
+        return None
+    total = 0.0
+    for config in configs:
+        rate = CPU_UPDATES_PER_SECOND.get(config.algo, 100.0)
+        evals = config.total_steps // config.eval_every
+        total += config.total_steps / rate + evals * 1.5  # ~1.5 s per 10-episode evaluation
+    return total / max(1, workers)
+
+
+def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str | None, log: Callable[[str], None]) -> dict[str, dict]:
+    """Load every dataset once before any run starts (downloads or generates on first use).
+
+    Raises the loader's one-line error if a dataset is unavailable, so a grid never starts
+    half its work and then fails. Returns each dataset's summary.
+    """
+    from .data.loader import load_dataset
+
+    summaries = {}
+    for name in datasets:
+        log(f"checking dataset {name} ...")
+        dataset = load_dataset(name, cache_dir=cache_dir, mirror=mirror)
+        summaries[name] = dataset.summary()
+        score = summaries[name].get("normalized_return_mean")
+        log(f"  {name}: {len(dataset):,} transitions, {dataset.num_trajectories} trajectories" + (f", behaviour score {score:.1f}" if score is not None else ""))
+    return summaries
+
+
+def check_results_dir(results_dir: str) -> None:
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise HybridRLError(f"cannot write to the results directory {path} ({exc.strerror}); choose another with --results DIR") from None
+
+
+def _worker_run(config: TrainConfig, threads: int) -> dict[str, Any]:
+    """Run one config in a worker process; never raises (the failure is returned)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        summary = train(replace(config, threads=threads, progress=False))
+        return {"run_id": config.run_id, "ok": True, "summary": summary}
+    except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
+        return {"run_id": config.run_id, "ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def run_grid(spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Run every incomplete run of the grid; returns {run_id: result} and writes grid_status.json."""
+    from tqdm import tqdm
+
+    from .train import resolve_device
+
+    device = resolve_device(spec.device)
+    check_results_dir(spec.results_dir)
+    configs = spec.expand()
+    check_datasets(sorted(set(spec.datasets)), spec.cache_dir, spec.mirror, log)
+    # An existing run directory of another configuration is an error before any work starts.
+    from .train import _check_compatible
+
+    for config in configs:
+        run_dir = Path(config.results_dir) / config.run_id
+        if run_dir.exists():
+            _check_compatible(run_dir, config)
+    states = {config.run_id: run_state(config) for config in configs}
+    todo = [config for config in configs if states[config.run_id] != "complete"]
+    counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}
+    log(
+        f"grid: {len(configs)} runs = {len(spec.algos)} algos x {len(spec.datasets)} datasets x "
+        f"{len(spec.remove_top_k)} top-k levels x {len(spec.reward_noise_std)} noise levels x {len(spec.seeds)} seeds, "
+        f"{spec.total_steps:,} steps each"
+    )
+    log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; device {device}, {workers} worker(s)")
+    estimate = estimate_seconds(todo, workers, device.type)
+    if estimate is not None and todo:
+        log(f"      rough estimate: {estimate / 60:.0f} min on this CPU")
+    results: dict[str, Any] = {}
+    started = time.time()
+    cpu_count = os.cpu_count() or 1
+    threads = max(1, cpu_count // max(1, workers))
+    bar = tqdm(total=len(configs), initial=counts["complete"], desc="grid", unit="run", disable=not progress)
+    if workers <= 1:
+        for config in todo:
+            result = _worker_run(replace(config, progress=progress), threads)
+            results[config.run_id] = result
+            _report(result, log)
+            bar.update(1)
+    else:
+        # spawn: a fresh interpreter per worker (forking a process that holds torch threads
+        # and MuJoCo state is unsafe).
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            pending = {pool.submit(_worker_run, config, threads): config for config in todo}
+            for future in futures.as_completed(pending):
+                config = pending[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker process itself died
+                    result = {"run_id": config.run_id, "ok": False, "error": f"worker died: {type(exc).__name__}: {exc}"}
+                results[config.run_id] = result
+                _report(result, log)
+                bar.update(1)
+    bar.close()
+    failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
+    status = {
+        "runs": len(configs),
+        "skipped_complete": counts["complete"],
+        "ran": len(todo),
+        "failed": failed,
+        "wall_time_s": time.time() - started,
+    }
+    atomic_write_text(Path(spec.results_dir) / "grid_status.json", json.dumps(status, indent=2))
+    if failed:
+        log(f"{len(failed)} run(s) failed (details in {spec.results_dir}/<run>/summary.json):")
+        for run_id, error in failed.items():
+            log(f"  {run_id}: {error}")
+    return status
+
+
+def _report(result: dict[str, Any], log: Callable[[str], None]) -> None:
+    if result["ok"]:
+        summary = result["summary"]
+        log(f"done {result['run_id']}: {summary['status']}, final normalized return {summary.get('final_normalized_return', float('nan')):.1f}")
+    else:
+        log(f"FAILED {result['run_id']}: {result['error']}")
+        if os.environ.get("HYBRID_RL_DEBUG"):
+            print(result.get("traceback", ""), file=sys.stderr)

@@ -1,0 +1,135 @@
+"""Shared fixtures: small D4RL-format data from real MuJoCo rollouts and hand-built datasets.
+
+Kept small so the whole data test set runs in seconds on two CPU cores.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+
+from hybrid_rl.data.dataset import OfflineDataset
+from hybrid_rl.data.hdf5io import write_hdf5
+
+HOPPER_STEPS = 300
+HOPPER_HORIZON = 30  # short time limit: random Hopper both falls (terminal) and times out
+
+
+def rollout_hopper(steps: int = HOPPER_STEPS, horizon: int = HOPPER_HORIZON, seed: int = 0) -> OfflineDataset:
+    """A uniform-random policy in Hopper-v4, recorded the way D4RL records its data.
+
+    terminals = the env's termination (Hopper fell), timeouts = truncation by the time limit
+    (and not a termination), next_observations = the observation after the step (the true
+    final state even at a timeout), infos/qpos and infos/qvel = simulator state before the
+    step. The file may stop mid-episode, as D4RL files do.
+    """
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "Hopper-v4 is out of date"
+        env = gym.make("Hopper-v4", max_episode_steps=horizon)
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel")}
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        action = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
+        rows["qpos"].append(env.unwrapped.data.qpos.copy())
+        rows["qvel"].append(env.unwrapped.data.qvel.copy())
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        rows["observations"].append(obs)
+        rows["actions"].append(action)
+        rows["rewards"].append(reward)
+        rows["next_observations"].append(next_obs)
+        rows["terminals"].append(terminated)
+        rows["timeouts"].append(truncated and not terminated)
+        obs = env.reset()[0] if (terminated or truncated) else next_obs
+    env.close()
+    arrays = {key: np.asarray(value) for key, value in rows.items()}
+    return OfflineDataset(
+        observations=arrays["observations"].astype(np.float32),
+        actions=arrays["actions"].astype(np.float32),
+        rewards=arrays["rewards"].astype(np.float32),
+        next_observations=arrays["next_observations"].astype(np.float32),
+        terminals=arrays["terminals"].astype(bool),
+        timeouts=arrays["timeouts"].astype(bool),
+        name="hopper-random-rollout",
+        infos={"qpos": arrays["qpos"].astype(np.float32), "qvel": arrays["qvel"].astype(np.float32)},
+        metadata={"algorithm": "uniform-random", "horizon": horizon, "gym_env_id": "Hopper-v4"},
+    )
+
+
+@pytest.fixture(scope="session")
+def hopper_dataset(tmp_path_factory: pytest.TempPathFactory) -> OfflineDataset:
+    """A few hundred real Hopper-v4 transitions (terminals, timeouts, trailing partial episode)."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("mujoco_cwd"))  # MuJoCo may write MUJOCO_LOG.TXT into the cwd
+    try:
+        dataset = rollout_hopper()
+    finally:
+        os.chdir(cwd)
+    assert dataset.terminals.any() and dataset.timeouts.any(), "fixture must exercise both episode ends"
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def hopper_file(hopper_dataset: OfflineDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`hopper_dataset` written as a D4RL-format file, under d4rl's name for hopper-medium-v2.
+
+    Tests must not modify it (session-scoped): copy it first.
+    """
+    return write_hdf5(hopper_dataset, tmp_path_factory.mktemp("d4rl_files") / "hopper_medium-v2.hdf5")
+
+
+DatasetBuilder = Callable[..., OfflineDataset]
+
+
+def build_dataset(
+    trajectory_rewards: Sequence[Sequence[float]],
+    ends: Sequence[str] | None = None,
+    *,
+    obs_dim: int = 3,
+    act_dim: int = 2,
+    name: str = "synthetic",
+) -> OfflineDataset:
+    """A hand-built dataset with one trajectory per entry of `trajectory_rewards`.
+
+    `ends[i]` is how trajectory i ends: "terminal", "timeout" or "none" (no flag; only
+    meaningful for the last one). Default: all "timeout". Every row is traceable:
+    ``observations[i] = i`` (all dims), ``next_observations[i] = i + 0.5``,
+    ``actions[i] = (i % 7) / 10``.
+    """
+    ends = list(ends) if ends is not None else ["timeout"] * len(trajectory_rewards)
+    assert len(ends) == len(trajectory_rewards)
+    rewards = np.concatenate([np.asarray(r, dtype=np.float32) for r in trajectory_rewards])
+    n = len(rewards)
+    terminals = np.zeros(n, dtype=bool)
+    timeouts = np.zeros(n, dtype=bool)
+    position = 0
+    for rewards_i, end in zip(trajectory_rewards, ends):
+        position += len(rewards_i)
+        if end == "terminal":
+            terminals[position - 1] = True
+        elif end == "timeout":
+            timeouts[position - 1] = True
+        else:
+            assert end == "none", end
+    index = np.arange(n, dtype=np.float32)
+    return OfflineDataset(
+        observations=np.repeat(index[:, None], obs_dim, axis=1),
+        actions=np.repeat(((np.arange(n) % 7) / 10.0).astype(np.float32)[:, None], act_dim, axis=1),
+        rewards=rewards,
+        next_observations=np.repeat((index + 0.5)[:, None], obs_dim, axis=1),
+        terminals=terminals,
+        timeouts=timeouts,
+        name=name,
+    )
+
+
+@pytest.fixture
+def make_dataset() -> DatasetBuilder:
+    """The `build_dataset` builder, as a fixture (tests are not a package)."""
+    return build_dataset
