@@ -16,6 +16,11 @@ from torch.distributions import Normal
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
+# Distributions are built with validate_args=False: torch's argument/support validation
+# evaluates `if not valid.all()` on device tensors, a host sync per check (several per
+# update). Values are unchanged; a NaN parameter now propagates to the loss (where the
+# trainer's non-finite check sees it) instead of raising inside torch.distributions.
+
 
 def init_linear(layer: nn.Linear, *, orthogonal: bool, gain: float = math.sqrt(2)) -> None:
     """Orthogonal init (CORL's CQL) or PyTorch's default; biases zeroed for orthogonal."""
@@ -144,7 +149,7 @@ class GaussianPolicy(nn.Module):
     def distribution(self, obs: torch.Tensor) -> Normal:
         mean = self._mean(obs)
         std = torch.exp(self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX))
-        return Normal(mean, std.expand_as(mean))
+        return Normal(mean, std.expand_as(mean), validate_args=False)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of log N(a | mu(s), sigma): ``(B,)``."""
@@ -189,7 +194,7 @@ class TanhGaussianPolicy(nn.Module):
         mean, log_std = self.mean_and_log_std(obs)
         std = log_std.exp()
         pre_tanh = mean + std * torch.randn_like(mean)
-        log_prob = Normal(mean, std).log_prob(pre_tanh).sum(-1)
+        log_prob = Normal(mean, std, validate_args=False).log_prob(pre_tanh).sum(-1)
         log_prob = log_prob - tanh_log_det_jacobian(pre_tanh).sum(-1)
         return torch.tanh(pre_tanh), log_prob
 
@@ -204,7 +209,7 @@ class TanhGaussianPolicy(nn.Module):
         mean, log_std = self.mean_and_log_std(obs)
         actions = actions.clamp(-1.0 + eps, 1.0 - eps)
         pre_tanh = torch.atanh(actions)
-        log_prob = Normal(mean, log_std.exp()).log_prob(pre_tanh).sum(-1)
+        log_prob = Normal(mean, log_std.exp(), validate_args=False).log_prob(pre_tanh).sum(-1)
         return log_prob - tanh_log_det_jacobian(pre_tanh).sum(-1)
 
 

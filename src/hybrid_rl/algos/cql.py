@@ -1,0 +1,264 @@
+"""Conservative Q-Learning (Kumar, Zhou, Tucker & Levine 2020, "Conservative Q-Learning for
+Offline Reinforcement Learning", NeurIPS; arXiv:2006.04779), SAC-based CQL(H).
+
+Critic objective (eq. 4, CQL(H), no Lagrange: alpha fixed), for each twin critic Q_j:
+
+    alpha * E_s~D [ log sum_a exp(Q_j(s, a)) - E_a~D[Q_j(s, a)] ]
+      + E_(s,a,r,s')~D [ (Q_j(s, a) - (r + gamma (1 - d) min_k Qbar_k(s', a')))^2 ],   a' ~ pi(s')
+
+with no entropy term in the backup and no max over several target actions (CORL's MuJoCo
+settings). The log-sum-exp over the continuous action space is estimated by importance
+sampling (appendix F): with N actions from each of Unif([-1, 1]^|A|), pi(.|s) and pi(.|s')
+(all evaluated at s),
+
+    log integral exp Q(s, a) da  ~=  T * ( logsumexp_i( (Q(s, a_i) - log p(a_i)) / T ) - log 3N ),
+
+p the density each sample was drawn from (uniform: 0.5^|A|, policy: pi(a_i|s) resp.
+pi(a_i|s') including the tanh correction), T the temperature (1). The reference
+implementations (the CQL authors' code, CORL) leave out the constant -log 3N of the sample
+mean. It changes no gradient, so training is identical, but keeping it makes the logged
+``cql_penalty`` an estimate of the actual gap "soft-max of Q over actions minus Q on the
+data" (CORL's logged ``cql_qf_diff`` = ours + log 3N; ``critic_loss`` differs by the
+constant 2 alpha log 3N).
+
+Actor and temperature are SAC's (Haarnoja et al. 2018, eq. 7 and 18; see ``sac.py``):
+J_pi = E[alpha log pi(a|s) - min_j Q_j(s, a)], J_alpha = E[-alpha (log pi + target)] with
+target entropy -|A|. As in CORL all losses of a step are computed with the parameters at
+its start (alpha from before its update), then alpha, the actor and the critics each take
+one Adam step and the target critics are Polyak-averaged.
+
+Speed: the dataset actions and all 3N sampled actions are scored in ONE forward pass of the
+ensemble critic (both critics in one batched matmul over (1 + 3N) B rows), and the 2N policy
+samples come from one actor pass; nothing loops in Python.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .base import Algorithm, Batch, Metrics, step_optimizer
+from .networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from .sac import q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
+
+REWARD_SCALINGS = ("none", "iql")
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    """CQL hyperparameters; defaults are CORL's MuJoCo settings (DESIGN.md).
+
+    ``normalize_observations`` and ``reward_scaling`` are read by the trainer when it builds
+    the sampler (CORL: states normalized, rewards unscaled except hopper-medium).
+    """
+
+    critic_hidden: tuple[int, ...] = (256, 256, 256)  # CORL could not reach the scores with 2x256
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    discount: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-5  # CORL steps log(alpha) with the policy LR
+    batch_size: int = 256
+    cql_alpha: float = 10.0  # weight of the conservative penalty (eq. 4's alpha)
+    num_sampled_actions: int = 10  # N per source (uniform, pi(s), pi(s')): 3N per state
+    cql_temperature: float = 1.0
+    init_alpha: float = 1.0  # initial SAC entropy temperature
+    target_entropy: float | None = None  # None: -|A|
+    backup_entropy: bool = False
+    orthogonal_init: bool = True
+    normalize_observations: bool = True
+    reward_scaling: str = "none"  # "none" | "iql" (x 1000 / (max - min trajectory return))
+
+    def __post_init__(self) -> None:
+        if self.num_sampled_actions < 1:
+            raise ValueError(f"CQL needs at least one sampled action per source, got {self.num_sampled_actions}")
+        if self.cql_temperature <= 0 or self.init_alpha <= 0:
+            raise ValueError(f"cql_temperature and init_alpha must be positive, got {self.cql_temperature}, {self.init_alpha}")
+        if self.reward_scaling not in REWARD_SCALINGS:
+            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+
+
+# Per-dataset settings of CORL's CQL configs (configs/offline/cql/<robot>/<level>_v2.yaml):
+# hopper-medium is the one MuJoCo dataset with normalize_reward: true, which in CORL's cql.py
+# is the locomotion scaling 1000 / (max - min trajectory return). Keys are "<robot>-<level>".
+REFERENCE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "hopper-medium": {"reward_scaling": "iql"},
+}
+
+# D4RL ids ("hopper-medium-v2") and the factory's generated ids ("gen-hopper-medium-v0").
+_DATASET_ID = re.compile(r"^(?:gen-)?(?P<key>[a-z0-9]+-[a-z-]+?)-v\d+$")
+
+
+def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+    """Config fields that CORL changes for this dataset (``{}`` if none or unknown).
+
+    Generated datasets of the same robot and level (``gen-hopper-medium-v0``) get the same
+    settings. Pass the *source* dataset id, not the name of a corrupted derivative.
+    """
+    if not dataset_name:
+        return {}
+    match = _DATASET_ID.match(dataset_name.strip().lower())
+    return dict(REFERENCE_OVERRIDES.get(match["key"], {})) if match else {}
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: pure functions of networks (as callables) and a batch
+# ---------------------------------------------------------------------------------------
+def cql_sample_actions(
+    policy: TanhGaussianPolicy, obs: torch.Tensor, next_obs: torch.Tensor, num_actions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3N proposal actions per state of the importance-sampled log-sum-exp (no gradient).
+
+    Returns ``actions`` ``(3, N, B, A)`` (sources: uniform on [-1, 1]^A, pi(.|s), pi(.|s'))
+    and their log-densities under the source they came from, ``(3, N, B)``.
+    """
+    batch_size, act_dim = obs.shape[0], policy.act_dim
+    with torch.no_grad():
+        uniform = torch.empty(1, num_actions, batch_size, act_dim, device=obs.device).uniform_(-1.0, 1.0)
+        # One actor pass for both sources: rows ordered (source, sample, state).
+        states = torch.stack([obs, next_obs]).unsqueeze(1).expand(2, num_actions, *obs.shape)
+        policy_actions, policy_log_prob = policy.rsample(states.reshape(-1, obs.shape[-1]))
+        actions = torch.cat([uniform, policy_actions.view(2, num_actions, batch_size, act_dim)])
+        uniform_log_density = torch.full((1, num_actions, batch_size), act_dim * math.log(0.5), device=obs.device)
+        log_density = torch.cat([uniform_log_density, policy_log_prob.view(2, num_actions, batch_size)])
+    return actions, log_density
+
+
+def cql_importance_sampled_logsumexp(
+    q_samples: torch.Tensor, log_density: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """T * (logsumexp_k((Q_k - log p_k) / T) - log K) over K samples: ``(E, K, B), (K, B) -> (E, B)``.
+
+    With T = 1 this is the log of the importance-sampling estimate
+    (1/K) sum_k exp(Q_k) / p_k of integral exp(Q(s, a)) da (CQL appendix F), each sample
+    weighted by the density of the proposal it came from. The log-densities are constants.
+    """
+    num_samples = q_samples.shape[1]
+    weighted = q_samples - log_density.detach().unsqueeze(0)
+    return temperature * (torch.logsumexp(weighted / temperature, dim=1) - math.log(num_samples))
+
+
+def cql_penalty(logsumexp: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
+    """Per-critic conservative gap E_s[logsumexp_a Q(s, a) - Q(s, a_data)]: ``(E, B), (E, B) -> (E,)``."""
+    return (logsumexp - q_data).mean(dim=1)
+
+
+def cql_critic_loss(
+    critic: QFunction,
+    policy: TanhGaussianPolicy,
+    batch: Batch,
+    target: torch.Tensor,
+    cql_alpha: float,
+    num_actions: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """CQL(H) critic loss (eq. 4): sum over critics of TD MSE + cql_alpha * penalty.
+
+    ``target`` ``(B,)`` is the (detached) Bellman target; the proposal actions are drawn
+    here. Dataset actions and the 3N proposals per state go through ``critic`` in a single
+    call with the observations repeated: ``(1 + 3N) B`` rows.
+    """
+    obs, actions = batch["observations"], batch["actions"]
+    batch_size = obs.shape[0]
+    sampled, log_density = cql_sample_actions(policy, obs, batch["next_observations"], num_actions)
+    num_samples = 3 * num_actions
+    all_actions = torch.cat([actions, sampled.reshape(num_samples * batch_size, -1)])
+    all_obs = obs.repeat(1 + num_samples, 1)  # row r scores state r mod B
+    q_all = critic(all_obs, all_actions)  # (E, (1 + 3N) B)
+    ensemble = q_all.shape[0]
+    q_data = q_all[:, :batch_size]
+    q_samples = q_all[:, batch_size:].reshape(ensemble, num_samples, batch_size)
+
+    bellman = td_loss(q_data, target)
+    logsumexp = cql_importance_sampled_logsumexp(q_samples, log_density.reshape(num_samples, batch_size), temperature)
+    penalty = cql_penalty(logsumexp, q_data)  # (E,)
+    loss = bellman + cql_alpha * penalty.sum()
+
+    q_by_source = q_samples.detach().reshape(ensemble, 3, num_actions, batch_size)
+    return loss, {
+        "critic_loss": loss.detach(),
+        "td_loss": bellman.detach(),
+        "cql_penalty": penalty.detach().mean(),
+        "logsumexp_mean": logsumexp.detach().mean(),
+        "q_random_mean": q_by_source[:, 0].mean(),
+        "q_policy_sample_mean": q_by_source[:, 1].mean(),
+        "q_next_policy_sample_mean": q_by_source[:, 2].mean(),
+        "target_q_mean": target.mean(),
+        **q_statistics("q", q_data),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The algorithm
+# ---------------------------------------------------------------------------------------
+class CQL(Algorithm):
+    """SAC-based CQL(H) with twin critics and automatic entropy tuning.
+
+    ``update`` metrics (0-d tensors): critic_loss, td_loss, cql_penalty, logsumexp_mean,
+    q_random_mean, q_policy_sample_mean, q_next_policy_sample_mean, target_q_mean,
+    q_mean/std/min/max (at dataset actions), actor_loss, q_policy_mean (min critic at a
+    sample of pi(s)), entropy, alpha, alpha_loss, grad_norm_critic, grad_norm_actor.
+    """
+
+    name = "cql"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig = CQLConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+        self.register(
+            actor=TanhGaussianPolicy(obs_dim, act_dim, config.actor_hidden, orthogonal_init=config.orthogonal_init),
+            critic=EnsembleCritic(obs_dim, act_dim, config.critic_hidden, ensemble_size=2, orthogonal_init=config.orthogonal_init),
+        )
+        self.register(target_critic=copy.deepcopy(self.critic).requires_grad_(False))
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
+        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
+        }
+
+    def update(self, batch: Batch) -> Metrics:
+        cfg = self.config
+        alpha = self.log_alpha.exp().detach()
+        actor_loss, actor_metrics = sac_actor_loss(self.critic, self.actor, batch["observations"], alpha)
+        alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
+        target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
+        critic_loss, critic_metrics = cql_critic_loss(
+            self.critic, self.actor, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+        )
+
+        step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
+        # The actor step must come before the critic step: the actor loss backpropagates
+        # through the critic, whose parameters the critic step changes in place. The critic
+        # gradients this leaves behind are cleared by the critic step's zero_grad.
+        actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
+        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        self.total_updates += 1
+        return {
+            **critic_metrics,
+            **actor_metrics,
+            "alpha": alpha,
+            "alpha_loss": alpha_loss.detach(),
+            "grad_norm_critic": critic_grad,
+            "grad_norm_actor": actor_grad,
+        }
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics, ``(B,)``."""
+        return self.critic(obs, actions).min(dim=0).values
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"log_alpha": self.log_alpha.detach().clone()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])

@@ -1,0 +1,259 @@
+"""Implicit Q-Learning (Kostrikov, Nair & Levine 2022, "Offline Reinforcement Learning with
+Implicit Q-Learning", ICLR; arXiv:2110.06169).
+
+IQL never evaluates the critic at an action outside the dataset. Equations (sec. 4 of the
+paper; Qbar = the Polyak-averaged target critics, min over the twin pair):
+
+- value, expectile regression (eq. 5):
+      L_V(psi) = E_(s,a)~D [ L2_tau( Qbar(s, a) - V_psi(s) ) ],   L2_tau(u) = |tau - 1(u < 0)| u^2
+- critic, SARSA-style backup through V (eq. 6), for each of the twin critics:
+      L_Q(theta) = E_(s,a,r,s')~D [ (r + gamma (1 - d) V_psi(s') - Q_theta(s, a))^2 ]
+- actor, advantage-weighted regression (eq. 7; AWR, Peng et al. 2019):
+      L_pi(phi) = -E_(s,a)~D [ min(exp(beta (Qbar(s, a) - V_psi(s))), 100) log pi_phi(a | s) ]
+
+Update order follows CORL (the source of the published scores in DESIGN.md): all three
+losses are computed from the parameters at the start of the step (the advantage and the
+bootstrap value V(s') come from the V *before* its update), then V, Q and the actor each
+take one Adam step, the actor's LR follows a cosine decay to 0 over ``max_steps`` and the
+target critics are Polyak-averaged. (The official JAX code updates the actor and Q with the
+freshly updated V; the difference is one step of V lag.)
+
+Data preprocessing is the trainer's job, steered by the config: ``normalize_observations``
+(CORL: True) and ``reward_scaling`` ("iql": rewards times 1000 / (max - min trajectory
+return), the official code's locomotion scaling, which CORL uses only for hopper-medium and
+hopper-medium-replay; see ``reference_overrides``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from .base import Algorithm, Batch, Metrics, step_optimizer
+from .networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
+from .sac import q_statistics, td_loss
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
+VFunction = Callable[[torch.Tensor], torch.Tensor]  # obs -> (B,)
+
+REWARD_SCALINGS = ("none", "iql")
+
+
+@dataclass(frozen=True)
+class IQLConfig:
+    """IQL hyperparameters; defaults are the paper's MuJoCo settings as run by CORL.
+
+    ``max_steps`` is the length of training in gradient steps: the trainer must set it (the
+    actor's cosine LR schedule reaches 0 there). ``normalize_observations`` and
+    ``reward_scaling`` are read by the trainer when it builds the sampler.
+    """
+
+    hidden: tuple[int, ...] = (256, 256)  # V, both critics and the actor
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critics
+    expectile: float = 0.7  # tau in L2_tau of eq. 5
+    beta: float = 3.0  # inverse temperature of the AWR weights (eq. 7)
+    max_weight: float = 100.0  # clip of exp(beta * A), as in the official code
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    batch_size: int = 256
+    max_steps: int = 1_000_000  # cosine decay horizon of the actor LR
+    deterministic_actor: bool = False  # CORL's hopper setting: tanh-MLP actor, weighted MSE
+    normalize_observations: bool = True
+    reward_scaling: str = "none"  # "none" | "iql" (x 1000 / (max - min trajectory return))
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.expectile < 1.0:
+            raise ValueError(f"IQL expectile must be in (0, 1), got {self.expectile}")
+        if self.beta < 0 or self.max_weight <= 0:
+            raise ValueError(f"IQL needs beta >= 0 and max_weight > 0, got beta={self.beta}, max_weight={self.max_weight}")
+        if self.max_steps <= 0:
+            raise ValueError(f"IQL max_steps (the cosine LR horizon) must be positive, got {self.max_steps}")
+        if self.reward_scaling not in REWARD_SCALINGS:
+            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+
+
+# Per-dataset settings of CORL's IQL configs (configs/offline/iql/<robot>/<level>_v2.yaml);
+# every other dataset uses the defaults. Keys are "<robot>-<level>".
+REFERENCE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "hopper-medium": {"reward_scaling": "iql", "deterministic_actor": True, "tau": 0.001},
+    "hopper-medium-replay": {"reward_scaling": "iql", "deterministic_actor": True, "tau": 0.001},
+}
+
+# D4RL ids ("hopper-medium-v2") and the factory's generated ids ("gen-hopper-medium-v0").
+_DATASET_ID = re.compile(r"^(?:gen-)?(?P<key>[a-z0-9]+-[a-z-]+?)-v\d+$")
+
+
+def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+    """Config fields that CORL changes for this dataset (``{}`` if none or unknown).
+
+    Matches D4RL ids and generated datasets of the same robot and level, so
+    ``gen-hopper-medium-v0`` gets the hopper-medium settings. Pass the *source* dataset id,
+    not the name of a corrupted derivative.
+    """
+    if not dataset_name:
+        return {}
+    match = _DATASET_ID.match(dataset_name.strip().lower())
+    return dict(REFERENCE_OVERRIDES.get(match["key"], {})) if match else {}
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: pure functions of networks (as callables) and a batch
+# ---------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Mean asymmetric squared loss L2_tau(u) = |tau - 1(u < 0)| u^2 (IQL eq. 3/5).
+
+    ``diff`` = target - prediction, any shape. With tau > 0.5, predictions *below* the target
+    (u > 0) cost tau and those above cost 1 - tau, so the minimiser is an upper expectile.
+    """
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def iql_value_loss(q_target_fn: QFunction, v_fn: VFunction, batch: Batch, expectile: float) -> tuple[torch.Tensor, Metrics]:
+    """IQL eq. 5: expectile regression of V(s) onto min_j Qbar_j(s, a) over dataset actions.
+
+    Returns the loss and metrics. Besides 0-d diagnostics the metrics carry ``advantages``,
+    the detached per-sample A(s, a) = min_j Qbar_j(s, a) - V(s) ``(B,)``, which the actor loss
+    reuses (the caller pops it before logging, as with ``sac_actor_loss``'s ``log_prob``).
+    """
+    with torch.no_grad():
+        target_q = q_target_fn(batch["observations"], batch["actions"]).min(dim=0).values
+    v = v_fn(batch["observations"])
+    diff = target_q - v
+    loss = expectile_loss(diff, expectile)
+    adv = diff.detach()
+    return loss, {
+        "value_loss": loss.detach(),
+        "v_mean": v.detach().mean(),
+        "adv_mean": adv.mean(),
+        "adv_std": adv.std(),
+        "adv_max": adv.max(),
+        "advantages": adv,
+    }
+
+
+def iql_q_loss(q_fn: QFunction, v_fn: VFunction, batch: Batch, discount: float) -> tuple[torch.Tensor, Metrics]:
+    """IQL eq. 6: regress each critic onto y = r + gamma (1 - d) V(s'); summed over critics.
+
+    No bootstrap through terminals (d = 1); timeouts are not terminals and are bootstrapped.
+    The sum over the twin critics matches the official code (CORL averages: a factor of 2
+    that Adam cancels).
+    """
+    with torch.no_grad():
+        next_v = v_fn(batch["next_observations"]).detach()
+        target = batch["rewards"] + discount * (1.0 - batch["dones"]) * next_v
+    q = q_fn(batch["observations"], batch["actions"])
+    loss = td_loss(q, target)
+    return loss, {"critic_loss": loss.detach(), "target_q_mean": target.mean(), **q_statistics("q", q)}
+
+
+def awr_weights(adv: torch.Tensor, beta: float, max_weight: float = 100.0) -> torch.Tensor:
+    """exp(beta * A) clipped above at ``max_weight`` (IQL eq. 7, official code's clip of 100)."""
+    return torch.exp(beta * adv).clamp(max=max_weight)
+
+
+def iql_actor_loss(
+    policy: GaussianPolicy | DeterministicPolicy,
+    batch: Batch,
+    advantages: torch.Tensor,
+    beta: float,
+    max_weight: float = 100.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """IQL eq. 7: advantage-weighted behaviour cloning of the dataset actions.
+
+    Gaussian actor: -E[w log pi(a|s)] (log-likelihood of the untransformed Gaussian with a
+    tanh mean, as in the official code). Deterministic actor (CORL's hopper setting):
+    E[w ||pi(s) - a||^2]. ``advantages`` ``(B,)`` are treated as constants.
+    """
+    adv = advantages.detach()
+    weights = awr_weights(adv, beta, max_weight)
+    if isinstance(policy, GaussianPolicy):
+        bc_losses = -policy.log_prob(batch["observations"], batch["actions"])
+    else:
+        bc_losses = (policy(batch["observations"]) - batch["actions"]).pow(2).sum(dim=-1)
+    loss = (weights * bc_losses).mean()
+    # exp(beta A) > max_weight <=> beta A > log(max_weight): no overflow-prone comparison.
+    clipped = (beta * adv > math.log(max_weight)).float().mean()
+    return loss, {
+        "actor_loss": loss.detach(),
+        "weight_mean": weights.mean(),
+        "weight_max": weights.max(),
+        "weight_clipped_frac": clipped,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The algorithm: networks, optimizers, and the order of the steps
+# ---------------------------------------------------------------------------------------
+class IQL(Algorithm):
+    """IQL with twin critics, an expectile value network and an AWR actor.
+
+    ``update`` metrics (0-d tensors): value_loss, v_mean, adv_mean/std/max, critic_loss,
+    target_q_mean, q_mean/std/min/max (critics at dataset actions), q_policy_mean (min
+    critic at the actor's mean action), actor_loss, weight_mean/max/clipped_frac,
+    grad_norm_value/critic/actor.
+    """
+
+    name = "iql"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: IQLConfig = IQLConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+        if config.deterministic_actor:
+            actor: GaussianPolicy | DeterministicPolicy = DeterministicPolicy(obs_dim, act_dim, config.hidden)
+        else:
+            actor = GaussianPolicy(obs_dim, act_dim, config.hidden)
+        self.register(
+            actor=actor,
+            critic=EnsembleCritic(obs_dim, act_dim, config.hidden, ensemble_size=2),
+            value=ValueNetwork(obs_dim, config.hidden),
+        )
+        self.register(target_critic=copy.deepcopy(self.critic).requires_grad_(False))
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
+            "value": torch.optim.Adam(self.value.parameters(), lr=config.value_lr),
+        }
+        # CosineAnnealingLR(T_max=max_steps, eta_min=0) = optax.cosine_decay_schedule(lr, max_steps).
+        self.schedulers = {"actor": CosineAnnealingLR(self.optimizers["actor"], T_max=config.max_steps)}
+
+    def update(self, batch: Batch) -> Metrics:
+        cfg = self.config
+        value_loss, value_metrics = iql_value_loss(self.target_critic, self.value, batch, cfg.expectile)
+        advantages = value_metrics.pop("advantages")
+        critic_loss, critic_metrics = iql_q_loss(self.critic, self.value, batch, cfg.discount)
+        actor_loss, actor_metrics = iql_actor_loss(self.actor, batch, advantages, cfg.beta, cfg.max_weight)
+        with torch.no_grad():
+            # Like every other diagnostic, measured with the parameters before this step.
+            q_policy = self.critic(batch["observations"], self.actor.deterministic(batch["observations"])).min(dim=0).values
+
+        # The three graphs share no parameters, so the steps may follow one another.
+        value_grad = step_optimizer(self.optimizers["value"], value_loss, list(self.value.parameters()))
+        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
+        actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
+        # optax's cosine_decay_schedule stays at 0 after max_steps; CosineAnnealingLR would
+        # climb back up (it is periodic), so stop stepping it there.
+        if self.total_updates < cfg.max_steps:
+            self.schedulers["actor"].step()
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        self.total_updates += 1
+        return {
+            **value_metrics,
+            **critic_metrics,
+            **actor_metrics,
+            "q_policy_mean": q_policy.mean(),
+            "grad_norm_value": value_grad,
+            "grad_norm_critic": critic_grad,
+            "grad_norm_actor": actor_grad,
+        }
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics, ``(B,)``."""
+        return self.critic(obs, actions).min(dim=0).values

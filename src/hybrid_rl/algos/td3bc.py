@@ -1,0 +1,157 @@
+"""TD3+BC (Fujimoto & Gu 2021, "A Minimalist Approach to Offline Reinforcement Learning",
+NeurIPS; arXiv:2106.06860): TD3 with a behaviour-cloning term in the actor loss.
+
+- critic (TD3, Fujimoto et al. 2018): y = r + gamma (1 - d) min_j Qbar_j(s', a~'),
+  a~' = clip(pibar(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma^2) (target policy
+  smoothing); loss = sum over the twin critics of the mean squared TD error.
+- actor (TD3+BC, sec. 5), every ``policy_freq`` critic steps:
+      pi = argmax_pi E_(s,a)~D [ lambda Q_1(s, pi(s)) - (pi(s) - a)^2 ],
+      lambda = alpha / mean_s |Q_1(s, pi(s))|   (detached; the paper writes the mean over
+      dataset pairs, the authors' code and CORL use Q at the policy's actions, as here),
+  with the squared error averaged over batch and action dims (the authors' ``F.mse_loss``).
+  The target actor and target critics are Polyak-averaged on actor steps only.
+
+Actor steps happen on updates 0, policy_freq, 2 policy_freq, ...; on the other updates the
+returned actor metrics are those of the latest actor step (kept in the checkpoint, so a
+resumed run reports exactly what an uninterrupted one would).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .base import Algorithm, Batch, Metrics, step_optimizer
+from .networks import DeterministicPolicy, EnsembleCritic, soft_update
+from .sac import q_statistics, td_loss
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
+PolicyFunction = Callable[[torch.Tensor], torch.Tensor]  # obs -> actions in [-1, 1]
+
+REWARD_SCALINGS = ("none", "iql")
+
+
+@dataclass(frozen=True)
+class TD3BCConfig:
+    """The paper's (and CORL's) MuJoCo hyperparameters."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    discount: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    batch_size: int = 256
+    alpha: float = 2.5  # Q-term weight: lambda = alpha / mean |Q|
+    policy_noise: float = 0.2  # std of the target smoothing noise (actions in [-1, 1])
+    noise_clip: float = 0.5
+    policy_freq: int = 2  # critic steps per actor step
+    normalize_observations: bool = True
+    reward_scaling: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.policy_freq < 1:
+            raise ValueError(f"policy_freq must be >= 1, got {self.policy_freq}")
+        if self.reward_scaling not in REWARD_SCALINGS:
+            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+
+
+def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+    """TD3+BC uses one setting for every MuJoCo dataset: always ``{}``."""
+    return {}
+
+
+def td3_target(
+    target_critic: QFunction,
+    target_actor: PolicyFunction,
+    batch: Batch,
+    discount: float,
+    policy_noise: float,
+    noise_clip: float,
+) -> torch.Tensor:
+    """Clipped double-Q target with target policy smoothing, ``(B,)`` (no gradient)."""
+    with torch.no_grad():
+        next_obs = batch["next_observations"]
+        next_actions = target_actor(next_obs)
+        noise = (torch.randn_like(next_actions) * policy_noise).clamp(-noise_clip, noise_clip)
+        next_actions = (next_actions + noise).clamp(-1.0, 1.0)
+        next_q = target_critic(next_obs, next_actions).min(dim=0).values
+        return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
+
+
+def td3bc_actor_loss(critic: QFunction, policy: PolicyFunction, batch: Batch, alpha: float) -> tuple[torch.Tensor, Metrics]:
+    """-lambda E[Q_1(s, pi(s))] + E[(pi(s) - a)^2], lambda = alpha / mean |Q_1(s, pi(s))|."""
+    actions = policy(batch["observations"])
+    q = critic(batch["observations"], actions)  # (E, B)
+    q1 = q[0]
+    lmbda = alpha / q1.abs().mean().detach()
+    bc = (actions - batch["actions"]).pow(2).mean()
+    loss = -lmbda * q1.mean() + bc
+    return loss, {
+        "actor_loss": loss.detach(),
+        "bc_loss": bc.detach(),
+        "lambda": lmbda,
+        "q_policy_mean": q.detach().min(dim=0).values.mean(),
+    }
+
+
+class TD3BC(Algorithm):
+    """TD3+BC with twin critics, target actor and delayed actor updates.
+
+    ``update`` metrics (0-d tensors): critic_loss, target_q_mean, q_mean/std/min/max,
+    grad_norm_critic, and from the latest actor step actor_loss, bc_loss, lambda,
+    q_policy_mean (min critic at pi(s)), grad_norm_actor.
+    """
+
+    name = "td3bc"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: TD3BCConfig = TD3BCConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+        self.register(
+            actor=DeterministicPolicy(obs_dim, act_dim, config.hidden),
+            critic=EnsembleCritic(obs_dim, act_dim, config.hidden, ensemble_size=2),
+        )
+        self.register(
+            target_actor=copy.deepcopy(self.actor).requires_grad_(False),
+            target_critic=copy.deepcopy(self.critic).requires_grad_(False),
+        )
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
+        }
+        self._actor_metrics: Metrics = {}
+
+    def update(self, batch: Batch) -> Metrics:
+        cfg = self.config
+        target = td3_target(self.target_critic, self.target_actor, batch, cfg.discount, cfg.policy_noise, cfg.noise_clip)
+        q = self.critic(batch["observations"], batch["actions"])
+        critic_loss = td_loss(q, target)
+        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
+
+        # A Python-int schedule: deciding whether to step the actor never reads a tensor.
+        if self.total_updates % cfg.policy_freq == 0:
+            actor_loss, actor_metrics = td3bc_actor_loss(self.critic, self.actor, batch, cfg.alpha)
+            actor_metrics["grad_norm_actor"] = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
+            soft_update(self.target_critic, self.critic, cfg.tau)
+            soft_update(self.target_actor, self.actor, cfg.tau)
+            self._actor_metrics = actor_metrics
+        self.total_updates += 1
+        return {
+            "critic_loss": critic_loss.detach(),
+            "target_q_mean": target.mean(),
+            "grad_norm_critic": critic_grad,
+            **q_statistics("q", q),
+            **self._actor_metrics,
+        }
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics, ``(B,)``."""
+        return self.critic(obs, actions).min(dim=0).values
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"actor_metrics": {key: value.detach().clone() for key, value in self._actor_metrics.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._actor_metrics = {key: value.to(self.device) for key, value in state.get("actor_metrics", {}).items()}
