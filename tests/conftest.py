@@ -133,3 +133,21 @@ def build_dataset(
 def make_dataset() -> DatasetBuilder:
     """The `build_dataset` builder, as a fixture (tests are not a package)."""
     return build_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_torch_thread():
+    """Tests use tiny networks: one intra-op thread is fastest, and a second thread that
+    spins against other processes on a busy 2-core machine makes each op 10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def generated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of generated datasets for the whole session (generation takes seconds)."""
+    return tmp_path_factory.mktemp("generated_datasets")

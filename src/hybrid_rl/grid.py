@@ -41,6 +41,7 @@ class GridSpec:
     eval_every: int = 5_000
     eval_episodes: int = 10
     log_every: int = 1_000
+    checkpoint_every: int = 10_000
     device: str = "auto"
     results_dir: str = "results"
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -59,7 +60,7 @@ class GridSpec:
                                 TrainConfig(
                                     algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
                                     total_steps=self.total_steps, eval_every=self.eval_every, eval_episodes=self.eval_episodes,
-                                    log_every=self.log_every, checkpoint_every=max(self.eval_every, min(10_000, self.total_steps)),
+                                    log_every=self.log_every, checkpoint_every=min(self.checkpoint_every, self.total_steps),
                                     device=self.device, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides.get(algo, {})),
                                     cache_dir=self.cache_dir, mirror=self.mirror,
                                 )
@@ -121,6 +122,13 @@ def check_results_dir(results_dir: str) -> None:
         raise HybridRLError(f"cannot write to the results directory {path} ({exc.strerror}); choose another with --results DIR") from None
 
 
+def threads_per_run(workers: int) -> int:
+    """Torch threads per run: $OMP_NUM_THREADS when set, else the cores shared among workers."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def _worker_run(config: TrainConfig, threads: int) -> dict[str, Any]:
     """Run one config in a worker process; never raises (the failure is returned)."""
     import torch
@@ -133,13 +141,27 @@ def _worker_run(config: TrainConfig, threads: int) -> dict[str, Any]:
         return {"run_id": config.run_id, "ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
-def run_grid(spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """Run every incomplete run of the grid; returns {run_id: result} and writes grid_status.json."""
+def run_grid(
+    spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True,
+    launcher: str = "local", ray_address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+) -> dict[str, Any]:
+    """Run every incomplete run of the grid; returns {run_id: result} and writes grid_status.json.
+
+    launcher "local": `workers` processes on this machine; "ray": one Ray task per run on the
+    cluster at `ray_address` (None: a local Ray instance), see ray_launcher and docs/cluster.md.
+    """
     from tqdm import tqdm
 
     from .train import resolve_device
 
-    device = resolve_device(spec.device)
+    if launcher == "ray":
+        from .ray_launcher import require_ray
+
+        require_ray()  # the one-line install hint, before any work
+    elif launcher != "local":
+        raise HybridRLError(f"unknown launcher {launcher!r}; use local or ray")
+    # On Ray each run resolves its device on its own node (the driver may have no GPU).
+    device = resolve_device(spec.device) if launcher == "local" else None
     check_results_dir(spec.results_dir)
     configs = spec.expand()
     check_datasets(sorted(set(spec.datasets)), spec.cache_dir, spec.mirror, log)
@@ -158,16 +180,20 @@ def run_grid(spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = p
         f"{len(spec.remove_top_k)} top-k levels x {len(spec.reward_noise_std)} noise levels x {len(spec.seeds)} seeds, "
         f"{spec.total_steps:,} steps each"
     )
-    log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; device {device}, {workers} worker(s)")
-    estimate = estimate_seconds(todo, workers, device.type)
+    log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
+        + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
+    estimate = estimate_seconds(todo, workers, device.type) if device is not None else None
     if estimate is not None and todo:
         log(f"      rough estimate: {estimate / 60:.0f} min on this CPU")
     results: dict[str, Any] = {}
     started = time.time()
-    cpu_count = os.cpu_count() or 1
-    threads = max(1, cpu_count // max(1, workers))
-    bar = tqdm(total=len(configs), initial=counts["complete"], desc="grid", unit="run", disable=not progress)
-    if workers <= 1:
+    threads = threads_per_run(workers)
+    bar = tqdm(total=len(configs), initial=counts["complete"], desc="grid", unit="run", disable=not progress or launcher == "ray")
+    if launcher == "ray":  # reports each run itself, as it finishes
+        from .ray_launcher import run_configs_on_ray
+
+        results = run_configs_on_ray(todo, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
+    elif workers <= 1:
         for config in todo:
             result = _worker_run(replace(config, progress=progress), threads)
             results[config.run_id] = result

@@ -28,6 +28,7 @@ import torch
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
 from .errors import HybridRLError
+from .eval.stats import final_score
 
 RUN_FORMAT_VERSION = 1
 # Config fields that do not change what a run computes: a run may resume under new values.
@@ -49,7 +50,6 @@ class TrainConfig:
     extra_corruptions: tuple[dict, ...] = ()  # further corruption specs (see data.corruption)
     seed: int = 0
     total_steps: int = 500_000
-    batch_size: int = 256
     eval_every: int = 5_000
     eval_episodes: int = 10
     log_every: int = 1_000
@@ -72,7 +72,7 @@ class TrainConfig:
             raise ValueError(f"remove_top_k is a percentage in [0, 100), got {self.remove_top_k}")
         if self.reward_noise_std < 0:
             raise ValueError(f"reward_noise_std must be >= 0, got {self.reward_noise_std}")
-        for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "batch_size", "loss_variance_window"):
+        for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -113,15 +113,6 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def final_score(values: list[float], fraction: float = 0.1) -> float:
-    """Mean of the last `fraction` of evaluations (at least one); NaN if there are none."""
-    if not values:
-        return float("nan")
-    count = max(1, int(round(len(values) * fraction)))
-    tail = np.asarray(values[-count:], dtype=np.float64)
-    return float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
-
-
 def discounted_returns_to_go(rewards: np.ndarray, bounds: np.ndarray, discount: float) -> np.ndarray:
     """Per transition, sum_t gamma^t r_t to its trajectory's end (float64), via lfilter."""
     from scipy.signal import lfilter
@@ -142,7 +133,7 @@ def mc_diagnostic_indices(dataset: OfflineDataset, discount: float, size: int, s
     missing tail then weighs gamma^300 ~ 5% at gamma 0.99).
     """
     bounds = dataset.trajectory_bounds()
-    horizon = int(math.ceil(3.0 / (1.0 - discount)))
+    horizon = int(round(3.0 / (1.0 - discount)))
     candidates = []
     for start, end in bounds:
         if dataset.terminals[end - 1]:
@@ -221,12 +212,12 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
     """
     run_dir = Path(run_dir or Path(config.results_dir) / config.run_id)
     summary_path = run_dir / "summary.json"
+    _check_compatible(run_dir, config)
     if resume and summary_path.exists():
         summary = json.loads(summary_path.read_text())
         if summary.get("status") in ("completed", "diverged"):
             return summary
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_compatible(run_dir, config)
     started = time.time()
     try:
         return _train(config, run_dir, resume=resume, started=started)
@@ -255,7 +246,7 @@ def _check_compatible(run_dir: Path, config: TrainConfig) -> None:
 def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from .algos.registry import make_algorithm
+    from .algos.registry import make_algorithm, make_config
     from .data.loader import make_env
 
     device = resolve_device(config.device)
@@ -266,7 +257,9 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) 
 
     original, dataset, records = prepare_dataset(config)
     overrides = dict(config.algo_overrides)
-    algorithm = make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides={"max_steps": config.total_steps, **overrides})
+    if hasattr(make_config(config.algo, config.dataset, overrides), "max_steps"):
+        overrides.setdefault("max_steps", config.total_steps)  # LR schedules span the run
+    algorithm = make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=overrides)
     algo_config = algorithm.config
     discount = float(getattr(algo_config, "discount", 0.99))
 
@@ -359,7 +352,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) 
                         writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
         while step < config.total_steps:
-            metrics = algorithm.update(sampler.sample(config.batch_size))
+            metrics = algorithm.update(sampler.sample(algo_config.batch_size))
             if "critic_loss" in metrics:
                 loss_window[step % config.loss_variance_window] = metrics["critic_loss"].detach()
             step += 1

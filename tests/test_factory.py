@@ -1,0 +1,150 @@
+"""The dataset factory: ids, D4RL layout, determinism, metadata, shipped policies, bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hybrid_rl.algos.networks import TanhGaussianPolicy
+from hybrid_rl.data import factory
+from hybrid_rl.data.behavior import atomic_torch_save
+from hybrid_rl.data.hdf5io import read_hdf5, validate_hdf5
+from hybrid_rl.data.loader import load_dataset
+
+
+@pytest.fixture(scope="module")
+def fake_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A policy file in the shipped format holding untrained (but real) hopper actors."""
+    import torch
+
+    torch.manual_seed(0)
+    actors = [TanhGaussianPolicy(11, 3, (32, 32)).state_dict() for _ in range(3)]
+    payload = {
+        "format": factory.POLICY_FORMAT, "version": factory.POLICY_VERSION, "robot": "hopper", "gym_env_id": "Hopper-v4",
+        "obs_dim": 11, "act_dim": 3, "hidden": [32, 32], "random_steps": 300,
+        "levels": {"medium": {"step": 900, "state_dict": actors[0], "evaluation": {}}, "expert": {"step": 1200, "state_dict": actors[1], "evaluation": {}}},
+        "replay_schedule": [{"step": 300, "state_dict": actors[2]}, {"step": 600, "state_dict": actors[0]}],
+    }
+    path = tmp_path_factory.mktemp("policies") / "hopper-v0.pt"
+    atomic_torch_save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, robot, level, size",
+    [
+        ("gen-hopper-medium-v0", "hopper", "medium", None),
+        ("gen-walker2d-medium-replay-v0@50k", "walker2d", "medium-replay", 50_000),
+        ("gen-halfcheetah-medium-expert-v0@1.5m", "halfcheetah", "medium-expert", 1_500_000),
+        ("gen-hopper-random-v0@1234", "hopper", "random", 1234),
+    ],
+)
+def test_parse_ids(name: str, robot: str, level: str, size) -> None:
+    gid = factory.parse_generated_id(name)
+    assert (gid.robot, gid.level, gid.size) == (robot, level, size)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("gen-ant-medium-v0", "no generated datasets for robot"),
+        ("gen-hopper-superb-v0", "unknown level"),
+        ("gen-hopper-medium-v2", "ships behaviour policies v0"),
+        ("gen-hopper-medium-v0@0", "positive whole number"),
+        ("gen-hopper-medium-v0@-5", "not a generated dataset id"),
+        ("hopper-medium-v0", "not a generated dataset id"),
+    ],
+)
+def test_bad_ids(name: str, message: str) -> None:
+    with pytest.raises(factory.GeneratedDatasetError, match=message):
+        factory.parse_generated_id(name)
+
+
+def test_generated_names_cannot_be_mistaken_for_d4rl() -> None:
+    for name in factory.generated_ids():
+        assert name.startswith("gen-") and name.endswith("-v0") and not name.endswith("-v2")
+
+
+@pytest.mark.parametrize("level", ["medium", "medium-replay", "medium-expert", "random"])
+def test_layout_and_metadata(level: str, fake_policy_file: Path, tmp_path: Path) -> None:
+    name = f"gen-hopper-{level}-v0@1200"
+    dataset = factory.generate_dataset(name, policy_file=fake_policy_file, progress=False)
+    assert len(dataset) == 1200
+    assert set(dataset.infos) == {"qpos", "qvel", "action_log_probs"}
+    assert dataset.infos["qpos"].shape == (1200, 6) and dataset.infos["qvel"].shape == (1200, 6)
+    assert np.all(np.abs(dataset.actions) <= 1.0)
+    # Terminals only where Hopper fell; no transition is both terminal and timed out.
+    assert not np.any(dataset.terminals & dataset.timeouts)
+    # Within an episode the next observation is the following observation.
+    inside = ~(dataset.terminals | dataset.timeouts)[:-1]
+    np.testing.assert_allclose(dataset.next_observations[:-1][inside], dataset.observations[1:][inside], atol=1e-6)
+    meta = dataset.metadata
+    assert meta["source"] == "generated" and "not D4RL" in meta["not_d4rl"]
+    assert meta["gym_env_id"] == "Hopper-v4" and meta["level"] == level and meta["size"] == 1200
+    assert "gymnasium" in meta["versions"] and "mujoco" in meta["versions"]
+    if level != "random":
+        assert meta["policy_file_sha256"] == factory.file_sha256(fake_policy_file)
+    assert np.isfinite(meta["normalized_score_mean"])
+
+
+def test_qpos_matches_observation(fake_policy_file: Path) -> None:
+    """Hopper's observation is qpos[1:] and clipped qvel: the recorded state must match it."""
+    dataset = factory.generate_dataset("gen-hopper-medium-v0@300", policy_file=fake_policy_file, progress=False)
+    np.testing.assert_allclose(dataset.observations[:, :5], dataset.infos["qpos"][:, 1:], atol=1e-5)
+
+
+def test_generation_is_deterministic(fake_policy_file: Path, tmp_path: Path) -> None:
+    first = factory.make_generated("gen-hopper-medium-v0@800", cache_dir=tmp_path / "a", policy_file=fake_policy_file, progress=False)
+    second = factory.make_generated("gen-hopper-medium-v0@800", cache_dir=tmp_path / "b", policy_file=fake_policy_file, progress=False)
+    assert first.read_bytes() == second.read_bytes()
+    other_seed = factory.generate_dataset("gen-hopper-medium-v0@800", seed=1, policy_file=fake_policy_file, progress=False)
+    assert other_seed.checksum() != read_hdf5(first).checksum()
+
+
+def test_cached_file_is_reused_and_stale_one_regenerated(fake_policy_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = factory.make_generated("gen-hopper-medium-v0@500", cache_dir=tmp_path, policy_file=fake_policy_file, progress=False)
+    stamp = path.stat().st_mtime_ns
+    assert factory.make_generated("gen-hopper-medium-v0@500", cache_dir=tmp_path, policy_file=fake_policy_file, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp
+    path.write_bytes(path.read_bytes()[:1000])  # truncated cache file
+    factory.make_generated("gen-hopper-medium-v0@500", cache_dir=tmp_path, policy_file=fake_policy_file, progress=False)
+    assert "damaged" in capsys.readouterr().out
+    validate_hdf5(path)
+
+
+def test_hdf5_has_d4rl_keys(fake_policy_file: Path, tmp_path: Path) -> None:
+    path = factory.make_generated("gen-hopper-medium-v0@400", cache_dir=tmp_path, policy_file=fake_policy_file, progress=False)
+    with h5py.File(path, "r") as handle:
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "infos/qpos", "infos/qvel", "infos/action_log_probs"):
+            assert key in handle, key
+        assert handle["metadata/source"][()].decode() == "generated"
+
+
+def test_missing_or_corrupt_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(factory.GeneratedDatasetError, match="missing"):
+        factory.generate_dataset("gen-hopper-medium-v0@100", policy_file=tmp_path / "nope.pt", progress=False)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x00garbage")
+    with pytest.raises(factory.GeneratedDatasetError, match="corrupt"):
+        factory.generate_dataset("gen-hopper-medium-v0@100", policy_file=broken, progress=False)
+    assert not list(tmp_path.glob("*.hdf5"))
+
+
+def test_random_level_needs_no_policy(generated_cache: Path) -> None:
+    dataset = load_dataset("gen-hopper-random-v0@3000", cache_dir=generated_cache)
+    assert dataset.metadata["source"] == "generated" and len(dataset) == 3000
+
+
+@pytest.mark.parametrize("robot", ["halfcheetah", "hopper", "walker2d"])
+def test_shipped_policies(robot: str) -> None:
+    path = factory.policy_path(robot)
+    if not path.exists():
+        pytest.skip(f"{robot} policy not shipped in this checkout")
+    payload = factory.load_policy_file(path)
+    low, high = factory.MEDIUM_TARGET_RANGE[robot]
+    assert payload["robot"] == robot and payload["format"] == factory.POLICY_FORMAT
+    medium = payload["levels"]["medium"]["evaluation"]["stochastic_normalized"]
+    assert low - 5 <= medium <= high + 5, f"medium policy scores {medium:.1f}, outside {low}-{high}"
+    assert all(entry["step"] < payload["levels"]["medium"]["step"] for entry in payload["replay_schedule"])

@@ -1,0 +1,127 @@
+"""The experiment grid: expansion, bad input, failure isolation, kill-and-resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybrid_rl.cli import main as cli_main
+from hybrid_rl.cli import phase1_main
+from hybrid_rl.grid import GridSpec, run_grid, run_state
+
+DATASET = "gen-hopper-random-v0@3000"
+
+
+def small_spec(results: Path, cache: Path, **changes) -> GridSpec:
+    values = dict(
+        algos=("bc", "iql"), datasets=(DATASET,), remove_top_k=(0.0, 30.0), seeds=(0,), total_steps=200, eval_every=100,
+        eval_episodes=2, log_every=50, device="cpu", results_dir=str(results), cache_dir=str(cache),
+        algo_overrides={"bc": {"hidden": [32, 32]}, "iql": {"hidden": [32, 32]}},
+    )
+    values.update(changes)
+    return GridSpec(**values)
+
+
+def test_expansion_order_and_ids(tmp_path: Path) -> None:
+    spec = small_spec(tmp_path / "r", tmp_path / "c", seeds=(0, 1))
+    configs = spec.expand()
+    assert len(configs) == 2 * 2 * 2
+    assert len({c.run_id for c in configs}) == len(configs)
+    assert configs[0].run_id == f"bc__{DATASET}__k0__noise0__s0"
+
+
+def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    spec = small_spec(tmp_path / "r", generated_cache, algo_overrides={"bc": {"hidden": [32, 32]}, "iql": {"no_such_field": 1}})
+    status = run_grid(spec, workers=1, log=lambda message: None, progress=False)
+    assert sorted(status["failed"]) == sorted(c.run_id for c in spec.expand() if c.algo == "iql")
+    for config in spec.expand():
+        state = run_state(config)
+        assert state == ("complete" if config.algo == "bc" else "new")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--algo", "sarsa"], "unknown algorithm"),
+        (["--remove_top_k", "100"], "outside [0, 100)"),
+        (["--total_steps", "0"], None),
+        (["--env", "hoper-medium-v2", "--quick"], "unknown dataset"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_input_fails_before_work(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    try:
+        code = phase1_main([*argv, "--results", str(results)])
+    except SystemExit as exc:  # argparse rejects malformed values itself
+        code = exc.code
+    assert code == 2
+    if message:
+        assert message in capsys.readouterr().err
+    assert not any(results.glob("*/config.json"))
+
+
+def test_unwritable_results_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = phase1_main(["--quick", "--env", DATASET, "--results", str(blocker / "results")])
+    assert code == 2
+    assert "results directory" in capsys.readouterr().err
+
+
+def test_plot_only_on_empty_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "results").mkdir()
+    assert cli_main(["report", "--results", str(tmp_path / "results"), "--plots", str(tmp_path / "plots")]) == 2
+    assert "no completed runs" in capsys.readouterr().err
+
+
+GRID_SCRIPT = """
+import sys
+from hybrid_rl.grid import GridSpec, run_grid
+spec = GridSpec(algos=("bc", "iql"), datasets=("{dataset}",), remove_top_k=(0.0, 30.0), seeds=(0,), total_steps={steps},
+    eval_every=100, eval_episodes=2, log_every=25, checkpoint_every=100, device="cpu", results_dir=sys.argv[1], cache_dir="{cache}",
+    algo_overrides={{"bc": {{"hidden": [32, 32]}}, "iql": {{"hidden": [32, 32]}}}})
+run_grid(spec, workers=1, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_killed_grid_resumes_to_identical_results(tmp_path: Path, generated_cache: Path) -> None:
+    """SIGKILL the grid while a run is between checkpoints; the rerun must equal an uninterrupted grid."""
+    steps = 400
+    cache = generated_cache
+    script = tmp_path / "grid.py"
+    script.write_text(GRID_SCRIPT.format(dataset=DATASET, steps=steps, cache=cache))
+    env = {**os.environ, "HYBRID_RL_DATA_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    subprocess.run([sys.executable, str(script), str(reference)], check=True, env=env, capture_output=True)
+
+    process = subprocess.Popen([sys.executable, str(script), str(interrupted)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill once an unfinished run has a checkpoint and has logged past it.
+    killed_in = None
+    while time.time() < deadline and killed_in is None:
+        for run in interrupted.glob("*__s0"):
+            if (run / "checkpoint.pt").exists() and not (run / "summary.json").exists():
+                metrics = (run / "metrics.jsonl").read_text().splitlines()
+                if metrics and metrics[-1].endswith("}") and json.loads(metrics[-1])["step"] % 100 != 0:
+                    killed_in = run
+        time.sleep(0.02)
+    assert killed_in is not None, "the grid finished before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run([sys.executable, str(script), str(interrupted)], check=True, env=env, capture_output=True)
+
+    for run in sorted(reference.glob("*__s0")):
+        expected = (run / "metrics.jsonl").read_text()
+        actual = (interrupted / run.name / "metrics.jsonl").read_text()
+        assert actual == expected, run.name
+        summary = json.loads((interrupted / run.name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps_done"] == steps
