@@ -38,6 +38,7 @@ def test_expansion_order_and_ids(tmp_path: Path) -> None:
 
 def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny networks: one thread per run
     spec = small_spec(tmp_path / "r", generated_cache, algo_overrides={"bc": {"hidden": [32, 32]}, "iql": {"no_such_field": 1}})
     status = run_grid(spec, workers=1, log=lambda message: None, progress=False)
     assert sorted(status["failed"]) == sorted(c.run_id for c in spec.expand() if c.algo == "iql")
