@@ -29,6 +29,7 @@ from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
 from .errors import HybridRLError
 from .eval.stats import final_score
+from .rollouts import episode_returns
 
 RUN_FORMAT_VERSION = 1
 # Config fields that do not change what a run computes: a run may resume under new values.
@@ -167,21 +168,15 @@ def to_float(value: torch.Tensor | float) -> float:
 # Evaluation
 # ---------------------------------------------------------------------------------------
 def evaluate(algorithm, envs: list, obs_mean: np.ndarray | None, obs_std: np.ndarray | None, seed: int) -> list[float]:
-    """Undiscounted returns of one episode per env, deterministic policy, envs stepped together."""
+    """Undiscounted returns of one episode per env with the deterministic policy."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return algorithm.act((obs - obs_mean) / obs_std if obs_mean is not None else obs, deterministic=True)
+
     algorithm.train_mode(False)
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    returns = np.zeros(len(envs))
-    active = np.ones(len(envs), dtype=bool)
-    while active.any():
-        model_obs = (obs - obs_mean) / obs_std if obs_mean is not None else obs
-        actions = algorithm.act(model_obs, deterministic=True)
-        for i in np.flatnonzero(active):
-            next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
-            returns[i] += reward
-            obs[i] = next_obs
-            active[i] = not (terminated or truncated)
+    returns = episode_returns(envs, policy, seed)
     algorithm.train_mode(True)
-    return returns.tolist()
+    return returns
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..algos.sac import SAC, SACConfig
+from ..rollouts import episode_returns
 from .dataset import ReplayBuffer
 from .refs import GYM_ENV_IDS, GYM_ENV_KWARGS, normalized_score
 
@@ -81,24 +82,17 @@ def file_sha256(path: Path) -> str:
 
 @torch.no_grad()
 def evaluate_policy(actor: torch.nn.Module, robot: str, episodes: int, seed: int, deterministic: bool) -> list[float]:
-    """Undiscounted returns of `episodes` episodes, stepping all envs together (batched actor)."""
+    """Undiscounted returns of `episodes` episodes of the actor (batched inference)."""
     envs = [make_robot_env(robot) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    returns = np.zeros(episodes)
-    active = np.ones(episodes, dtype=bool)
-    while active.any():
+
+    def policy(obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(obs)
-        actions = (actor.deterministic(obs_t) if deterministic else actor.sample(obs_t)).numpy()
-        for i, env in enumerate(envs):
-            if not active[i]:
-                continue
-            next_obs, reward, terminated, truncated, _ = env.step(actions[i])
-            returns[i] += reward
-            obs[i] = next_obs
-            active[i] = not (terminated or truncated)
+        return (actor.deterministic(obs_t) if deterministic else actor.sample(obs_t)).numpy()
+
+    returns = episode_returns(envs, policy, seed)
     for env in envs:
         env.close()
-    return returns.tolist()
+    return returns
 
 
 def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *, progress: bool = True) -> Path:

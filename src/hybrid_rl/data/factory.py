@@ -17,7 +17,8 @@ The recipe follows D4RL (Fu et al. 2020, sec. 5 and appendix):
   random actions for the warm-up steps, then each snapshot's stochastic policy for the
   steps it was in charge of, in one continuous stream of episodes. This matches the
   buffer's size, order and policy mix at snapshot granularity (documented in metadata).
-Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true terminations only.
+Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true terminations only
+(a step that both terminates and reaches the cap is a termination: it is never bootstrapped).
 """
 from __future__ import annotations
 
@@ -256,7 +257,7 @@ def rollout(robot: str, policy: PolicyFn, num_transitions: int, *, num_envs: int
             qpos, qvel = data.qpos.copy(), data.qvel.copy()
             next_obs, reward, terminated, truncated, _ = env.step(actions[i])
             episode = running[i]
-            for key, value in zip(fields, (obs[i].copy(), actions[i], reward, next_obs, terminated, truncated, qpos, qvel, log_probs[i])):
+            for key, value in zip(fields, (obs[i].copy(), actions[i], reward, next_obs, terminated, truncated and not terminated, qpos, qvel, log_probs[i])):
                 episode[key].append(value)
             if terminated or truncated:
                 finished.append({key: np.asarray(values) for key, values in episode.items()})
@@ -290,7 +291,7 @@ def rollout_sequential(robot: str, policy: PolicyFn, num_transitions: int, *, se
         data = env.unwrapped.data
         qpos, qvel = data.qpos.copy(), data.qvel.copy()
         next_obs, reward, terminated, truncated, _ = env.step(action[0])
-        for key, value in zip(fields, (obs.astype(np.float32), action[0], reward, next_obs, terminated, truncated, qpos, qvel, log_prob[0])):
+        for key, value in zip(fields, (obs.astype(np.float32), action[0], reward, next_obs, terminated, truncated and not terminated, qpos, qvel, log_prob[0])):
             out[key].append(value)
         obs = env.reset()[0] if (terminated or truncated) else next_obs
     env.close()
