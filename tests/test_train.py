@@ -138,3 +138,25 @@ def test_mc_diagnostic_indices_avoid_truncated_tails(base_config: TrainConfig) -
     # 300 steps of each 500-step timed-out trajectory are too close to the cut.
     assert len(index) == 2 * 200
     assert index.max() < 700 and not np.any((index >= 200) & (index < 500))
+
+
+def test_resume_refuses_changed_data(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = Path(base_config.results_dir) / base_config.run_id
+    original_sample = train_module.TransitionSampler.sample
+    calls = {"n": 0}
+
+    def crashing_sample(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise KeyboardInterrupt
+        return original_sample(self, batch_size)
+
+    monkeypatch.setattr(train_module.TransitionSampler, "sample", crashing_sample)
+    with pytest.raises(KeyboardInterrupt):
+        train(base_config)
+    monkeypatch.setattr(train_module.TransitionSampler, "sample", original_sample)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["dataset_checksum"] = "0" * 64  # as if the id now named other data
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigMismatchError, match="different data"):
+        train(base_config)

@@ -288,7 +288,9 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) 
     step = 0
     evals: list[float] = []
     best = -math.inf
+    dataset_checksum = original.checksum()
     if resume and checkpoint_path.exists():
+        _check_same_data(run_dir, dataset_checksum)
         try:
             state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         except Exception as exc:
@@ -312,7 +314,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) 
         "identity": config.identity(),
         **json.loads(json.dumps(dataclasses.asdict(config))),
         "env_name": env_name,
-        "dataset_checksum": original.checksum(),
+        "dataset_checksum": dataset_checksum,
         "dataset_metadata": _jsonable(original.metadata),
         "dataset_summary": original.summary(),
         "corrupted_dataset_summary": corrupted_summary,
@@ -410,6 +412,20 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) 
     _save_checkpoint(checkpoint_path, algorithm, sampler, loss_window, step, evals, best, metrics_path.stat().st_size, device)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _check_same_data(run_dir: Path, dataset_checksum: str) -> None:
+    """A checkpoint may only be resumed on the very data it was trained on: a dataset id can
+    come to mean other data (a regenerated dataset, a replaced local file)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text()).get("dataset_checksum")
+    if recorded is not None and recorded != dataset_checksum:
+        raise ConfigMismatchError(
+            f"{run_dir} was trained on different data under the same dataset id (checksum {recorded[:12]} != {dataset_checksum[:12]}); "
+            "delete that run directory to train on the current data, or restore the original dataset file"
+        )
 
 
 def _divergence_reason(record: dict[str, Any], q_bound: float) -> str | None:

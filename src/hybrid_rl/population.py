@@ -1,0 +1,956 @@
+"""Populations: P runs of one algorithm trained in one process with stacked parameters.
+
+A *population* is P independent runs of one algorithm on one base dataset: different seeds
+and corruption variants (top-k trajectory removal, reward noise, ...). Instead of P
+processes each doing small matrix products, the P parameter sets are stacked along a
+leading agent dimension and every update is one vmapped call of the algorithm's pure loss
+functions (``torch.func``): the same math, P times wider kernels, one Python dispatch.
+
+Pieces:
+
+``DatasetView``
+    One run's view of the base dataset: the base rows it keeps (in the order its own,
+    corrupted dataset has them), its reward array, its observation-normalisation statistics
+    and reward scale. Built from the corrupted dataset and its corruption records
+    (``DatasetView.from_corrupted``), which must be a view: only trajectory removal and
+    reward corruptions qualify.
+``PopulationSampler``
+    ONE device-resident copy of the base dataset plus per-run index sets and reward arrays
+    (concatenated, deduplicated). Each run draws its rows with its own ``torch.Generator``
+    seeded like the single-run ``TransitionSampler(seed=...)``, with the same call, so a
+    population member sees exactly the batches its single run would.
+``IQLPopulation`` / ``CQLPopulation``
+    Stacked parameters (``torch.func.stack_module_state``), the losses of ``algos/iql.py``
+    and ``algos/cql.py`` (reused, not rewritten) evaluated through ``functional_call`` +
+    ``grad`` + ``vmap`` over the agent dimension, one Adam over the stacked tensors (Adam is
+    elementwise, so agents stay independent), Polyak-averaged target critics and, for IQL,
+    the cosine actor-LR schedule of ``iql.IQL``. ``compile=True`` wraps the whole step
+    (batch gather, losses, gradients, Adam, Polyak) in ``torch.compile``, falling back to
+    the eager vmapped step with a warning if compilation fails on this platform.
+
+Hot-loop rules (the point of the exercise): no host synchronisation inside ``update`` /
+``train_step`` (no ``.item()``, ``.cpu()``, data-dependent Python control flow). The step
+counter, the learning rates and Adam's bias corrections live in device tensors; metrics
+come back as one ``(P,)`` tensor per name and are read by the caller only when it logs.
+
+Equivalence: IQL's update draws no random numbers, so a population member reproduces the
+single run ``iql.IQL`` with the same initial weights and batches up to floating-point
+rounding (batched matrix products round differently from unbatched ones);
+``tests/test_population.py`` checks this. CQL samples actions inside its loss, and a
+vmapped random draw cannot reproduce P separate draws from the global generator, so a CQL
+population is equivalent in distribution only (see ``CQLPopulation``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from .algos.base import Batch, Metrics
+from .algos.cql import CQL, CQLConfig, cql_critic_loss
+from .algos.iql import IQL, IQLConfig, iql_actor_loss, iql_q_loss, iql_value_loss
+from .algos.sac import sac_actor_loss, sac_target, temperature_loss
+from .data.dataset import OfflineDataset
+
+Tensors = dict[str, torch.Tensor]
+
+BATCH_FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
+
+# Corruption kinds that only change rewards: the corrupted dataset is the base dataset's
+# rows with another reward array. corrupt_transitions is a view only with target "rewards".
+REWARD_ONLY_KINDS = ("reward_noise", "replace_rewards", "flip_reward_sign")
+
+
+# ---------------------------------------------------------------------------------------
+# Data: one base dataset, per-run views
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DatasetView:
+    """One run's dataset expressed as rows of a shared base dataset.
+
+    Attributes:
+        index: ``(n,)`` int64 rows of the base dataset, in the order the run's own dataset
+            holds them (sampling index ``i`` of the run means base row ``index[i]``).
+        rewards: ``(n,)`` float32 rewards of the run's dataset (corrupted, not yet scaled).
+        obs_mean, obs_std: ``(obs_dim,)`` float32 normalisation statistics of the run's own
+            dataset, or None for raw observations (as ``TransitionSampler``).
+        reward_scale, reward_bias: rewards enter the batch as ``rewards * scale + bias``.
+        name: for messages.
+    """
+
+    index: np.ndarray
+    rewards: np.ndarray
+    obs_mean: np.ndarray | None = None
+    obs_std: np.ndarray | None = None
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.index.ndim != 1 or self.rewards.shape != self.index.shape:
+            raise ValueError(f"view {self.name!r}: index {self.index.shape} and rewards {self.rewards.shape} must both be (n,)")
+        if len(self.index) == 0:
+            raise ValueError(f"view {self.name!r} keeps no transitions")
+        if (self.obs_mean is None) != (self.obs_std is None):
+            raise ValueError(f"view {self.name!r}: give both obs_mean and obs_std, or neither")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def full(cls, base: OfflineDataset, *, normalize_observations: bool = False, reward_scale: float = 1.0, name: str = "") -> "DatasetView":
+        """The whole base dataset, uncorrupted."""
+        mean, std = base.observation_stats() if normalize_observations else (None, None)
+        return cls(np.arange(len(base), dtype=np.int64), base.rewards, mean, std, float(reward_scale), 0.0, name or base.name)
+
+    @classmethod
+    def from_corrupted(
+        cls,
+        base: OfflineDataset,
+        corrupted: OfflineDataset,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        normalize_observations: bool = False,
+        reward_scale: float = 1.0,
+        verify: bool = True,
+        name: str = "",
+    ) -> "DatasetView":
+        """The view of ``base`` that ``corrupted`` is, from the corruption ``records``.
+
+        ``records`` are those of ``apply_corruptions(base, specs, seed)`` that produced
+        ``corrupted``. Top-k trajectory removal narrows the row index; reward corruptions
+        keep it (their rewards are taken from ``corrupted``). Corruptions of observations,
+        actions or dynamics are not views and raise ValueError. With ``verify`` the
+        non-reward fields of ``corrupted`` are compared with the base rows (a few
+        hundred ms for a 1M-transition dataset), so a wrong record can never pass silently.
+
+        Observation statistics (if ``normalize_observations``) come from ``corrupted``, as in
+        the trainer; ``reward_scale`` is the caller's (the trainer uses
+        ``corrupted.iql_reward_scale()`` when the config asks for "iql" scaling).
+        """
+        index = np.arange(len(base), dtype=np.int64)
+        ends = np.logical_or(base.terminals, base.timeouts)
+        for position, record in enumerate(records):
+            kind = record.get("kind")
+            if kind == "remove_top_k":
+                removed = np.asarray(record.get("removed_trajectory_indices", []), dtype=np.int64)
+                if len(removed) == 0:
+                    continue
+                # Trajectory bounds of the current view, as OfflineDataset.trajectory_bounds.
+                current_ends = np.flatnonzero(ends[index]) + 1
+                if len(current_ends) == 0 or current_ends[-1] != len(index):
+                    current_ends = np.append(current_ends, len(index))
+                starts = np.concatenate([[0], current_ends[:-1]])
+                keep = np.ones(len(index), dtype=bool)
+                for t in removed:
+                    keep[starts[t]:current_ends[t]] = False
+                index = index[keep]
+            elif kind in REWARD_ONLY_KINDS or (kind == "corrupt_transitions" and record.get("target") == "rewards"):
+                continue
+            else:
+                raise ValueError(
+                    f"corruption #{position} ({kind!r}{', target ' + repr(record.get('target')) if 'target' in record else ''}) "
+                    "changes more than rewards, so that run's dataset is not a view of the base dataset; "
+                    "train it with its own TransitionSampler"
+                )
+        label = name or corrupted.name
+        if len(index) != len(corrupted):
+            raise ValueError(f"view {label!r}: the records keep {len(index)} transitions but the corrupted dataset has {len(corrupted)}")
+        if verify:
+            for key in ("observations", "actions", "next_observations", "terminals"):
+                if not np.array_equal(getattr(base, key)[index], getattr(corrupted, key)):
+                    raise ValueError(f"view {label!r}: '{key}' of the corrupted dataset differs from the base rows the records select")
+        mean, std = corrupted.observation_stats() if normalize_observations else (None, None)
+        return cls(index, np.asarray(corrupted.rewards, dtype=np.float32), mean, std, float(reward_scale), 0.0, label)
+
+    @classmethod
+    def for_run(cls, base: OfflineDataset, corrupted: OfflineDataset, records: Sequence[Mapping[str, Any]], algo_config: Any, **kwargs: Any) -> "DatasetView":
+        """``from_corrupted`` with the preprocessing an algorithm config asks for (as ``train.py``)."""
+        scale = corrupted.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
+        return cls.from_corrupted(
+            base, corrupted, records, normalize_observations=bool(getattr(algo_config, "normalize_observations", False)), reward_scale=scale, **kwargs
+        )
+
+
+def _digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    return hashlib.blake2b(array.tobytes() + str((array.dtype, array.shape)).encode(), digest_size=16).hexdigest()
+
+
+class PopulationSampler:
+    """Uniform minibatches for P runs from one device-resident base dataset.
+
+    Device memory: the base arrays once (observations and next observations raw; each
+    run's normalisation is applied to the gathered batch, which gives the same float32
+    values as normalising the whole array first), plus one int64 index set and one float32
+    reward array per *distinct* view (runs with equal index sets or rewards share them).
+
+    Sampling for run k is ``torch.randint(n_k, (B,), generator=g_k)`` with ``g_k`` seeded
+    by ``seeds[k]``: the call ``TransitionSampler(dataset_k, seed=seeds[k]).sample(B)``
+    makes, so the batches are identical to the single run's.
+
+    ``sample_indices`` (eager: P generator calls) and ``gather`` (pure tensor code, safe to
+    compile) are separate so a compiled step can include the gather.
+    """
+
+    def __init__(self, base: OfflineDataset, views: Sequence[DatasetView], seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        if len(views) == 0 or len(views) != len(seeds):
+            raise ValueError(f"need one seed per view, got {len(views)} views and {len(seeds)} seeds")
+        self.device = torch.device(device)
+        self.num_agents = len(views)
+        self.base_size = len(base)
+        for view in views:
+            if view.index.min() < 0 or view.index.max() >= len(base):
+                raise ValueError(f"view {view.name!r} indexes rows outside the base dataset ({len(base)} rows)")
+        to = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa: E731
+        self.base: Tensors = {
+            "observations": to(base.observations),
+            "actions": to(base.actions),
+            "next_observations": to(base.next_observations),
+            "dones": to(base.terminals.astype(np.float32)),  # true terminals only, as TransitionSampler
+        }
+        # Deduplicated segments, concatenated: run k's index set is
+        # flat_index[index_offsets[k] : index_offsets[k] + sizes[k]].
+        index_segments: dict[str, int] = {}
+        reward_segments: dict[str, int] = {}
+        flat_index: list[np.ndarray] = []
+        flat_rewards: list[np.ndarray] = []
+        index_offsets, reward_offsets = [], []
+        for view in views:
+            key = _digest(view.index)
+            if key not in index_segments:
+                index_segments[key] = sum(len(a) for a in flat_index)
+                flat_index.append(view.index.astype(np.int64))
+            index_offsets.append(index_segments[key])
+            # Scaled on the host in float32, exactly as TransitionSampler does it.
+            rewards = np.asarray(view.rewards * view.reward_scale + view.reward_bias, dtype=np.float32)
+            key = _digest(rewards)
+            if key not in reward_segments:
+                reward_segments[key] = sum(len(a) for a in flat_rewards)
+                flat_rewards.append(rewards)
+            reward_offsets.append(reward_segments[key])
+        self.num_index_sets, self.num_reward_arrays = len(flat_index), len(flat_rewards)
+        self.flat_index = to(np.concatenate(flat_index), torch.int64)
+        self.flat_rewards = to(np.concatenate(flat_rewards))
+        self.index_offsets = to(index_offsets, torch.int64).unsqueeze(1)  # (P, 1)
+        self.reward_offsets = to(reward_offsets, torch.int64).unsqueeze(1)  # (P, 1)
+        self.sizes = [len(view) for view in views]
+        obs_dim = base.obs_dim
+        # Runs without normalisation get mean 0, std 1: (x - 0) / 1 == x exactly.
+        self.obs_mean = to(np.stack([view.obs_mean if view.obs_mean is not None else np.zeros(obs_dim, np.float32) for view in views])).unsqueeze(1)
+        self.obs_std = to(np.stack([view.obs_std if view.obs_std is not None else np.ones(obs_dim, np.float32) for view in views])).unsqueeze(1)
+        self.seeds = [int(seed) for seed in seeds]
+        self.generators = []
+        for seed in self.seeds:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+            self.generators.append(generator)
+
+    def sample_indices(self, batch_size: int) -> torch.Tensor:
+        """``(P, batch_size)`` int64 rows of each run's own dataset (not base rows)."""
+        return torch.stack(
+            [torch.randint(size, (batch_size,), device=self.device, generator=generator) for size, generator in zip(self.sizes, self.generators)]
+        )
+
+    def gather(self, rows: torch.Tensor) -> Batch:
+        """The batch for ``rows`` ``(P, B)``: observations/next_observations ``(P, B, obs_dim)``
+        (normalised per run), actions ``(P, B, act_dim)``, rewards and dones ``(P, B)``."""
+        base_rows = self.flat_index[rows + self.index_offsets]
+        return {
+            "observations": (self.base["observations"][base_rows] - self.obs_mean) / self.obs_std,
+            "actions": self.base["actions"][base_rows],
+            "rewards": self.flat_rewards[rows + self.reward_offsets],
+            "next_observations": (self.base["next_observations"][base_rows] - self.obs_mean) / self.obs_std,
+            "dones": self.base["dones"][base_rows],
+        }
+
+    def sample(self, batch_size: int) -> Batch:
+        return self.gather(self.sample_indices(batch_size))
+
+    def device_bytes(self) -> int:
+        """Bytes of device memory the sampler holds (base arrays + index sets + rewards + stats)."""
+        tensors = [*self.base.values(), self.flat_index, self.flat_rewards, self.obs_mean, self.obs_std]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generators": [generator.get_state() for generator in self.generators], "seeds": list(self.seeds)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["seeds"]) != self.seeds:
+            raise ValueError(f"sampler state was saved for seeds {state['seeds']}, this sampler has {self.seeds}")
+        for generator, generator_state in zip(self.generators, state["generators"]):
+            generator.set_state(generator_state)
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules and Adam as device-tensor math
+# ---------------------------------------------------------------------------------------
+def cosine_lr_table(base_lr: float, max_steps: int) -> np.ndarray:
+    """``(max_steps + 1,)`` float64: the LR ``CosineAnnealingLR(T_max=max_steps, eta_min=0)``
+    sets after 0, 1, ..., max_steps scheduler steps.
+
+    The scheduler computes each LR recursively from the previous one (its "chainable" form,
+    not the closed form); this loop repeats that arithmetic in the same order, so the values
+    are bit-identical to what ``iql.IQL``'s optimizer uses.
+    """
+    table = np.empty(max_steps + 1, dtype=np.float64)
+    lr = float(base_lr)
+    table[0] = lr
+    for epoch in range(1, max_steps + 1):
+        lr = (1 + math.cos(math.pi * epoch / max_steps)) / (1 + math.cos(math.pi * (epoch - 1) / max_steps)) * (lr - 0.0) + 0.0
+        table[epoch] = lr
+    return table
+
+
+@dataclass
+class _ParamGroup:
+    """Stacked parameters optimised by one Adam with one learning rate (a table or a constant)."""
+
+    name: str
+    keys: list[str]  # names in the stacked parameter dict, in the module's parameter order
+    lr: float
+    lr_table: torch.Tensor | None  # (T + 1,) float64, indexed by min(step, T); None: constant lr
+    betas: tuple[float, float]
+    eps: float
+
+
+def _adam_hyperparameters(optimizer: torch.optim.Optimizer, what: str) -> tuple[float, tuple[float, float], float]:
+    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+        raise ValueError(f"{what}: populations implement plain Adam with one parameter group, got {optimizer!r}")
+    group = optimizer.param_groups[0]
+    if group["weight_decay"] or group["amsgrad"] or group.get("maximize") or group.get("decoupled_weight_decay"):
+        raise ValueError(f"{what}: weight decay, AMSGrad and maximize are not implemented for populations")
+    return float(group["initial_lr"] if "initial_lr" in group else group["lr"]), tuple(group["betas"]), float(group["eps"])
+
+
+def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm over all tensors, computed as ``networks.grad_norm`` does (norm of norms)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+# ---------------------------------------------------------------------------------------
+# The population trainer, algorithm-independent part
+# ---------------------------------------------------------------------------------------
+class _LossModule(nn.Module):
+    """Holds an algorithm's networks (on the meta device: structure only) so that
+    ``functional_call`` can swap in one agent's parameters for every network at once."""
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+
+class _Population:
+    """Stacked parameters of P agents, a vmapped gradient step and Adam over stacked tensors.
+
+    Subclasses provide the loss module (``self._losses``), the parameter groups, the
+    Polyak pairs and the per-agent extras. The update is
+    ``grads, metrics = vmap(grad(loss))(params, frozen, batch)`` followed by Adam on every
+    group and Polyak averaging of the target networks, all in place on device tensors.
+    """
+
+    algorithm_cls: type
+    randomness: str = "error"  # vmap randomness: IQL draws nothing inside its update
+
+    def __init__(self, agents: Sequence[Any], *, compile: bool | str = False) -> None:
+        if len(agents) == 0:
+            raise ValueError("a population needs at least one agent")
+        first = agents[0]
+        for agent in agents:
+            if type(agent) is not self.algorithm_cls:
+                raise TypeError(f"{type(self).__name__} needs {self.algorithm_cls.__name__} agents, got {type(agent).__name__}")
+            if agent.config != first.config or (agent.obs_dim, agent.act_dim) != (first.obs_dim, first.act_dim) or agent.device != first.device:
+                raise ValueError("all agents of a population must share config, dimensions and device")
+            if agent.total_updates != first.total_updates:
+                raise ValueError("all agents of a population must have done the same number of updates")
+        self.config = first.config
+        self.obs_dim, self.act_dim = first.obs_dim, first.act_dim
+        self.device = first.device
+        self.num_agents = len(agents)
+        self.total_updates = first.total_updates  # host-side mirror of self.step (no sync to read)
+        self._template = first
+
+        # Trainable parameters by network, stacked: name "actor.net.0.weight" -> (P, ...).
+        self.params: Tensors = {}
+        self.frozen: Tensors = {}  # target networks (and anything else not optimised)
+        self.network_keys: dict[str, list[str]] = {}
+        for network in self._trainable_networks():
+            stacked, buffers = stack_module_state([agent.modules[network] for agent in agents])
+            if buffers:
+                raise ValueError(f"{network} has buffers {sorted(buffers)}; populations support parameter-only networks")
+            self.network_keys[network] = [f"{network}.{key}" for key in stacked]
+            self.params.update({f"{network}.{key}": value.detach().clone() for key, value in stacked.items()})
+        for network in self._frozen_networks():
+            stacked, _ = stack_module_state([agent.modules[network] for agent in agents])
+            self.frozen.update({f"{network}.{key}": value.detach().clone() for key, value in stacked.items()})
+        self._add_extra_state(agents)
+
+        # Adam state per stacked tensor, and the shared step counter (float64 so that the
+        # bias corrections are computed in double precision, as torch.optim.Adam does).
+        self.step = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.exp_avg: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
+        self.exp_avg_sq: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
+        self.groups = self._param_groups()
+        self._load_optimizer_state(agents)
+
+        self._losses = self._loss_module()
+        self._grad_fn = vmap(self._agent_gradients, randomness=self.randomness)
+        self.metric_names = self._probe_metric_names()
+
+        self.compile_mode = self._resolve_compile(compile)
+        self.compile_error: str | None = None
+        self._update_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._update_impl)
+        self._train_step_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._train_step_impl)
+
+    # --- subclass hooks ------------------------------------------------------------------
+    def _trainable_networks(self) -> list[str]:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _frozen_networks(self) -> list[str]:
+        return ["target_critic"]
+
+    def _add_extra_state(self, agents: Sequence[Any]) -> None:
+        """Trainable tensors that are not module parameters (CQL's log_alpha)."""
+
+    def _param_groups(self) -> list[_ParamGroup]:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _loss_module(self) -> _LossModule:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _polyak_pairs(self) -> list[tuple[str, str]]:
+        """(target key, source key) pairs averaged with rate ``config.tau`` after each step."""
+        return [(key, "critic." + key[len("target_critic."):]) for key in self.frozen if key.startswith("target_critic.")]
+
+    # --- the math of one step ------------------------------------------------------------
+    def _agent_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
+        """One agent (inside vmap): gradients of the summed losses and the step's metrics."""
+
+        def loss(params: Tensors) -> tuple[torch.Tensor, Metrics]:
+            return functional_call(self._losses, {**params, **frozen}, (batch,))
+
+        grads, metrics = grad(loss, has_aux=True)(params)
+        for group in self.groups:
+            metrics[f"grad_norm_{group.name}"] = _global_norm([grads[key] for key in group.keys])
+        return grads, metrics
+
+    @torch.no_grad()
+    def _apply_adam(self, grads: Tensors) -> None:
+        """Adam (Kingma & Ba 2015, as torch.optim.Adam) on every stacked tensor, in place.
+
+        Elementwise, so each agent's slice follows exactly its own Adam. The step count and
+        learning rates are device tensors: nothing here waits for the host.
+        """
+        t = self.step + 1.0
+        for group in self.groups:
+            beta1, beta2 = group.betas
+            if group.lr_table is None:
+                lr: torch.Tensor | float = group.lr
+            else:
+                # index_select with a (1,) index tensor, not table[tensor]: a 0-d tensor used
+                # as an index is read back as a Python int (a host sync, a graph break).
+                position = torch.clamp(self.step, max=len(group.lr_table) - 1).long().reshape(1)
+                lr = group.lr_table.index_select(0, position).squeeze(0)
+            step_size = (lr / (1.0 - beta1**t)).float()
+            bias_correction2_sqrt = torch.sqrt(1.0 - beta2**t).float()
+            params = [self.params[key] for key in group.keys]
+            grad_list = [grads[key] for key in group.keys]
+            exp_avgs = [self.exp_avg[key] for key in group.keys]
+            exp_avg_sqs = [self.exp_avg_sq[key] for key in group.keys]
+            torch._foreach_lerp_(exp_avgs, grad_list, 1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grad_list, grad_list, value=1.0 - beta2)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, group.eps)
+            updates = torch._foreach_div(exp_avgs, denom)
+            torch._foreach_mul_(updates, -step_size)
+            torch._foreach_add_(params, updates)
+
+    @torch.no_grad()
+    def _apply_polyak(self) -> None:
+        pairs = self._polyak_pairs()
+        torch._foreach_lerp_([self.frozen[t] for t, _ in pairs], [self.params[s] for _, s in pairs], self.config.tau)
+
+    def _update_impl(self, batch: Batch) -> torch.Tensor:
+        """One update of every agent on ``batch`` (``(P, B, ...)`` tensors); returns the
+        metrics stacked as ``(len(metric_names), P)``."""
+        grads, metrics = self._grad_fn(self.params, self.frozen, batch)
+        self._apply_adam(grads)
+        self._apply_polyak()
+        self.step.add_(1.0)
+        return torch.stack([metrics[name] for name in self.metric_names])
+
+    def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor) -> torch.Tensor:
+        return self._update_impl(sampler.gather(rows))
+
+    # --- compilation ---------------------------------------------------------------------
+    def _resolve_compile(self, compile: bool | str) -> str | None:
+        if compile is False or compile is None:
+            return None
+        if compile is True:
+            # CUDA graphs remove the per-kernel launch cost that dominates small updates on
+            # a GPU; on a CPU there is nothing to replay, so plain inductor code.
+            return "reduce-overhead" if self.device.type == "cuda" else "default"
+        return str(compile)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.frozen.values(), *self.exp_avg.values(), *self.exp_avg_sq.values(), self.step]
+
+    def _maybe_compile(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``torch.compile(fn)``, or ``fn`` with a warning if compilation fails.
+
+        The first call compiles. If it raises, the state it may have touched is restored
+        from a snapshot and the eager function runs instead (same math, slower).
+        """
+        if self.compile_mode is None:
+            return fn
+        if self.compile_mode == "reduce-overhead":
+            # CUDA graphs may replay in place only on tensors whose address never changes.
+            for tensor in self._state_tensors():
+                torch._dynamo.mark_static_address(tensor)
+        compiled = torch.compile(fn, mode=self.compile_mode, dynamic=False, fullgraph=True)
+        state = {"compiled": False}
+
+        def call(*args: Any) -> torch.Tensor:
+            if self.compile_error is not None:
+                return fn(*args)
+            if self.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            if state["compiled"]:
+                return compiled(*args)
+            snapshot = [tensor.clone() for tensor in self._state_tensors()]
+            try:
+                out = compiled(*args)
+            except Exception as exc:  # any failure of dynamo/inductor/the C++ toolchain
+                with torch.no_grad():
+                    for tensor, saved in zip(self._state_tensors(), snapshot):
+                        tensor.copy_(saved)
+                self.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                warnings.warn(
+                    f"torch.compile failed on this platform ({self.compile_error}); {type(self).__name__} continues with the "
+                    "eager vmapped step (same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return fn(*args)
+            state["compiled"] = True
+            return out
+
+        return call
+
+    @property
+    def compiled(self) -> bool:
+        """Whether updates run through torch.compile (False before the first update if that fails)."""
+        return self.compile_mode is not None and self.compile_error is None
+
+    # --- public API ------------------------------------------------------------------------
+    def _metrics(self, stacked: torch.Tensor) -> Metrics:
+        if self.compile_mode == "reduce-overhead" and self.compile_error is None:
+            stacked = stacked.clone()  # CUDA-graph outputs are overwritten by the next replay
+        return dict(zip(self.metric_names, stacked.unbind(0)))
+
+    def update(self, batch: Batch) -> Metrics:
+        """One gradient step of every agent; ``batch`` holds ``(P, B, ...)`` tensors.
+
+        Returns ``{name: (P,) tensor}`` with the single-run algorithm's metric names; reading
+        them syncs with the device, so do it only when logging.
+        """
+        out = self._update_fn(batch)
+        self.total_updates += 1
+        return self._metrics(out)
+
+    def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> Metrics:
+        """Sample every agent's batch and update: the hot loop's one call.
+
+        The row draws run eagerly (one generator call per agent, so the batches match the
+        single runs'); the gather from the base dataset is part of the (compiled) step.
+        """
+        if sampler.num_agents != self.num_agents:
+            raise ValueError(f"sampler serves {sampler.num_agents} agents, the population has {self.num_agents}")
+        rows = sampler.sample_indices(batch_size or self.config.batch_size)
+        out = self._train_step_fn(sampler, rows)
+        self.total_updates += 1
+        return self._metrics(out)
+
+    def _probe_metric_names(self) -> list[str]:
+        """Metric names, in the single-run order, from one eager call on a 2-row dummy batch."""
+        batch = {
+            "observations": torch.zeros(2, self.obs_dim, device=self.device),
+            "actions": torch.zeros(2, self.act_dim, device=self.device),
+            "rewards": torch.zeros(2, device=self.device),
+            "next_observations": torch.zeros(2, self.obs_dim, device=self.device),
+            "dones": torch.zeros(2, device=self.device),
+        }
+        first = {key: value[0] for key, value in self.params.items()}
+        frozen = {key: value[0] for key, value in self.frozen.items()}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            _, metrics = self._agent_gradients(first, frozen, batch)
+        return list(metrics)
+
+    def _agent_slice(self, tensors: Tensors, prefix: str, agent: int) -> Tensors:
+        return {key[len(prefix):]: value[agent] for key, value in tensors.items() if key.startswith(prefix)}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Deterministic actions of every agent: obs ``(P, N, obs_dim)`` (each agent its own
+        normalised observations) or ``(N, obs_dim)`` (shared) -> ``(P, N, act_dim)`` in [-1, 1]."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs, device=self.device)
+        actor = {key[len("actor."):]: value for key, value in self.params.items() if key.startswith("actor.")}
+        module = self._losses.actor
+
+        def mean_action(params: Tensors, observations: torch.Tensor) -> torch.Tensor:
+            return functional_call(_MethodCall(module, "deterministic"), {f"module.{k}": v for k, v in params.items()}, (observations,))
+
+        actions = vmap(mean_action, in_dims=(0, 0 if obs_t.ndim == 3 else None))(actor, obs_t)
+        return actions.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics of every agent: ``(P, B, .)`` or shared ``(B, .)`` inputs -> ``(P, B)``."""
+        critic = {key[len("critic."):]: value for key, value in self.params.items() if key.startswith("critic.")}
+        module = self._losses.critic
+
+        def q_min(params: Tensors, o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            return functional_call(module, params, (o, a)).min(dim=0).values
+
+        dims = (0, 0 if obs.ndim == 3 else None, 0 if actions.ndim == 3 else None)
+        return vmap(q_min, in_dims=dims)(critic, obs, actions)
+
+    def member(self, agent: int) -> Any:
+        """Agent ``agent`` as a single-run algorithm object (networks, Adam state, LR
+        schedule, update count): for evaluation with the existing tools, checkpoints in the
+        single-run format, or continuing that run alone. Leaves the global RNG untouched."""
+        if not 0 <= agent < self.num_agents:
+            raise IndexError(f"agent {agent} out of range for a population of {self.num_agents}")
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            single = self.algorithm_cls(self.obs_dim, self.act_dim, self.config, self.device)
+        with torch.no_grad():
+            for network in [*self._trainable_networks(), *self._frozen_networks()]:
+                source = self.params if network in self._trainable_networks() else self.frozen
+                single.modules[network].load_state_dict({k: v.clone() for k, v in self._agent_slice(source, network + ".", agent).items()})
+        self._export_extra_state(single, agent)
+        steps = self.total_updates
+        for group in self.groups:
+            optimizer = single.optimizers[group.name]
+            for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
+                optimizer.state[param] = {
+                    "step": torch.tensor(float(steps)),
+                    "exp_avg": self.exp_avg[key][agent].clone(),
+                    "exp_avg_sq": self.exp_avg_sq[key][agent].clone(),
+                }
+        single.total_updates = steps
+        self._export_schedulers(single, steps)
+        return single
+
+    def _export_extra_state(self, single: Any, agent: int) -> None:
+        pass
+
+    def _export_schedulers(self, single: Any, steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit on the same device (clones)."""
+        clone = lambda tensors: {key: value.detach().clone() for key, value in tensors.items()}  # noqa: E731
+        return {
+            "params": clone(self.params),
+            "frozen": clone(self.frozen),
+            "exp_avg": clone(self.exp_avg),
+            "exp_avg_sq": clone(self.exp_avg_sq),
+            "step": self.step.clone(),
+            "total_updates": self.total_updates,
+            "num_agents": self.num_agents,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copies into the existing tensors (their addresses matter to a compiled step)."""
+        if state["num_agents"] != self.num_agents:
+            raise ValueError(f"state holds {state['num_agents']} agents, this population has {self.num_agents}")
+        for name in ("params", "frozen", "exp_avg", "exp_avg_sq"):
+            mine = getattr(self, name)
+            if set(mine) != set(state[name]):
+                raise ValueError(f"state's {name} tensors {sorted(state[name])} do not match this population's {sorted(mine)}")
+            for key, value in state[name].items():
+                mine[key].copy_(value)
+        self.step.copy_(state["step"])
+        self.total_updates = int(state["total_updates"])
+
+
+class _MethodCall(nn.Module):
+    """Calls ``module.<method>`` as ``forward``, so ``functional_call`` can reach methods
+    other than ``forward`` (the actor's ``deterministic``) with swapped parameters."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.module, self.method)(*args)
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """Structure without storage: every parameter is swapped in by functional_call."""
+    return copy.deepcopy(module).to("meta")
+
+
+# ---------------------------------------------------------------------------------------
+# IQL
+# ---------------------------------------------------------------------------------------
+class _IQLLosses(_LossModule):
+    """IQL's three losses, in ``iql.IQL.update``'s order, from the pure functions of ``iql.py``.
+
+    The losses share no trainable parameters (V's loss sees the critic only as the frozen
+    target, Q's loss sees V under no_grad, the actor's loss gets detached advantages), so the
+    gradient of their sum with respect to each network is exactly that network's own loss
+    gradient: one ``grad`` call replaces the three backward passes of the single run.
+    """
+
+    def __init__(self, template: IQL) -> None:
+        super().__init__()
+        self.config: IQLConfig = template.config
+        self.actor = _meta_copy(template.actor)
+        self.critic = _meta_copy(template.critic)
+        self.value = _meta_copy(template.value)
+        self.target_critic = _meta_copy(template.target_critic)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        cfg = self.config
+        value_loss, value_metrics = iql_value_loss(self.target_critic, self.value, batch, cfg.expectile)
+        advantages = value_metrics.pop("advantages")
+        critic_loss, critic_metrics = iql_q_loss(self.critic, self.value, batch, cfg.discount)
+        actor_loss, actor_metrics = iql_actor_loss(self.actor, batch, advantages, cfg.beta, cfg.max_weight)
+        with torch.no_grad():
+            q_policy = self.critic(batch["observations"], self.actor.deterministic(batch["observations"])).min(dim=0).values
+        metrics = {**value_metrics, **critic_metrics, **actor_metrics, "q_policy_mean": q_policy.mean()}
+        return value_loss + critic_loss + actor_loss, metrics
+
+
+class IQLPopulation(_Population):
+    """P IQL agents (``iql.IQL`` semantics) trained together with stacked parameters.
+
+    Build it from existing agents (``IQLPopulation(agents)``, all with the same config) or
+    with ``IQLPopulation.create(obs_dim, act_dim, config, seeds)``, which initialises agent k
+    the way the trainer does for seed k (``torch.manual_seed(seed)`` then ``IQL(...)``).
+
+    ``update(batch)`` / ``train_step(sampler)`` return the metrics of ``IQL.update`` as
+    ``(P,)`` tensors. The actor LR follows IQL's cosine schedule, read from a device table
+    indexed by the device step counter (no host involvement), and stays 0 after
+    ``config.max_steps`` as in ``IQL``.
+    """
+
+    algorithm_cls = IQL
+    randomness = "error"
+
+    def __init__(self, agents: Sequence[IQL], *, compile: bool | str = False) -> None:
+        super().__init__(agents, compile=compile)
+
+    @classmethod
+    def create(cls, obs_dim: int, act_dim: int, config: IQLConfig, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "IQLPopulation":
+        """Agents initialised as the trainer does for each seed; the global RNG is restored after."""
+        agents = []
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+            for seed in seeds:
+                torch.manual_seed(int(seed))
+                agents.append(IQL(obs_dim, act_dim, config, device))
+        return cls(agents, compile=compile)
+
+    def _trainable_networks(self) -> list[str]:
+        return ["value", "critic", "actor"]
+
+    def _param_groups(self) -> list[_ParamGroup]:
+        template: IQL = self._template
+        groups = []
+        for network in ("value", "critic", "actor"):
+            lr, betas, eps = _adam_hyperparameters(template.optimizers[network], f"IQL {network} optimizer")
+            table = None
+            if network == "actor":
+                table = torch.as_tensor(cosine_lr_table(lr, self.config.max_steps), dtype=torch.float64, device=self.device)
+            groups.append(_ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
+        return groups
+
+    def _load_optimizer_state(self, agents: Sequence[IQL]) -> None:
+        _load_adam_moments(self, agents)
+
+    def _loss_module(self) -> _LossModule:
+        return _IQLLosses(self._template)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*super()._state_tensors(), *(g.lr_table for g in self.groups if g.lr_table is not None)]
+
+    def _export_schedulers(self, single: IQL, steps: int) -> None:
+        scheduler = single.schedulers["actor"]
+        epoch = min(steps, self.config.max_steps)
+        lr = float(cosine_lr_table(single.optimizers["actor"].param_groups[0]["initial_lr"], self.config.max_steps)[epoch])
+        state = scheduler.state_dict()
+        state.update(last_epoch=epoch, _step_count=epoch + 1, _last_lr=[lr])
+        scheduler.load_state_dict(state)
+        single.optimizers["actor"].param_groups[0]["lr"] = lr
+
+
+def _load_adam_moments(population: _Population, agents: Sequence[Any]) -> None:
+    """Start from the agents' Adam moments (zeros for fresh agents), which must agree on the step."""
+    steps = set()
+    for group in population.groups:
+        for agent_index, agent in enumerate(agents):
+            optimizer = agent.optimizers[group.name]
+            for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
+                state = optimizer.state.get(param)
+                if not state:
+                    steps.add(0)
+                    continue
+                steps.add(int(state["step"]))
+                population.exp_avg[key][agent_index].copy_(state["exp_avg"])
+                population.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
+    if len(steps) > 1:
+        raise ValueError(f"agents' optimizers are at different steps {sorted(steps)}; a population steps all of them together")
+    population.step.fill_(float(steps.pop() if steps else 0))
+
+
+# ---------------------------------------------------------------------------------------
+# CQL
+# ---------------------------------------------------------------------------------------
+class _CQLLosses(_LossModule):
+    """CQL's losses in ``cql.CQL.update``'s order, from the pure functions of ``cql.py``/``sac.py``.
+
+    The single run steps alpha, actor and critics on three separate losses; the actor loss
+    backpropagates through the critic, and those critic gradients are discarded. Here each
+    loss sees only its own network as differentiable (the others' parameters detached), so
+    the gradient of the summed loss is, per network, exactly that network's own gradient.
+    """
+
+    def __init__(self, template: CQL) -> None:
+        super().__init__()
+        self.config: CQLConfig = template.config
+        self.target_entropy = template.target_entropy
+        self.actor = _meta_copy(template.actor)
+        self.critic = _meta_copy(template.critic)
+        self.target_critic = _meta_copy(template.target_critic)
+        self.alpha = nn.Module()
+        self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
+        self.frozen_actor = _meta_copy(template.actor)
+        self.frozen_critic = _meta_copy(template.critic)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        cfg = self.config
+        log_alpha = self.alpha.log_alpha
+        alpha = log_alpha.exp().detach()
+        actor_loss, actor_metrics = sac_actor_loss(self.frozen_critic, self.actor, batch["observations"], alpha)
+        alpha_loss = temperature_loss(log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
+        target = sac_target(self.target_critic, self.frozen_actor, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
+        critic_loss, critic_metrics = cql_critic_loss(
+            self.critic, self.frozen_actor, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+        )
+        metrics = {**critic_metrics, **actor_metrics, "alpha": alpha, "alpha_loss": alpha_loss.detach()}
+        return alpha_loss + actor_loss + critic_loss, metrics
+
+
+class CQLPopulation(_Population):
+    """P CQL agents (``cql.CQL`` semantics) trained together with stacked parameters.
+
+    Randomness: CQL draws actions inside its losses. Under ``vmap`` each agent should get
+    its own draws (``randomness="different"``); ``cql.cql_sample_actions`` creates its
+    uniform proposals with ``torch.empty(...).uniform_()``, an unbatched tensor that vmap
+    can only fill with the *same* numbers for every agent. The population probes this at
+    construction: if different draws fail, it falls back to ``randomness="same"`` (all
+    agents share the proposal and reparameterisation noise: correct for every agent alone,
+    but correlated across agents) and warns; ``self.randomness`` says which is in use.
+    Creating those proposals with ``obs.new_empty(...).uniform_()`` in ``cql.py`` makes
+    ``"different"`` work without changing a single run's numbers.
+
+    Either way the draws come from the global generator in another order than P separate
+    runs would make them, so a member matches its single run in distribution, not bitwise.
+    """
+
+    algorithm_cls = CQL
+    randomness = "different"
+
+    def __init__(self, agents: Sequence[CQL], *, compile: bool | str = False) -> None:
+        super().__init__(agents, compile=compile)
+
+    @classmethod
+    def create(cls, obs_dim: int, act_dim: int, config: CQLConfig, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "CQLPopulation":
+        """Agents initialised as the trainer does for each seed; the global RNG is restored after."""
+        agents = []
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+            for seed in seeds:
+                torch.manual_seed(int(seed))
+                agents.append(CQL(obs_dim, act_dim, config, device))
+        return cls(agents, compile=compile)
+
+    def _trainable_networks(self) -> list[str]:
+        return ["critic", "actor"]
+
+    def _add_extra_state(self, agents: Sequence[CQL]) -> None:
+        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
+        self.network_keys["alpha"] = ["alpha.log_alpha"]
+
+    def _param_groups(self) -> list[_ParamGroup]:
+        template: CQL = self._template
+        groups = []
+        for name in ("alpha", "actor", "critic"):
+            lr, betas, eps = _adam_hyperparameters(template.optimizers[name], f"CQL {name} optimizer")
+            groups.append(_ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
+        return groups
+
+    def _load_optimizer_state(self, agents: Sequence[CQL]) -> None:
+        _load_adam_moments(self, agents)
+
+    def _loss_module(self) -> _LossModule:
+        return _CQLLosses(self._template)
+
+    def _agent_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
+        # The detached copies each loss sees of the networks it must not differentiate.
+        detached = {f"frozen_{key}": value.detach() for key, value in params.items() if key.startswith(("actor.", "critic."))}
+        grads, metrics = super()._agent_gradients(params, {**frozen, **detached}, batch)
+        metrics.pop("grad_norm_alpha")  # CQL.update does not report it
+        return grads, metrics
+
+    def _probe_metric_names(self) -> list[str]:
+        if type(self).randomness == "different" and self.num_agents > 0:
+            try:
+                self._probe_vmap_randomness()
+            except RuntimeError as exc:
+                if "randomness" not in str(exc):
+                    raise
+                self.randomness = "same"
+                self._grad_fn = vmap(self._agent_gradients, randomness="same")
+                warnings.warn(
+                    "cql.cql_sample_actions draws its uniform proposals into an unbatched tensor, which vmap can only fill "
+                    "with the same numbers for every agent: this CQL population shares proposal/policy noise across agents "
+                    "(randomness='same'). Creating them with obs.new_empty(...).uniform_() in cql.py lifts this.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return super()._probe_metric_names()
+
+    def _probe_vmap_randomness(self) -> None:
+        """One vmapped gradient call on a 2-row dummy batch (global RNG restored after)."""
+        zeros = lambda *shape: torch.zeros(self.num_agents, *shape, device=self.device)  # noqa: E731
+        batch = {"observations": zeros(2, self.obs_dim), "actions": zeros(2, self.act_dim), "rewards": zeros(2), "next_observations": zeros(2, self.obs_dim), "dones": zeros(2)}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self._grad_fn(self.params, self.frozen, batch)
+
+    def _frozen_networks(self) -> list[str]:
+        return ["target_critic"]
+
+    def _export_extra_state(self, single: CQL, agent: int) -> None:
+        with torch.no_grad():
+            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
+
+
+__all__ = [
+    "CQLPopulation",
+    "DatasetView",
+    "IQLPopulation",
+    "PopulationSampler",
+    "cosine_lr_table",
+]
