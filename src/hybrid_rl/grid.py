@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError
-from .train import TrainConfig, atomic_write_text, train
+from .train import TrainConfig, atomic_write_text, check_compatible, train
 
 D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 QUICK_STEPS = 20_000
@@ -166,12 +166,8 @@ def run_grid(
     configs = spec.expand()
     check_datasets(sorted(set(spec.datasets)), spec.cache_dir, spec.mirror, log)
     # An existing run directory of another configuration is an error before any work starts.
-    from .train import _check_compatible
-
     for config in configs:
-        run_dir = Path(config.results_dir) / config.run_id
-        if run_dir.exists():
-            _check_compatible(run_dir, config)
+        check_compatible(Path(config.results_dir) / config.run_id, config)
     states = {config.run_id: run_state(config) for config in configs}
     todo = [config for config in configs if states[config.run_id] != "complete"]
     counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}

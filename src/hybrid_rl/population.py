@@ -46,8 +46,9 @@ import copy
 import hashlib
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -275,6 +276,10 @@ class PopulationSampler:
     def sample(self, batch_size: int) -> Batch:
         return self.gather(self.sample_indices(batch_size))
 
+    def static_tensors(self) -> list[torch.Tensor]:
+        """The tensors a compiled step reads every call (none of them changes address)."""
+        return [*self.base.values(), self.flat_index, self.flat_rewards, self.index_offsets, self.reward_offsets, self.obs_mean, self.obs_std]
+
     def device_bytes(self) -> int:
         """Bytes of device memory the sampler holds (base arrays + index sets + rewards + stats)."""
         tensors = [*self.base.values(), self.flat_index, self.flat_rewards, self.obs_mean, self.obs_std]
@@ -288,6 +293,33 @@ class PopulationSampler:
             raise ValueError(f"sampler state was saved for seeds {state['seeds']}, this sampler has {self.seeds}")
         for generator, generator_state in zip(self.generators, state["generators"]):
             generator.set_state(generator_state)
+
+
+class PopulationMetrics(Mapping[str, torch.Tensor]):
+    """One step's metrics: ``metrics[name]`` is a ``(P,)`` tensor (agent k at index k).
+
+    Backed by one ``(num_metrics, P)`` tensor (``.stacked``); a name's row is sliced out
+    only when asked for, because a dict of 19 views would cost 38 host-side operator calls
+    per step, a noticeable share of a compiled GPU step.
+    """
+
+    def __init__(self, names: Sequence[str], stacked: torch.Tensor) -> None:
+        self.names = list(names)
+        self.stacked = stacked
+        self._rows = {name: row for row, name in enumerate(self.names)}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.stacked[self._rows[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def agent(self, index: int) -> dict[str, float]:
+        """Agent ``index``'s metrics as Python floats (one host sync for all of them)."""
+        return dict(zip(self.names, self.stacked[:, index].tolist()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,9 +424,11 @@ class _Population:
             self.frozen.update({f"{network}.{key}": value.detach().clone() for key, value in stacked.items()})
         self._add_extra_state(agents)
 
-        # Adam state per stacked tensor, and the shared step counter (float64 so that the
-        # bias corrections are computed in double precision, as torch.optim.Adam does).
-        self.step = torch.zeros((), dtype=torch.float64, device=self.device)
+        # Adam state per stacked tensor, and the shared step counter: float64 so that the
+        # bias corrections are computed in double precision, as torch.optim.Adam does, and
+        # shape (1,) because torch.compile (2.13, CPU) silently drops in-place updates of a
+        # 0-d float64 input tensor (the counter would stay at 0).
+        self.step = torch.zeros(1, dtype=torch.float64, device=self.device)
         self.exp_avg: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
         self.exp_avg_sq: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
         self.groups = self._param_groups()
@@ -405,9 +439,14 @@ class _Population:
         self.metric_names = self._probe_metric_names()
 
         self.compile_mode = self._resolve_compile(compile)
+        # Modes that capture CUDA graphs: replays overwrite outputs and copy every input
+        # whose address is not marked static.
+        self._cudagraphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
+        self._static_samplers: weakref.WeakSet[PopulationSampler] = weakref.WeakSet()
         self.compile_error: str | None = None
         self._update_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._update_impl)
         self._train_step_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._train_step_impl)
+        del self._template  # agent 0's own tensors are no longer needed
 
     # --- subclass hooks ------------------------------------------------------------------
     def _trainable_networks(self) -> list[str]:  # pragma: no cover - subclasses
@@ -421,6 +460,24 @@ class _Population:
 
     def _param_groups(self) -> list[_ParamGroup]:  # pragma: no cover - subclasses
         raise NotImplementedError
+
+    def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
+        """Start from the agents' Adam moments (zeros for fresh agents), which must agree on the step."""
+        steps = set()
+        for group in self.groups:
+            for agent_index, agent in enumerate(agents):
+                optimizer = agent.optimizers[group.name]
+                for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
+                    state = optimizer.state.get(param)
+                    if not state:
+                        steps.add(0)
+                        continue
+                    steps.add(int(state["step"]))
+                    self.exp_avg[key][agent_index].copy_(state["exp_avg"])
+                    self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
+        if len(steps) > 1:
+            raise ValueError(f"agents' optimizers are at different steps {sorted(steps)}; a population steps all of them together")
+        self.step.fill_(float(steps.pop() if steps else 0))
 
     def _loss_module(self) -> _LossModule:  # pragma: no cover - subclasses
         raise NotImplementedError
@@ -448,7 +505,7 @@ class _Population:
         Elementwise, so each agent's slice follows exactly its own Adam. The step count and
         learning rates are device tensors: nothing here waits for the host.
         """
-        t = self.step + 1.0
+        t = self.step.squeeze(0) + 1.0
         for group in self.groups:
             beta1, beta2 = group.betas
             if group.lr_table is None:
@@ -456,7 +513,7 @@ class _Population:
             else:
                 # index_select with a (1,) index tensor, not table[tensor]: a 0-d tensor used
                 # as an index is read back as a Python int (a host sync, a graph break).
-                position = torch.clamp(self.step, max=len(group.lr_table) - 1).long().reshape(1)
+                position = torch.clamp(self.step, max=len(group.lr_table) - 1).long()
                 lr = group.lr_table.index_select(0, position).squeeze(0)
             step_size = (lr / (1.0 - beta1**t)).float()
             bias_correction2_sqrt = torch.sqrt(1.0 - beta2**t).float()
@@ -512,7 +569,7 @@ class _Population:
         """
         if self.compile_mode is None:
             return fn
-        if self.compile_mode == "reduce-overhead":
+        if self._cudagraphs:
             # CUDA graphs may replay in place only on tensors whose address never changes.
             for tensor in self._state_tensors():
                 torch._dynamo.mark_static_address(tensor)
@@ -522,7 +579,7 @@ class _Population:
         def call(*args: Any) -> torch.Tensor:
             if self.compile_error is not None:
                 return fn(*args)
-            if self.compile_mode == "reduce-overhead":
+            if self._cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
             if state["compiled"]:
                 return compiled(*args)
@@ -552,22 +609,23 @@ class _Population:
         return self.compile_mode is not None and self.compile_error is None
 
     # --- public API ------------------------------------------------------------------------
-    def _metrics(self, stacked: torch.Tensor) -> Metrics:
-        if self.compile_mode == "reduce-overhead" and self.compile_error is None:
+    def _metrics(self, stacked: torch.Tensor) -> PopulationMetrics:
+        if self._cudagraphs and self.compile_error is None:
             stacked = stacked.clone()  # CUDA-graph outputs are overwritten by the next replay
-        return dict(zip(self.metric_names, stacked.unbind(0)))
+        return PopulationMetrics(self.metric_names, stacked)
 
-    def update(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch) -> PopulationMetrics:
         """One gradient step of every agent; ``batch`` holds ``(P, B, ...)`` tensors.
 
-        Returns ``{name: (P,) tensor}`` with the single-run algorithm's metric names; reading
-        them syncs with the device, so do it only when logging.
+        Returns ``{name: (P,) tensor}`` (a ``PopulationMetrics``) with the single-run
+        algorithm's metric names; reading values syncs with the device, so do it only when
+        logging.
         """
         out = self._update_fn(batch)
         self.total_updates += 1
         return self._metrics(out)
 
-    def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> Metrics:
+    def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> PopulationMetrics:
         """Sample every agent's batch and update: the hot loop's one call.
 
         The row draws run eagerly (one generator call per agent, so the batches match the
@@ -575,6 +633,11 @@ class _Population:
         """
         if sampler.num_agents != self.num_agents:
             raise ValueError(f"sampler serves {sampler.num_agents} agents, the population has {self.num_agents}")
+        if self._cudagraphs and sampler not in self._static_samplers:
+            # Without this, every replay would copy the whole base dataset into the graph.
+            for tensor in sampler.static_tensors():
+                torch._dynamo.mark_static_address(tensor)
+            self._static_samplers.add(sampler)
         rows = sampler.sample_indices(batch_size or self.config.batch_size)
         out = self._train_step_fn(sampler, rows)
         self.total_updates += 1
@@ -777,9 +840,6 @@ class IQLPopulation(_Population):
             groups.append(_ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
         return groups
 
-    def _load_optimizer_state(self, agents: Sequence[IQL]) -> None:
-        _load_adam_moments(self, agents)
-
     def _loss_module(self) -> _LossModule:
         return _IQLLosses(self._template)
 
@@ -794,25 +854,6 @@ class IQLPopulation(_Population):
         state.update(last_epoch=epoch, _step_count=epoch + 1, _last_lr=[lr])
         scheduler.load_state_dict(state)
         single.optimizers["actor"].param_groups[0]["lr"] = lr
-
-
-def _load_adam_moments(population: _Population, agents: Sequence[Any]) -> None:
-    """Start from the agents' Adam moments (zeros for fresh agents), which must agree on the step."""
-    steps = set()
-    for group in population.groups:
-        for agent_index, agent in enumerate(agents):
-            optimizer = agent.optimizers[group.name]
-            for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
-                state = optimizer.state.get(param)
-                if not state:
-                    steps.add(0)
-                    continue
-                steps.add(int(state["step"]))
-                population.exp_avg[key][agent_index].copy_(state["exp_avg"])
-                population.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
-    if len(steps) > 1:
-        raise ValueError(f"agents' optimizers are at different steps {sorted(steps)}; a population steps all of them together")
-    population.step.fill_(float(steps.pop() if steps else 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -856,18 +897,15 @@ class _CQLLosses(_LossModule):
 class CQLPopulation(_Population):
     """P CQL agents (``cql.CQL`` semantics) trained together with stacked parameters.
 
-    Randomness: CQL draws actions inside its losses. Under ``vmap`` each agent should get
-    its own draws (``randomness="different"``); ``cql.cql_sample_actions`` creates its
-    uniform proposals with ``torch.empty(...).uniform_()``, an unbatched tensor that vmap
-    can only fill with the *same* numbers for every agent. The population probes this at
-    construction: if different draws fail, it falls back to ``randomness="same"`` (all
-    agents share the proposal and reparameterisation noise: correct for every agent alone,
-    but correlated across agents) and warns; ``self.randomness`` says which is in use.
-    Creating those proposals with ``obs.new_empty(...).uniform_()`` in ``cql.py`` makes
-    ``"different"`` work without changing a single run's numbers.
+    Randomness: CQL draws actions inside its losses; under ``vmap(randomness="different")``
+    each agent gets its own draws (``cql_sample_actions`` creates them with
+    ``obs.new_empty(...)``, which vmap batches per agent).
 
-    Either way the draws come from the global generator in another order than P separate
-    runs would make them, so a member matches its single run in distribution, not bitwise.
+    The draws come from the global generator in another order than P separate
+    runs would make them (and a compiled step uses inductor's own random streams), so a
+    member matches its single run in distribution, not bitwise. One exception makes the
+    update math testable: an eager population of one draws exactly what ``CQL.update``
+    draws from the same global random state.
     """
 
     algorithm_cls = CQL
@@ -901,9 +939,6 @@ class CQLPopulation(_Population):
             groups.append(_ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
         return groups
 
-    def _load_optimizer_state(self, agents: Sequence[CQL]) -> None:
-        _load_adam_moments(self, agents)
-
     def _loss_module(self) -> _LossModule:
         return _CQLLosses(self._template)
 
@@ -914,34 +949,6 @@ class CQLPopulation(_Population):
         metrics.pop("grad_norm_alpha")  # CQL.update does not report it
         return grads, metrics
 
-    def _probe_metric_names(self) -> list[str]:
-        if type(self).randomness == "different" and self.num_agents > 0:
-            try:
-                self._probe_vmap_randomness()
-            except RuntimeError as exc:
-                if "randomness" not in str(exc):
-                    raise
-                self.randomness = "same"
-                self._grad_fn = vmap(self._agent_gradients, randomness="same")
-                warnings.warn(
-                    "cql.cql_sample_actions draws its uniform proposals into an unbatched tensor, which vmap can only fill "
-                    "with the same numbers for every agent: this CQL population shares proposal/policy noise across agents "
-                    "(randomness='same'). Creating them with obs.new_empty(...).uniform_() in cql.py lifts this.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-        return super()._probe_metric_names()
-
-    def _probe_vmap_randomness(self) -> None:
-        """One vmapped gradient call on a 2-row dummy batch (global RNG restored after)."""
-        zeros = lambda *shape: torch.zeros(self.num_agents, *shape, device=self.device)  # noqa: E731
-        batch = {"observations": zeros(2, self.obs_dim), "actions": zeros(2, self.act_dim), "rewards": zeros(2), "next_observations": zeros(2, self.obs_dim), "dones": zeros(2)}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            self._grad_fn(self.params, self.frozen, batch)
-
-    def _frozen_networks(self) -> list[str]:
-        return ["target_critic"]
-
     def _export_extra_state(self, single: CQL, agent: int) -> None:
         with torch.no_grad():
             single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
@@ -951,6 +958,7 @@ __all__ = [
     "CQLPopulation",
     "DatasetView",
     "IQLPopulation",
+    "PopulationMetrics",
     "PopulationSampler",
     "cosine_lr_table",
 ]

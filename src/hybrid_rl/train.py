@@ -207,7 +207,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
     """
     run_dir = Path(run_dir or Path(config.results_dir) / config.run_id)
     summary_path = run_dir / "summary.json"
-    _check_compatible(run_dir, config)
+    check_compatible(run_dir, config)
     if resume and summary_path.exists():
         summary = json.loads(summary_path.read_text())
         if summary.get("status") in ("completed", "diverged"):
@@ -222,7 +222,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
         raise
 
 
-def _check_compatible(run_dir: Path, config: TrainConfig) -> None:
+def check_compatible(run_dir: Path, config: TrainConfig) -> None:
+    """Raise ConfigMismatchError if run_dir holds a run of another configuration."""
     path = run_dir / "config.json"
     if not path.exists():
         return
@@ -230,8 +231,9 @@ def _check_compatible(run_dir: Path, config: TrainConfig) -> None:
         existing = json.loads(path.read_text())
     except json.JSONDecodeError:
         return  # written atomically, so this is foreign junk: it will be overwritten
-    if existing.get("identity") != config.identity():
-        differing = sorted(k for k in set(existing.get("identity", {})) | set(config.identity()) if existing.get("identity", {}).get(k) != config.identity().get(k))
+    recorded, wanted = existing.get("identity", {}), config.identity()
+    if recorded != wanted:
+        differing = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
         raise ConfigMismatchError(
             f"{run_dir} holds a run with a different configuration (fields {differing}); "
             "use another --results directory or delete that run directory"

@@ -121,7 +121,8 @@ def cql_sample_actions(
     """
     batch_size, act_dim = obs.shape[0], policy.act_dim
     with torch.no_grad():
-        uniform = torch.empty(1, num_actions, batch_size, act_dim, device=obs.device).uniform_(-1.0, 1.0)
+        # new_empty (not torch.empty) so that under vmap the draw is batched per agent.
+        uniform = obs.new_empty(1, num_actions, batch_size, act_dim).uniform_(-1.0, 1.0)
         # One actor pass for both sources: rows ordered (source, sample, state).
         states = torch.stack([obs, next_obs]).unsqueeze(1).expand(2, num_actions, *obs.shape)
         policy_actions, policy_log_prob = policy.rsample(states.reshape(-1, obs.shape[-1]))
