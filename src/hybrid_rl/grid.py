@@ -25,9 +25,10 @@ from .train import TrainConfig, atomic_write_text, check_compatible, train
 D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 QUICK_STEPS = 20_000
 
-# Rough single-run throughput on a 2-core CPU (updates/s, one thread per worker), used only
-# for the time estimate printed before a grid starts; see docs/performance.md.
-CPU_UPDATES_PER_SECOND = {"iql": 130.0, "bc": 600.0, "td3bc": 250.0, "cql": 10.0}
+# Rough single-run throughput on a 2-core CPU (updates/s), used only for the time estimate
+# printed before a grid starts. IQL and CQL: the eager updates measured with 2 threads in
+# docs/performance.md (112.9 and 5.8 updates/s); BC and TD3+BC: rough guesses.
+CPU_UPDATES_PER_SECOND = {"iql": 113.0, "bc": 600.0, "td3bc": 250.0, "cql": 5.8}
 
 
 @dataclass(frozen=True)
