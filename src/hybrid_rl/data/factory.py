@@ -177,7 +177,8 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
             "medium": {"step": medium_step, "state_dict": snapshot(medium_step), "evaluation": next(r for r in progress if r["step"] == medium_step)},
             "expert": {"step": expert_step, "state_dict": snapshot(expert_step), "evaluation": next(r for r in progress if r["step"] == expert_step)},
         },
-        "replay_schedule": [{"step": step, "state_dict": snapshot(step)} for step in steps if step < medium_step],
+        # Replay snapshots only collect medium-replay data: float16 halves the shipped file.
+        "replay_schedule": [{"step": step, "state_dict": {k: v.half() for k, v in snapshot(step).items()}} for step in steps if step < medium_step],
         "progress": progress,
         "versions": package_versions(),
     }
