@@ -57,7 +57,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from .algos.base import Batch, Metrics
 from .algos.cql import CQL, CQLConfig, cql_critic_loss
-from .algos.iql import IQL, IQLConfig, iql_actor_loss, iql_q_loss, iql_value_loss
+from .algos.iql import IQL, IQLConfig, iql_losses
 from .algos.sac import sac_actor_loss, sac_target, temperature_loss
 from .data.dataset import OfflineDataset
 
@@ -786,14 +786,7 @@ class _IQLLosses(_LossModule):
         self.target_critic = _meta_copy(template.target_critic)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        cfg = self.config
-        value_loss, value_metrics = iql_value_loss(self.target_critic, self.value, batch, cfg.expectile)
-        advantages = value_metrics.pop("advantages")
-        critic_loss, critic_metrics = iql_q_loss(self.critic, self.value, batch, cfg.discount)
-        actor_loss, actor_metrics = iql_actor_loss(self.actor, batch, advantages, cfg.beta, cfg.max_weight)
-        with torch.no_grad():
-            q_policy = self.critic(batch["observations"], self.actor.deterministic(batch["observations"])).min(dim=0).values
-        metrics = {**value_metrics, **critic_metrics, **actor_metrics, "q_policy_mean": q_policy.mean()}
+        value_loss, critic_loss, actor_loss, metrics = iql_losses(self.actor, self.critic, self.target_critic, self.value, batch, self.config)
         return value_loss + critic_loss + actor_loss, metrics
 
 

@@ -192,6 +192,24 @@ def iql_actor_loss(
 # ---------------------------------------------------------------------------------------
 # The algorithm: networks, optimizers, and the order of the steps
 # ---------------------------------------------------------------------------------------
+def iql_losses(actor, critic, target_critic, value, batch: Batch, cfg: "IQLConfig") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Metrics]:
+    """The three IQL losses of one step (value, Q, actor) and their diagnostics.
+
+    All use the parameters from the start of the step (as CORL does); the actor's
+    advantages come from the value loss's forward pass. Shared by ``IQL.update`` and the
+    vmapped population so the wiring exists once.
+    """
+    value_loss, value_metrics = iql_value_loss(target_critic, value, batch, cfg.expectile)
+    advantages = value_metrics.pop("advantages")
+    critic_loss, critic_metrics = iql_q_loss(critic, value, batch, cfg.discount)
+    actor_loss, actor_metrics = iql_actor_loss(actor, batch, advantages, cfg.beta, cfg.max_weight)
+    with torch.no_grad():
+        # Like every other diagnostic, measured with the parameters before this step.
+        q_policy = critic(batch["observations"], actor.deterministic(batch["observations"])).min(dim=0).values
+    metrics = {**value_metrics, **critic_metrics, **actor_metrics, "q_policy_mean": q_policy.mean()}
+    return value_loss, critic_loss, actor_loss, metrics
+
+
 class IQL(Algorithm):
     """IQL with twin critics, an expectile value network and an AWR actor.
 
@@ -225,13 +243,7 @@ class IQL(Algorithm):
 
     def update(self, batch: Batch) -> Metrics:
         cfg = self.config
-        value_loss, value_metrics = iql_value_loss(self.target_critic, self.value, batch, cfg.expectile)
-        advantages = value_metrics.pop("advantages")
-        critic_loss, critic_metrics = iql_q_loss(self.critic, self.value, batch, cfg.discount)
-        actor_loss, actor_metrics = iql_actor_loss(self.actor, batch, advantages, cfg.beta, cfg.max_weight)
-        with torch.no_grad():
-            # Like every other diagnostic, measured with the parameters before this step.
-            q_policy = self.critic(batch["observations"], self.actor.deterministic(batch["observations"])).min(dim=0).values
+        value_loss, critic_loss, actor_loss, loss_metrics = iql_losses(self.actor, self.critic, self.target_critic, self.value, batch, cfg)
 
         # The three graphs share no parameters, so the steps may follow one another.
         value_grad = step_optimizer(self.optimizers["value"], value_loss, list(self.value.parameters()))
@@ -244,10 +256,7 @@ class IQL(Algorithm):
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.total_updates += 1
         return {
-            **value_metrics,
-            **critic_metrics,
-            **actor_metrics,
-            "q_policy_mean": q_policy.mean(),
+            **loss_metrics,
             "grad_norm_value": value_grad,
             "grad_norm_critic": critic_grad,
             "grad_norm_actor": actor_grad,
