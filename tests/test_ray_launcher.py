@@ -262,6 +262,7 @@ def test_worker_node_killed_mid_run_grid_still_completes(ray_cluster, dataset_ca
     for run_dir in run_dirs:
         assert_clean_run_dir(run_dir, steps)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in run_dirs)  # nothing else, no duplicate run dirs
-    # The driver reported the lost node while the lost run was still to finish.
-    left = next(i for i, line in enumerate(lines) if "left the cluster" in line)
-    assert left < max(i for i, line in enumerate(lines) if "resumed from step" in line), lines
+    # The driver says which run resumed. It does not promise to report the lost node first
+    # (or at all): Ray's GCS marks a node dead only after missed heartbeats, and the
+    # retried run can finish before that (seen on CI).
+    assert any("resumed from step" in line for line in lines), lines

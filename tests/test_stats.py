@@ -104,19 +104,6 @@ def test_iqm_is_bitwise_scipy_trim_mean():
         assert iqm(values) == scipy.stats.trim_mean(values, 0.25, axis=None)
 
 
-@pytest.mark.skipif(stats.rly is None, reason=f"rliable not importable: {stats.RLIABLE_IMPORT_ERROR}")
-def test_builtin_bootstrap_matches_rliable_exactly():
-    rng = np.random.default_rng(0)
-    for shape in [(5, 1), (4, 3)]:
-        matrix = rng.normal(50.0, 10.0, size=shape)
-        for name, (statistic, batched) in stats._STATISTICS.items():
-            with stats.seeded_global_numpy_rng(0):
-                _, intervals = stats.rly.get_interval_estimates({name: matrix}, statistic, reps=300)
-            with stats.seeded_global_numpy_rng(0):
-                builtin = stats._builtin_stratified_bootstrap(matrix, batched, 300, 0.95)
-            np.testing.assert_allclose(np.ravel(intervals[name]), builtin, rtol=1e-12)
-
-
 # ----------------------------------------------------------------------------- curves
 def test_mean_ci_over_identical_seeds_has_zero_width():
     steps = np.array([0, 10, 20])
@@ -169,13 +156,3 @@ def test_rolling_variance():
         rolling_variance([1.0, 2.0], 1)
 
 
-def test_interval_estimates_agree_across_backends(monkeypatch):
-    """Without rliable (e.g. its `arch` dependency broken), the numbers do not change."""
-    scores = [12.0, 30.5, 31.0, 44.2, 47.9, 60.1, 75.0]
-    with_default = interval_estimates(scores, reps=400, seed=7)
-    monkeypatch.setattr(stats, "rly", None)
-    builtin = interval_estimates(scores, reps=400, seed=7)
-    for name in ("iqm", "mean"):
-        assert builtin[name].point == with_default[name].point
-        assert builtin[name].low == pytest.approx(with_default[name].low, rel=1e-12)
-        assert builtin[name].high == pytest.approx(with_default[name].high, rel=1e-12)

@@ -27,10 +27,8 @@ from ..data.refs import PUBLISHED_SCORES
 from .plotting import algo_display_name, plot_all, safe_name, write_atomically
 from .runs import IN_PROGRESS, CorruptionLevel, RunRecord, failed_before_start, load_runs
 from .stats import (
-    BOOTSTRAP_BACKEND,
     DEFAULT_REPS,
     DEFAULT_SEED,
-    RLIABLE_IMPORT_ERROR,
     ScoreEstimate,
     interval_estimates,
 )
@@ -227,12 +225,8 @@ def _relative_link(path: Path, start: Path) -> str:
 
 
 def _bootstrap_note(reps: int, seed: int) -> str:
-    note = (f"95% confidence intervals: stratified bootstrap over seeds (percentile method, {reps} "
-            f"resamples, seed {seed}; rliable's method, Agarwal et al. 2021)")
-    if BOOTSTRAP_BACKEND != "rliable":
-        note += (f", computed by hybrid-rl's rliable-equivalent implementation because rliable could "
-                 f"not be imported ({RLIABLE_IMPORT_ERROR})")
-    return note + "."
+    return (f"95% confidence intervals: stratified bootstrap over seeds (percentile method, {reps} "
+            f"resamples, seed {seed}; computed with rliable, Agarwal et al. 2021).")
 
 
 def summary_markdown(

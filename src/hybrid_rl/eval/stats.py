@@ -10,10 +10,8 @@ rliable draws its bootstrap indices from NumPy's *global* legacy RNG
 ``random_state`` argument for that, so we seed the global RNG inside a context that
 restores the caller's RNG state afterwards: same inputs, same CIs, no side effects.
 
-rliable imports ``arch``, whose 7.x releases do not import under pandas >= 3. If rliable
-cannot be imported, the same stratified percentile bootstrap runs here, drawing the same
-index stream from the same seeded global RNG, so the numbers agree with rliable's (the
-tests check this whenever rliable imports). ``BOOTSTRAP_BACKEND`` says which one is used.
+rliable imports ``arch``, whose releases for Python 3.11 do not import under pandas >= 3;
+the package pins pandas < 3 for that reason.
 """
 from __future__ import annotations
 
@@ -25,17 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import scipy.stats
 
-try:  # rliable -> arch -> pandas; arch 7.x breaks under pandas 3 (TypeError at import)
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
-
-    BOOTSTRAP_BACKEND = "rliable"
-    RLIABLE_IMPORT_ERROR: str | None = None
-except Exception as _err:  # noqa: BLE001 - any import-time failure means "not usable"
-    rly = None
-    rly_metrics = None
-    BOOTSTRAP_BACKEND = "built-in (rliable-equivalent)"
-    RLIABLE_IMPORT_ERROR = f"{type(_err).__name__}: {_err}"
+from rliable import library as rly
 
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
@@ -129,40 +117,11 @@ def _iqm_statistic(scores: np.ndarray) -> np.ndarray:
     return np.array([iqm(scores)])
 
 
-def _batched_mean(samples: np.ndarray) -> np.ndarray:
-    """`_mean_statistic` of each ``(n_runs, n_tasks)`` sample in a ``(reps, ...)`` stack."""
-    return np.mean(np.mean(samples, axis=1), axis=1)
-
-
-def _batched_iqm(samples: np.ndarray) -> np.ndarray:
-    """`_iqm_statistic` of each sample in a ``(reps, n_runs, n_tasks)`` stack."""
-    return _trimmed_mean_last_axis(samples.reshape(samples.shape[0], -1))
-
-
-# name -> (statistic of one score matrix, as rliable calls it; the same over a stack)
-_STATISTICS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    "mean": (_mean_statistic, _batched_mean),
-    "iqm": (_iqm_statistic, _batched_iqm),
+# name -> statistic of one (runs x tasks) score matrix, as rliable calls it
+_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": _mean_statistic,
+    "iqm": _iqm_statistic,
 }
-
-
-def _builtin_stratified_bootstrap(
-    scores: np.ndarray, batched_statistic: Callable[[np.ndarray], np.ndarray], reps: int, confidence: float
-) -> tuple[float, float]:
-    """Percentile CI of a stratified bootstrap, drawing indices like rliable does.
-
-    rliable's ``StratifiedBootstrap`` draws ``np.random.choice(n_runs, (n_runs, n_tasks))``
-    once per replicate from the global RNG; drawing all replicates in one call yields the
-    same stream (the legacy generator fills arrays element by element in C order), and
-    arch's percentile interval is ``np.percentile`` of the replicate statistics.
-    """
-    n_runs, n_tasks = scores.shape
-    run_idx = np.random.choice(n_runs, (reps, n_runs, n_tasks), replace=True)
-    task_idx = np.arange(n_tasks)[None, None, :]
-    values = batched_statistic(scores[run_idx, task_idx])  # resampled: (reps, n_runs, n_tasks)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(values, [100 * alpha, 100 * (1.0 - alpha)])
-    return float(low), float(high)
 
 
 def _as_score_matrix(scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, int]:
@@ -204,20 +163,17 @@ def interval_estimates(
         return {"iqm": nan, "mean": nan}
     if n_runs == 1:
         # Bootstrapping one run can only return that run: say so instead of pretending.
-        points = {name: float(stat(matrix)[0]) for name, (stat, _) in _STATISTICS.items()}
+        points = {name: float(stat(matrix)[0]) for name, stat in _STATISTICS.items()}
         return {name: ScoreEstimate(p, p, p, 1, n_dropped) for name, p in points.items()}
 
     estimates: dict[str, ScoreEstimate] = {}
-    for name, (statistic, batched_statistic) in _STATISTICS.items():
+    for name, statistic in _STATISTICS.items():
         point = float(statistic(matrix)[0])
         with seeded_global_numpy_rng(seed):
-            if rly is not None:
-                _, intervals = rly.get_interval_estimates(
-                    {name: matrix}, statistic, reps=reps, confidence_interval_size=confidence
-                )
-                low, high = (float(v) for v in np.asarray(intervals[name]).ravel()[:2])
-            else:
-                low, high = _builtin_stratified_bootstrap(matrix, batched_statistic, reps, confidence)
+            _, intervals = rly.get_interval_estimates(
+                {name: matrix}, statistic, reps=reps, confidence_interval_size=confidence
+            )
+        low, high = (float(v) for v in np.asarray(intervals[name]).ravel()[:2])
         estimates[name] = ScoreEstimate(point, low, high, n_runs, n_dropped)
     return estimates
 
