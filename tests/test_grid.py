@@ -13,7 +13,8 @@ import pytest
 
 from hybrid_rl.cli import main as cli_main
 from hybrid_rl.cli import phase1_main
-from hybrid_rl.grid import GridSpec, run_grid, run_state
+from hybrid_rl.errors import HybridRLError
+from hybrid_rl.grid import GridSpec, plan_units, run_grid, run_state
 
 DATASET = "gen-hopper-random-v0@3000"
 
@@ -47,6 +48,42 @@ def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cac
         assert state == ("complete" if config.algo == "bc" else "new")
 
 
+def test_plan_units_groups_population_runs(tmp_path: Path) -> None:
+    configs = small_spec(tmp_path / "r", tmp_path / "c", algos=("bc", "iql", "cql"), seeds=(0, 1, 2)).expand()
+    assert plan_units(configs, "auto", "cpu") == [[c] for c in configs]  # populations do not pay on a CPU
+    assert plan_units(configs, "off", "cuda") == [[c] for c in configs]
+    units = plan_units(configs, "on", "cpu", max_size=4)
+    assert sorted(c.run_id for unit in units for c in unit) == sorted(c.run_id for c in configs)  # each run exactly once
+    assert [len(u) for u in units if u[0].algo == "bc"] == [1] * 6  # no BC population
+    for algo in ("iql", "cql"):
+        assert sorted(len(u) for u in units if u[0].algo == algo) == [2, 4]  # 6 runs, at most 4 per population
+    assert all(len({c.algo for c in unit}) == 1 for unit in units)
+    assert plan_units(configs, "auto", "cuda", max_size=36) == plan_units(configs, "on", "cuda", max_size=36)
+    with pytest.raises(HybridRLError, match="population mode"):
+        plan_units(configs, "sometimes", "cpu")
+
+
+def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lines: list[str] = []
+    grouped = small_spec(tmp_path / "pop", generated_cache, seeds=(0, 1))
+    status = run_grid(grouped, workers=1, log=lines.append, progress=False, population="on")
+    assert not status["failed"] and status["ran"] == 8
+    assert any("4 runs in 1 population(s) of up to 4" in line for line in lines), lines
+    singles = small_spec(tmp_path / "single", generated_cache, seeds=(0, 1))
+    run_grid(singles, workers=1, log=lambda line: None, progress=False, population="off")
+    for config in grouped.expand():
+        mine = json.loads((tmp_path / "pop" / config.run_id / "summary.json").read_text())
+        theirs = json.loads((tmp_path / "single" / config.run_id / "summary.json").read_text())
+        assert mine.keys() == theirs.keys() and mine["status"] == theirs["status"] == "completed"
+        assert mine["num_evaluations"] == theirs["num_evaluations"] == 2
+        if config.algo == "bc":  # BC has no population: the very same run
+            assert mine["final_normalized_return"] == theirs["final_normalized_return"]
+    again = run_grid(grouped, workers=1, log=lambda line: None, progress=False, population="on")
+    assert again["skipped_complete"] == 8 and again["ran"] == 0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -55,6 +92,7 @@ def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cac
         (["--total_steps", "0"], None),
         (["--env", "hoper-medium-v2", "--quick"], "unknown dataset"),
         (["--workers", "0"], "--workers"),
+        (["--population", "on", "--launcher", "ray"], "local launcher"),
     ],
 )
 def test_bad_input_fails_before_work(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -85,6 +123,7 @@ def test_plot_only_on_empty_results_is_a_clear_error(tmp_path: Path, capsys: pyt
 
 GRID_SCRIPT = """
 import sys
+from hybrid_rl.errors import HybridRLError
 from hybrid_rl.grid import GridSpec, run_grid
 spec = GridSpec(algos=("bc", "iql"), datasets=("{dataset}",), remove_top_k=(0.0, 30.0), seeds=(0,), total_steps={steps},
     eval_every=100, eval_episodes=2, log_every=25, checkpoint_every=100, device="cpu", results_dir=sys.argv[1], cache_dir="{cache}",

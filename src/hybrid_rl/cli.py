@@ -87,6 +87,10 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
     parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
     parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
+    parser.add_argument("--population", choices=("auto", "on", "off"), default="auto",
+                        help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
+    parser.add_argument("--max_population", type=positive_int, default=36, help="largest population (runs per process); default 36")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the population step (CUDA graphs on GPU); falls back to eager if compilation fails")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run (docs/cluster.md)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
                         help="with --launcher ray: the cluster to use (auto or HEAD_IP:6379); default: start a local Ray instance")
@@ -158,10 +162,13 @@ def grid_command(args: argparse.Namespace) -> int:
         seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
         log_every=min(1_000, max(1, total_steps // 20)), device=args.device, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
+    if args.launcher == "ray" and (args.population == "on" or args.compile):
+        raise HybridRLError("--population on and --compile work with the local launcher; with --launcher ray each run is its own task")
     if args.ray_address and args.launcher != "ray":
         raise HybridRLError("--ray-address is used only with --launcher ray; add --launcher ray")
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1
-    status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                      population=args.population, max_population=args.max_population, compile=args.compile)
     written = build_report(args.results, args.plots)
     print(f"tables: {args.results}/summary.md, {args.results}/summary.csv; figures: {args.plots}/ ({len(written.get('figures', []))} files)")
     return 1 if status["failed"] else 0

@@ -70,6 +70,13 @@ BATCH_FIELDS = ("observations", "actions", "rewards", "next_observations", "done
 REWARD_ONLY_KINDS = ("reward_noise", "replace_rewards", "flip_reward_sign")
 
 
+def is_view_corruption(spec: Mapping[str, Any]) -> bool:
+    """Whether a corruption spec (or record) leaves a view of the base dataset: trajectory
+    removal or a change of rewards only. Others (observations, actions, dynamics) are not."""
+    kind = spec.get("kind")
+    return kind == "remove_top_k" or kind in REWARD_ONLY_KINDS or (kind == "corrupt_transitions" and spec.get("target") == "rewards")
+
+
 # ---------------------------------------------------------------------------------------
 # Data: one base dataset, per-run views
 # ---------------------------------------------------------------------------------------
@@ -154,7 +161,7 @@ class DatasetView:
                 for t in removed:
                     keep[starts[t]:current_ends[t]] = False
                 index = index[keep]
-            elif kind in REWARD_ONLY_KINDS or (kind == "corrupt_transitions" and record.get("target") == "rewards"):
+            elif is_view_corruption(record):
                 continue
             else:
                 raise ValueError(
@@ -687,6 +694,12 @@ class _Population:
         dims = (0, 0 if obs.ndim == 3 else None, 0 if actions.ndim == 3 else None)
         return vmap(q_min, in_dims=dims)(critic, obs, actions)
 
+    @torch.no_grad()
+    def agent_q_values(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
+        critic = self._agent_slice(self.params, "critic.", agent)
+        return functional_call(self._losses.critic, critic, (obs, actions)).min(dim=0).values
+
     def member(self, agent: int) -> Any:
         """Agent ``agent`` as a single-run algorithm object (networks, Adam state, LR
         schedule, update count): for evaluation with the existing tools, checkpoints in the
@@ -955,3 +968,11 @@ __all__ = [
     "PopulationSampler",
     "cosine_lr_table",
 ]
+
+
+POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation}
+
+
+def population_class(algo: str) -> type[_Population] | None:
+    """The population class that trains ``algo`` (None if it has none)."""
+    return POPULATIONS.get(algo)

@@ -182,20 +182,38 @@ def evaluate(algorithm, envs: list, obs_mean: np.ndarray | None, obs_std: np.nda
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-def prepare_dataset(config: TrainConfig) -> tuple[OfflineDataset, OfflineDataset, list[dict]]:
-    """Load the dataset and apply the configured corruptions: (original, corrupted, records)."""
-    from .data.corruption import apply_corruptions
-    from .data.loader import load_dataset
-
-    original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
+def corruption_specs(config: TrainConfig) -> list[dict]:
+    """The corruption specs a config asks for, in the order they are applied."""
     specs: list[dict] = []
     if config.remove_top_k > 0:
         specs.append({"kind": "remove_top_k", "k": config.remove_top_k})
     if config.reward_noise_std > 0:
         specs.append({"kind": "reward_noise", "std": config.reward_noise_std})
     specs.extend(dict(spec) for spec in config.extra_corruptions)
-    corrupted, records = apply_corruptions(original, specs, seed=config.seed)
+    return specs
+
+
+def prepare_dataset(config: TrainConfig, original: OfflineDataset | None = None) -> tuple[OfflineDataset, OfflineDataset, list[dict]]:
+    """Load the dataset (unless given) and apply the configured corruptions: (original, corrupted, records)."""
+    from .data.corruption import apply_corruptions
+    from .data.loader import load_dataset
+
+    if original is None:
+        original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
+    corrupted, records = apply_corruptions(original, corruption_specs(config), seed=config.seed)
     return original, corrupted, records
+
+
+def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
+    """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
+    from .algos.registry import make_algorithm, make_config
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    overrides = dict(config.algo_overrides)
+    if hasattr(make_config(config.algo, config.dataset, overrides), "max_steps"):
+        overrides.setdefault("max_steps", config.total_steps)  # LR schedules span the run
+    return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=overrides)
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = True) -> dict[str, Any]:
@@ -206,20 +224,33 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
     go on with the other runs.
     """
     run_dir = Path(run_dir or Path(config.results_dir) / config.run_id)
-    summary_path = run_dir / "summary.json"
-    check_compatible(run_dir, config)
-    if resume and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") in ("completed", "diverged"):
-            return summary
+    finished = _finished_summary(run_dir, config, resume)
+    if finished is not None:
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
         return _train(config, run_dir, resume=resume, started=started)
     except Exception as exc:
-        summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_id": config.run_id, "wall_time_s": time.time() - started}
-        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+        _write_failure(run_dir, config, exc, started)
         raise
+
+
+def _finished_summary(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The summary of a finished run in ``run_dir`` (None if it must still run); raises
+    ConfigMismatchError if the directory belongs to another configuration."""
+    check_compatible(run_dir, config)
+    summary_path = run_dir / "summary.json"
+    if resume and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") in ("completed", "diverged"):
+            return summary
+    return None
+
+
+def _write_failure(run_dir: Path, config: TrainConfig, exc: BaseException, started: float) -> None:
+    summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_id": config.run_id, "wall_time_s": time.time() - started}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
 def check_compatible(run_dir: Path, config: TrainConfig) -> None:
@@ -240,180 +271,430 @@ def check_compatible(run_dir: Path, config: TrainConfig) -> None:
         )
 
 
+class RunBook:
+    """One run's bookkeeping, shared by the single-run and the population trainers.
+
+    Everything about a run except its gradient steps: the data-derived preprocessing and
+    diagnostics (observation statistics, reward scale, the Monte-Carlo batch, the
+    divergence bound), its evaluation envs, its files (config.json, metrics.jsonl,
+    checkpoint.pt, summary.json) and its progress (step, evaluations, best score, status).
+    A population keeps one RunBook per member, so every member's run directory has exactly
+    the form and content rules of a single run's.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, original: OfflineDataset,
+                 dataset: OfflineDataset, records: list[dict], algo_config: Any, started: float) -> None:
+        from .data.loader import make_env
+
+        self.config, self.run_dir, self.device = config, run_dir, device
+        self.original, self.dataset, self.records, self.algo_config = original, dataset, records, algo_config
+        self.started = started
+        self.discount = float(getattr(algo_config, "discount", 0.99))
+        self.obs_mean = self.obs_std = None
+        if getattr(algo_config, "normalize_observations", False):
+            self.obs_mean, self.obs_std = dataset.observation_stats()
+        self.reward_scale = dataset.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
+
+        # Fixed diagnostic batch: Q(s, a) against the discounted Monte-Carlo return (scaled rewards).
+        mc_returns = discounted_returns_to_go(dataset.rewards * self.reward_scale, dataset.trajectory_bounds(), self.discount)
+        mc_index = mc_diagnostic_indices(dataset, self.discount, size=2048, seed=config.seed)
+        mc_obs = dataset.observations[mc_index]
+        if self.obs_mean is not None:
+            mc_obs = (mc_obs - self.obs_mean) / self.obs_std
+        self.mc_size = len(mc_index)
+        self.mc_batch = {
+            "observations": torch.as_tensor(mc_obs, dtype=torch.float32, device=device),
+            "actions": torch.as_tensor(dataset.actions[mc_index], device=device),
+            "mc_returns": torch.as_tensor(mc_returns[mc_index], dtype=torch.float32, device=device),
+        }
+        self.q_bound = config.q_divergence_factor * float(np.abs(dataset.rewards * self.reward_scale).max() or 1.0) / (1.0 - self.discount)
+
+        self.env_name = original.metadata.get("env_name", config.dataset)
+        self.envs = [make_env(dataset) for _ in range(config.eval_episodes)]
+        self.eval_seed = 1_000_000 + 10_000 * config.seed
+        self.dataset_checksum = original.checksum()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+        self.loss_window = torch.zeros(config.loss_variance_window, device=device)
+        self.step = 0
+        self.evals: list[float] = []
+        self.best = -math.inf
+        self.status, self.diverged_at = "completed", None
+        self.done = False
+        self._metrics_file = None
+        self._writer = None
+
+    # --- start ------------------------------------------------------------------------------
+    def resume_state(self, resume: bool) -> dict[str, Any] | None:
+        """The run's checkpoint (progress restored here; the caller restores the algorithm,
+        sampler and RNG from it), or None for a fresh start (metrics.jsonl emptied)."""
+        if not (resume and self.checkpoint_path.exists()):
+            self.metrics_path.write_text("")
+            return None
+        _check_same_data(self.run_dir, self.dataset_checksum)
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise HybridRLError(f"checkpoint {self.checkpoint_path} is unreadable ({type(exc).__name__}); delete it to restart the run from scratch") from None
+        self.loss_window = state["loss_window"].to(self.device)
+        self.step, self.evals, self.best = state["step"], state["evals"], state["best"]
+        with open(self.metrics_path, "r+b") as handle:  # drop lines logged after the checkpoint
+            handle.truncate(state["metrics_bytes"])
+        return state
+
+    def write_config(self, **extra: Any) -> None:
+        config = self.config
+        full_config = {
+            "run_format_version": RUN_FORMAT_VERSION,
+            "run_id": config.run_id,
+            "identity": config.identity(),
+            **json.loads(json.dumps(dataclasses.asdict(config))),
+            "env_name": self.env_name,
+            "dataset_checksum": self.dataset_checksum,
+            "dataset_metadata": _jsonable(self.original.metadata),
+            "dataset_summary": self.original.summary(),
+            "corrupted_dataset_summary": self.dataset.summary(),
+            "corruption": {"remove_top_k": config.remove_top_k, "reward_noise_std": config.reward_noise_std, "extra": list(config.extra_corruptions)},
+            "corruption_records": _jsonable(self.records),
+            "algo_config": _jsonable(dataclasses.asdict(self.algo_config)),
+            "reward_scale": self.reward_scale,
+            "observation_normalization": self.obs_mean is not None,
+            "q_divergence_bound": self.q_bound,
+            "versions": package_versions(),
+            "device_resolved": str(self.device),
+            "hostname": platform.node(),
+            **_jsonable(extra),
+        }
+        atomic_write_text(self.run_dir / "config.json", json.dumps(full_config, indent=2))
+
+    def open_log(self) -> None:
+        self._metrics_file = open(self.metrics_path, "a")
+        if self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # --- during training ---------------------------------------------------------------------
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.config.total_steps
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def log_train(self, values: dict[str, float], loss_window: torch.Tensor, q_mc: torch.Tensor | None) -> bool:
+        """Write a "train" record (losses, rolling critic-loss statistics, Q against the MC
+        return); True if the run diverged, in which case it is marked so."""
+        record = {"step": self.step, "kind": "train", **values}
+        if "critic_loss" in values:
+            filled = min(self.step, self.config.loss_variance_window)
+            record["critic_loss_rolling_var"] = to_float(loss_window[:filled].var()) if filled > 1 else 0.0
+            record["critic_loss_rolling_mean"] = to_float(loss_window[:filled].mean())
+            if q_mc is not None:
+                record["mc_return_mean"] = to_float(self.mc_batch["mc_returns"].mean())
+                record["q_dataset_mean"] = to_float(q_mc.mean())
+                record["q_minus_mc_mean"] = to_float((q_mc - self.mc_batch["mc_returns"]).mean())
+        self.log(record)
+        reason = _divergence_reason(record, self.q_bound)
+        if reason:
+            self.status, self.diverged_at = "diverged", self.step
+            self.log({"step": self.step, "kind": "event", "event": "diverged", "reason": reason})
+        return reason is not None
+
+    def log_eval(self, returns: list[float]) -> float:
+        mean_return = float(np.mean(returns))
+        score = normalized_score(self.env_name, mean_return)
+        scores = [normalized_score(self.env_name, r) for r in returns]
+        self.evals.append(score)
+        self.best = max(self.best, score)
+        self.log({
+            "step": self.step, "kind": "eval", "return_mean": mean_return, "return_std": float(np.std(returns)),
+            "normalized_return_mean": score, "normalized_return_std": float(np.std(scores)), "episode_returns": returns,
+        })
+        return score
+
+    def save_checkpoint(self, algorithm_state: dict[str, Any], sampler_state: dict[str, Any], loss_window: torch.Tensor) -> None:
+        """Atomically write checkpoint.pt (single-run format, whichever trainer wrote it)."""
+        self._metrics_file.flush()
+        state = {
+            "algorithm": algorithm_state,
+            "sampler": sampler_state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "loss_window": loss_window,
+            "step": self.step,
+            "evals": self.evals,
+            "best": self.best,
+            "metrics_bytes": self.metrics_path.stat().st_size,
+        }
+        tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    # --- end ---------------------------------------------------------------------------------
+    def finish(self, algorithm_state: dict[str, Any], sampler_state: dict[str, Any], loss_window: torch.Tensor) -> dict[str, Any]:
+        """Final checkpoint (the finished run's weights stay available), then summary.json."""
+        self.save_checkpoint(algorithm_state, sampler_state, loss_window)
+        self.close()
+        summary = {
+            "status": self.status,
+            "run_id": self.config.run_id,
+            "steps_done": self.step,
+            "diverged_at_step": self.diverged_at,
+            "final_normalized_return": final_score(self.evals),
+            "last_normalized_return": self.evals[-1] if self.evals else float("nan"),
+            "best_normalized_return": self.best if self.evals else float("nan"),
+            "num_evaluations": len(self.evals),
+            "dataset_normalized_return": self.dataset.summary().get("normalized_return_mean"),
+            "wall_time_s": time.time() - self.started,
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        self.done = True
+        return summary
+
+    def close(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
 def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) -> dict[str, Any]:
     from tqdm import tqdm
-
-    from .algos.registry import make_algorithm, make_config
-    from .data.loader import make_env
 
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-
     original, dataset, records = prepare_dataset(config)
-    overrides = dict(config.algo_overrides)
-    if hasattr(make_config(config.algo, config.dataset, overrides), "max_steps"):
-        overrides.setdefault("max_steps", config.total_steps)  # LR schedules span the run
-    algorithm = make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=overrides)
-    algo_config = algorithm.config
-    discount = float(getattr(algo_config, "discount", 0.99))
-
-    obs_mean = obs_std = None
-    if getattr(algo_config, "normalize_observations", False):
-        obs_mean, obs_std = dataset.observation_stats()
-    reward_scale = dataset.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
-    bounds = dataset.trajectory_bounds()
-    sampler = TransitionSampler(dataset, device, obs_mean=obs_mean, obs_std=obs_std, reward_scale=reward_scale, seed=config.seed)
-
-    # Fixed diagnostic batch: Q(s, a) against the discounted Monte-Carlo return (scaled rewards).
-    mc_returns = discounted_returns_to_go(dataset.rewards * reward_scale, bounds, discount)
-    mc_index = mc_diagnostic_indices(dataset, discount, size=2048, seed=config.seed)
-    mc_obs = dataset.observations[mc_index]
-    if obs_mean is not None:
-        mc_obs = (mc_obs - obs_mean) / obs_std
-    mc_batch = {
-        "observations": torch.as_tensor(mc_obs, dtype=torch.float32, device=device),
-        "actions": torch.as_tensor(dataset.actions[mc_index], device=device),
-        "mc_returns": torch.as_tensor(mc_returns[mc_index], dtype=torch.float32, device=device),
-    }
-    q_bound = config.q_divergence_factor * float(np.abs(dataset.rewards * reward_scale).max() or 1.0) / (1.0 - discount)
-
-    env_name = original.metadata.get("env_name", config.dataset)
-    envs = [make_env(dataset) for _ in range(config.eval_episodes)]
-    eval_seed = 1_000_000 + 10_000 * config.seed
-
-    metrics_path = run_dir / "metrics.jsonl"
-    checkpoint_path = run_dir / "checkpoint.pt"
-    loss_window = torch.zeros(config.loss_variance_window, device=device)
-    step = 0
-    evals: list[float] = []
-    best = -math.inf
-    dataset_checksum = original.checksum()
-    if resume and checkpoint_path.exists():
-        _check_same_data(run_dir, dataset_checksum)
-        try:
-            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise HybridRLError(f"checkpoint {checkpoint_path} is unreadable ({type(exc).__name__}); delete it to restart the run from scratch") from None
+    algorithm = build_algorithm(config, dataset, device)
+    book = RunBook(config, run_dir, device, original, dataset, records, algorithm.config, started)
+    sampler = TransitionSampler(dataset, device, obs_mean=book.obs_mean, obs_std=book.obs_std, reward_scale=book.reward_scale, seed=config.seed)
+    state = book.resume_state(resume)
+    if state is not None:
         algorithm.load_state_dict(state["algorithm"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        loss_window = state["loss_window"].to(device)
-        step, evals, best = state["step"], state["evals"], state["best"]
-        with open(metrics_path, "r+b") as handle:  # drop lines logged after the checkpoint
-            handle.truncate(state["metrics_bytes"])
-    else:
-        metrics_path.write_text("")
+        _restore_rng(state, device)
+    book.write_config()
+    book.open_log()
+    batch_size = algorithm.config.batch_size
 
-    corrupted_summary = dataset.summary()
-    full_config = {
-        "run_format_version": RUN_FORMAT_VERSION,
-        "run_id": config.run_id,
-        "identity": config.identity(),
-        **json.loads(json.dumps(dataclasses.asdict(config))),
-        "env_name": env_name,
-        "dataset_checksum": dataset_checksum,
-        "dataset_metadata": _jsonable(original.metadata),
-        "dataset_summary": original.summary(),
-        "corrupted_dataset_summary": corrupted_summary,
-        "corruption": {"remove_top_k": config.remove_top_k, "reward_noise_std": config.reward_noise_std, "extra": list(config.extra_corruptions)},
-        "corruption_records": _jsonable(records),
-        "algo_config": _jsonable(dataclasses.asdict(algo_config)),
-        "reward_scale": reward_scale,
-        "observation_normalization": obs_mean is not None,
-        "q_divergence_bound": q_bound,
-        "versions": package_versions(),
-        "device_resolved": str(device),
-        "hostname": platform.node(),
-    }
-    atomic_write_text(run_dir / "config.json", json.dumps(full_config, indent=2))
-
-    writer = None
-    if config.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    status, diverged_at = "completed", None
-    bar = tqdm(total=config.total_steps, initial=step, desc=config.run_id, disable=not config.progress, mininterval=2, leave=False)
-    with open(metrics_path, "a") as metrics_file:
-
-        def log(record: dict[str, Any]) -> None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-
-        while step < config.total_steps:
-            metrics = algorithm.update(sampler.sample(algo_config.batch_size))
+    bar = tqdm(total=config.total_steps, initial=book.step, desc=config.run_id, disable=not config.progress, mininterval=2, leave=False)
+    try:
+        while book.step < config.total_steps:
+            metrics = algorithm.update(sampler.sample(batch_size))
             if "critic_loss" in metrics:
-                loss_window[step % config.loss_variance_window] = metrics["critic_loss"].detach()
-            step += 1
+                book.loss_window[book.step % config.loss_variance_window] = metrics["critic_loss"].detach()
+            book.step += 1
             bar.update(1)
 
-            if step % config.log_every == 0 or step == config.total_steps:
-                record = {"step": step, "kind": "train", **{k: to_float(v) for k, v in metrics.items()}}
-                filled = min(step, config.loss_variance_window)
-                if "critic_loss" in metrics:
-                    record["critic_loss_rolling_var"] = to_float(loss_window[:filled].var()) if filled > 1 else 0.0
-                    record["critic_loss_rolling_mean"] = to_float(loss_window[:filled].mean())
+            if book.due(config.log_every):
+                q_mc = None
+                if "critic_loss" in metrics and book.mc_size:
                     with torch.no_grad():
-                        q_mc = algorithm.q_values(mc_batch["observations"], mc_batch["actions"]) if len(mc_index) else None
-                    if q_mc is not None:
-                        record["mc_return_mean"] = to_float(mc_batch["mc_returns"].mean())
-                        record["q_dataset_mean"] = to_float(q_mc.mean())
-                        record["q_minus_mc_mean"] = to_float((q_mc - mc_batch["mc_returns"]).mean())
-                log(record)
-                reason = _divergence_reason(record, q_bound)
-                if reason:
-                    status, diverged_at = "diverged", step
-                    log({"step": step, "kind": "event", "event": "diverged", "reason": reason})
+                        q_mc = algorithm.q_values(book.mc_batch["observations"], book.mc_batch["actions"])
+                if book.log_train({k: to_float(v) for k, v in metrics.items()}, book.loss_window, q_mc):
                     break
 
-            if step % config.eval_every == 0 or step == config.total_steps:
-                returns = evaluate(algorithm, envs, obs_mean, obs_std, seed=eval_seed)
-                mean_return = float(np.mean(returns))
-                score = normalized_score(env_name, mean_return)
-                scores = [normalized_score(env_name, r) for r in returns]
-                evals.append(score)
-                best = max(best, score)
-                log({
-                    "step": step, "kind": "eval", "return_mean": mean_return, "return_std": float(np.std(returns)),
-                    "normalized_return_mean": score, "normalized_return_std": float(np.std(scores)), "episode_returns": returns,
-                })
+            if book.due(config.eval_every):
+                score = book.log_eval(evaluate(algorithm, book.envs, book.obs_mean, book.obs_std, seed=book.eval_seed))
                 bar.set_postfix(score=f"{score:.1f}")
 
-            if step % config.checkpoint_every == 0 and step < config.total_steps:
-                metrics_file.flush()
-                _save_checkpoint(checkpoint_path, algorithm, sampler, loss_window, step, evals, best, metrics_path.stat().st_size, device)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    for env in envs:
-        env.close()
+            if book.step % config.checkpoint_every == 0 and book.step < config.total_steps:
+                book.save_checkpoint(algorithm.state_dict(), sampler.state_dict(), book.loss_window)
+        return book.finish(algorithm.state_dict(), sampler.state_dict(), book.loss_window)
+    finally:
+        bar.close()
+        book.close()
 
-    summary = {
-        "status": status,
-        "run_id": config.run_id,
-        "steps_done": step,
-        "diverged_at_step": diverged_at,
-        "final_normalized_return": final_score(evals),
-        "last_normalized_return": evals[-1] if evals else float("nan"),
-        "best_normalized_return": best if evals else float("nan"),
-        "num_evaluations": len(evals),
-        "dataset_normalized_return": corrupted_summary.get("normalized_return_mean"),
-        "wall_time_s": time.time() - started,
-    }
-    # The final checkpoint makes the finished run's weights available for later analysis.
-    _save_checkpoint(checkpoint_path, algorithm, sampler, loss_window, step, evals, best, metrics_path.stat().st_size, device)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+
+# ---------------------------------------------------------------------------------------
+# Populations: runs that differ only in seed and corruption, trained as one vmapped model
+# ---------------------------------------------------------------------------------------
+# Fields in which members of one population may differ (everything else must be equal).
+POPULATION_FREE_FIELDS = ("seed", "remove_top_k", "reward_noise_std", "extra_corruptions", "threads", "progress")
+
+
+def population_key(config: TrainConfig) -> str | None:
+    """Configs with equal keys can train as one population (``train_population``); None if
+    this one cannot: its algorithm has no population, or a corruption is not a view of the
+    base dataset (observation, action or dynamics corruptions)."""
+    from .population import is_view_corruption, population_class
+
+    if population_class(config.algo) is None or not all(is_view_corruption(spec) for spec in config.extra_corruptions):
+        return None
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in POPULATION_FREE_FIELDS}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def train_population(configs: list[TrainConfig], *, compile: bool | str = False, resume: bool = True) -> dict[str, dict[str, Any]]:
+    """Train runs that differ only in seed and corruption as ONE population (stacked,
+    vmapped parameters on one device-resident base dataset; see ``population.py``).
+
+    Each member writes its own run directory exactly as ``train`` would (config.json,
+    metrics.jsonl, checkpoints in the single-run format, summary.json), so a member can be
+    resumed alone, reported and plotted like any run. Finished members are skipped; if
+    the rest are not all at the same step (some resumed alone), or only one is left, they
+    run one by one with ``train``. A diverged member is finished with status diverged and
+    drops out of logging and evaluation (its parameters cannot affect the others). If the
+    population fails, every unfinished member's summary says so, and the error is raised.
+    Returns ``{run_id: summary}``.
+    """
+    from .population import DatasetView, PopulationSampler, population_class
+
+    keys = {population_key(config) for config in configs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("a population needs configs of one population-capable algorithm that differ only in "
+                         f"{', '.join(POPULATION_FREE_FIELDS)} (and only view corruptions)")
+    if len({config.run_id for config in configs}) != len(configs):
+        raise ValueError("a population's configs must be distinct runs (two have the same run id)")
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for config in configs:
+        finished = _finished_summary(Path(config.results_dir) / config.run_id, config, resume)
+        if finished is not None:
+            summaries[config.run_id] = finished
+        else:
+            todo.append(config)
+    if len(todo) <= 1:
+        return {**summaries, **{config.run_id: train(config, resume=resume) for config in todo}}
+
+    first = todo[0]
+    device = resolve_device(first.device)
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    started = time.time()
+    books: list[RunBook] = []
+    try:
+        agents, states, original = [], [], None
+        for config in todo:
+            run_dir = Path(config.results_dir) / config.run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            original, dataset, records = prepare_dataset(config, original)  # the base dataset is loaded once
+            agent = build_algorithm(config, dataset, device)
+            book = RunBook(config, run_dir, device, original, dataset, records, agent.config, started)
+            books.append(book)
+            state = book.resume_state(resume)
+            if state is not None:
+                agent.load_state_dict(state["algorithm"])
+            agents.append(agent)
+            states.append(state)
+        if len({book.step for book in books}) != 1:
+            for book in books:
+                book.close()
+            books = []
+            return {**summaries, **{config.run_id: train(config, resume=resume) for config in todo}}
+
+        population = population_class(first.algo)(agents, compile=compile)
+        del agents  # the population holds its own (stacked) copies
+        views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
+        sampler = PopulationSampler(original, views, [config.seed for config in todo], device)
+        for generator, state in zip(sampler.generators, states):
+            if state is not None:
+                generator.set_state(state["sampler"]["generator"])
+        if states[0] is not None:
+            _restore_rng(states[0], device)  # saved together: every member's copy is the same
+        members = [config.run_id for config in todo]
+        for book in books:
+            book.write_config(population={"size": len(books), "members": members, "compile": population.compile_mode})
+            book.open_log()
+        summaries.update(_population_loop(population, sampler, books, desc=f"{first.algo} x{len(books)} {first.dataset}", progress=first.progress))
+        return summaries
+    except Exception as exc:
+        for book in books:
+            if not book.done:
+                book.close()
+                _write_failure(book.run_dir, book.config, exc, started)
+        raise
+
+
+def _population_loop(population, sampler, books: list[RunBook], *, desc: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """The hot loop of ``train_population``: one vmapped step for all, bookkeeping per member."""
+    from tqdm import tqdm
+
+    config = books[0].config  # the schedule fields are shared by every member
+    window = config.loss_variance_window
+    loss_window = torch.stack([book.loss_window for book in books])  # (P, window)
+    has_critic_loss = "critic_loss" in population.metric_names
+    generator_state = lambda agent: {"generator": sampler.generators[agent].get_state()}  # noqa: E731 - TransitionSampler's format
+    active = list(range(len(books)))
+    summaries: dict[str, dict[str, Any]] = {}
+    step = books[0].step
+    bar = tqdm(total=config.total_steps, initial=step, desc=desc, disable=not progress, mininterval=2, leave=False)
+    try:
+        while step < config.total_steps and active:
+            metrics = population.train_step(sampler)
+            if has_critic_loss:
+                loss_window[:, step % window] = metrics["critic_loss"]
+            step += 1
+            for agent in active:
+                books[agent].step = step
+            bar.update(1)
+
+            if books[active[0]].due(config.log_every):
+                table = metrics.stacked.T.tolist()  # one host sync for every member's metrics
+                for agent in list(active):
+                    book = books[agent]
+                    q_mc = None
+                    if has_critic_loss and book.mc_size:
+                        q_mc = population.agent_q_values(agent, book.mc_batch["observations"], book.mc_batch["actions"])
+                    if book.log_train(dict(zip(metrics.names, table[agent])), loss_window[agent], q_mc):
+                        active.remove(agent)
+                        summaries[book.config.run_id] = book.finish(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
+            if not active:
+                break
+
+            if books[active[0]].due(config.eval_every):
+                for agent, returns in zip(active, evaluate_population(population, [books[a] for a in active], active)):
+                    books[agent].log_eval(returns)
+                bar.set_postfix(best=f"{max(books[a].evals[-1] for a in active):.1f}")
+
+            if step % config.checkpoint_every == 0 and step < config.total_steps:
+                for agent in active:
+                    books[agent].save_checkpoint(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
+        for agent in active:
+            summaries[books[agent].config.run_id] = books[agent].finish(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
+        return summaries
+    finally:
+        bar.close()
+
+
+def evaluate_population(population, books: list[RunBook], agents: list[int]) -> list[list[float]]:
+    """Returns of ``agents``' deterministic policies, all their envs stepped together and
+    every agent's actions from one vmapped actor call per env step. Each agent sees its own
+    envs, reset seeds and observation normalisation, as in its single run."""
+    num_agents, obs_dim = population.num_agents, population.obs_dim
+    episodes = len(books[0].envs)
+    mean = np.zeros((num_agents, 1, obs_dim), dtype=np.float32)
+    std = np.ones((num_agents, 1, obs_dim), dtype=np.float32)
+    for agent, book in zip(agents, books):
+        if book.obs_mean is not None:
+            mean[agent, 0], std[agent, 0] = book.obs_mean, book.obs_std
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        full = np.zeros((num_agents, episodes, obs_dim), dtype=np.float32)  # agents not evaluated act on zeros
+        full[agents] = obs.reshape(len(agents), episodes, obs_dim)
+        actions = population.act((full - mean) / std)
+        return actions[agents].reshape(len(agents) * episodes, -1).cpu().numpy()
+
+    envs = [env for book in books for env in book.envs]
+    seeds = [book.eval_seed + i for book in books for i in range(episodes)]
+    returns = episode_returns(envs, policy, seeds)
+    return [returns[k * episodes:(k + 1) * episodes] for k in range(len(agents))]
+
+
+def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def _check_same_data(run_dir: Path, dataset_checksum: str) -> None:
@@ -438,23 +719,6 @@ def _divergence_reason(record: dict[str, Any], q_bound: float) -> str | None:
         if key in record and (not math.isfinite(record[key]) or abs(record[key]) > q_bound):
             return f"{key} = {record[key]:.3g} beyond the bound {q_bound:.3g}"
     return None
-
-
-def _save_checkpoint(path: Path, algorithm, sampler, loss_window, step, evals, best, metrics_bytes, device) -> None:
-    state = {
-        "algorithm": algorithm.state_dict(),
-        "sampler": sampler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "loss_window": loss_window,
-        "step": step,
-        "evals": evals,
-        "best": best,
-        "metrics_bytes": metrics_bytes,
-    }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:

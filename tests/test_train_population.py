@@ -1,0 +1,150 @@
+"""Training populations end to end: each member's run directory is a single run's."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybrid_rl import population as population_module
+from hybrid_rl import train as train_module
+from hybrid_rl.train import TrainConfig, population_key, train, train_population
+
+DATASET = "gen-hopper-random-v0@3000"  # needs no behaviour policy file
+TIMING_KEYS = {"wall_time_s"}
+
+
+@pytest.fixture
+def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    return TrainConfig(
+        algo="iql", dataset=DATASET, seed=3, total_steps=120, eval_every=60, eval_episodes=2,
+        log_every=20, checkpoint_every=40, device="cpu", progress=False, results_dir=str(tmp_path / "population"),
+        cache_dir=str(generated_cache), algo_overrides={"hidden": [32, 32], "batch_size": 64},
+    )
+
+
+def members(base: TrainConfig) -> list[TrainConfig]:
+    """Three runs of one population: other seeds, top-k removal, reward noise."""
+    return [base, replace(base, seed=4, remove_top_k=30.0), replace(base, seed=5, reward_noise_std=0.1)]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_files(results: Path, run_id: str) -> list[str]:
+    return sorted(p.name for p in (results / run_id).iterdir())
+
+
+def test_population_key_groups_what_can_share_a_population(base_config: TrainConfig) -> None:
+    a, b, c = members(base_config)
+    assert population_key(a) == population_key(b) == population_key(c) is not None
+    assert population_key(replace(a, total_steps=200)) != population_key(a)
+    assert population_key(replace(a, algo="cql")) != population_key(a)
+    assert population_key(replace(a, algo="bc")) is None  # no population class
+    observation_noise = ({"kind": "corrupt_transitions", "target": "observations", "rate": 0.3, "scale": 1.0},)
+    assert population_key(replace(a, extra_corruptions=observation_noise)) is None  # not a view of the base data
+    with pytest.raises(ValueError, match="differ only"):
+        train_population([a, replace(a, seed=9, total_steps=200)])
+
+
+def test_population_members_equal_their_single_runs(base_config: TrainConfig, tmp_path: Path) -> None:
+    configs = members(base_config)
+    summaries = train_population(configs)
+    singles = [replace(c, results_dir=str(tmp_path / "single")) for c in configs]
+    for config, single in zip(configs, singles):
+        expected_summary = train(single)
+        summary = summaries[config.run_id]
+        assert summary.keys() == expected_summary.keys() and summary["status"] == "completed"
+        assert run_files(tmp_path / "population", config.run_id) == run_files(tmp_path / "single", config.run_id)
+
+        written = json.loads((tmp_path / "population" / config.run_id / "config.json").read_text())
+        reference = json.loads((tmp_path / "single" / config.run_id / "config.json").read_text())
+        assert written["population"]["size"] == 3 and written["population"]["members"] == [c.run_id for c in configs]
+        for key in ("identity", "dataset_checksum", "corruption_records", "algo_config", "reward_scale", "q_divergence_bound", "corrupted_dataset_summary"):
+            assert written[key] == reference[key], key
+
+        got = read_lines(tmp_path / "population" / config.run_id / "metrics.jsonl")
+        want = read_lines(tmp_path / "single" / config.run_id / "metrics.jsonl")
+        assert [(m["step"], m["kind"], sorted(m)) for m in got] == [(m["step"], m["kind"], sorted(m)) for m in want]
+        for mine, theirs in zip(got, want):
+            if mine["kind"] == "train":  # same batches and math; batched products round differently
+                for key, value in theirs.items():
+                    if isinstance(value, float):
+                        assert mine[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (config.run_id, mine["step"], key)
+            else:  # same start states and (to rounding) the same policy
+                assert mine["episode_returns"] == pytest.approx(theirs["episode_returns"], rel=1e-2, abs=1.0)
+
+
+def test_interrupted_population_resumes_to_the_uninterrupted_result(base_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = [replace(c, results_dir=str(tmp_path / "reference")) for c in members(base_config)]
+    train_population(reference)
+
+    configs = members(base_config)
+    original = population_module.PopulationSampler.sample_indices
+    calls = {"n": 0}
+
+    def crashing(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] > 90:  # the last checkpoint is at step 80
+            raise KeyboardInterrupt
+        return original(self, batch_size)
+
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_population(configs)
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
+    results = Path(base_config.results_dir)
+    assert not any((results / c.run_id / "summary.json").exists() for c in configs)
+
+    # One member is resumed alone, from the population's checkpoint (single-run format) ...
+    alone = train(configs[0])
+    assert alone["status"] == "completed" and alone["steps_done"] == 120
+    # ... and the other two as a population again; the finished one is not rerun.
+    summaries = train_population(configs)
+    assert summaries[configs[0].run_id] == alone
+    for config, ref in zip(configs, reference):
+        got = read_lines(results / config.run_id / "metrics.jsonl")
+        want = read_lines(Path(ref.results_dir) / ref.run_id / "metrics.jsonl")
+        assert [(m["step"], m["kind"]) for m in got] == [(m["step"], m["kind"]) for m in want]
+        for mine, theirs in zip(got, want):
+            for key, value in theirs.items():
+                if isinstance(value, float):
+                    assert mine[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (config.run_id, mine["step"], key)
+
+
+def test_a_diverged_member_ends_alone(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = members(base_config)
+    victim = configs[1].run_id
+    log_train = train_module.RunBook.log_train
+
+    def poisoned(self, values, loss_window, q_mc):
+        if self.config.run_id == victim and self.step >= 40:
+            values = {**values, "critic_loss": float("nan")}
+        return log_train(self, values, loss_window, q_mc)
+
+    monkeypatch.setattr(train_module.RunBook, "log_train", poisoned)
+    summaries = train_population(configs)
+    assert summaries[victim]["status"] == "diverged" and summaries[victim]["diverged_at_step"] == 40
+    assert summaries[victim]["steps_done"] == 40
+    for config in (configs[0], configs[2]):
+        assert summaries[config.run_id]["status"] == "completed" and summaries[config.run_id]["num_evaluations"] == 2
+    lines = read_lines(Path(base_config.results_dir) / victim / "metrics.jsonl")
+    assert lines[-1]["event"] == "diverged" and max(line["step"] for line in lines) == 40
+
+
+def test_cql_population_trains_and_writes_run_directories(base_config: TrainConfig) -> None:
+    cql = replace(base_config, algo="cql", total_steps=40, eval_every=40, log_every=20, checkpoint_every=20,
+                  algo_overrides={"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 2})
+    configs = [cql, replace(cql, seed=4, remove_top_k=30.0)]
+    summaries = train_population(configs)
+    for config in configs:
+        assert summaries[config.run_id]["status"] == "completed"
+        trains = [m for m in read_lines(Path(cql.results_dir) / config.run_id / "metrics.jsonl") if m["kind"] == "train"]
+        assert [m["step"] for m in trains] == [20, 40]
+        assert {"cql_penalty", "alpha", "q_minus_mc_mean", "critic_loss_rolling_var"} <= trains[-1].keys()
+        state = torch.load(Path(cql.results_dir) / config.run_id / "checkpoint.pt", weights_only=False)
+        assert state["step"] == 40 and state["algorithm"]["total_updates"] == 40
