@@ -67,6 +67,7 @@ class Row:
     first_step_s: float  # the first warm-up step (compilation for "compiled")
     compiled: bool | None  # for "compiled": whether torch.compile succeeded
     aten_ops_per_update: float | None = None  # with --count-ops: host-side operator dispatches
+    flops_per_update: float = 0.0  # matrix-product FLOPs of one agent's update (matmul_flops_per_update)
 
     @property
     def agent_updates_per_s(self) -> float:
@@ -97,6 +98,38 @@ def algo_config(algo: str, reduced: bool) -> IQLConfig | CQLConfig:
         return replace(config, hidden=(64, 64), batch_size=64) if reduced else config
     config = CQLConfig()
     return replace(config, critic_hidden=(64, 64), actor_hidden=(64, 64), num_sampled_actions=3, batch_size=64) if reduced else config
+
+
+def matmul_flops_per_update(algo: str, config: IQLConfig | CQLConfig, obs_dim: int, act_dim: int) -> float:
+    """Matrix-product FLOPs of one agent's eager update, counted by torch's FlopCounterMode
+    on a random batch (forward and backward; elementwise work is not counted). The floor a
+    machine's GEMM rate puts under the update time: CQL's ~15 GFLOP, IQL's ~0.65 at MuJoCo sizes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch_size = config.batch_size
+    batch = {
+        "observations": torch.randn(batch_size, obs_dim), "actions": torch.rand(batch_size, act_dim) * 2 - 1,
+        "rewards": torch.randn(batch_size), "next_observations": torch.randn(batch_size, obs_dim), "dones": torch.zeros(batch_size),
+    }
+    with torch.random.fork_rng():
+        agent = (IQL if algo == "iql" else CQL)(obs_dim, act_dim, config)
+        with FlopCounterMode(display=False) as counter:
+            agent.update(batch)
+    return float(counter.get_total_flops())
+
+
+def gemm_gflops(device: torch.device, rows: int = 8192, width: int = 256, repeats: int = 20) -> float:
+    """fp32 GEMM rate of this device at the networks' shapes ((rows x width) @ (width x width))."""
+    a = torch.randn(rows, width, device=device)
+    w = torch.randn(width, width, device=device)
+    for _ in range(3):
+        a @ w
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ w
+    synchronize(device)
+    return 2.0 * rows * width * width * repeats / (time.perf_counter() - started) / 1e9
 
 
 def synchronize(device: torch.device) -> None:
@@ -167,6 +200,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     for algo in args.algo:
         config = algo_config(algo, args.reduced)
+        flops = matmul_flops_per_update(algo, config, obs_dim, act_dim)
         for mode in args.modes:
             sizes = [1] if mode == "eager" else args.population
             for size in sizes:
@@ -186,7 +220,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     if "torch.compile failed" not in str(warning.message):
                         print(f"warning: {warning.message}", file=sys.stderr)
                 ops = count_aten_ops(step) if args.count_ops else None
-                rows.append(Row(algo, str(device), mode, size, statistics.median(rates), rates, first, compiled, ops))
+                rows.append(Row(algo, str(device), mode, size, statistics.median(rates), rates, first, compiled, ops, flops))
                 print(f"  {algo:4s} {mode:9s} P={size:<3d} {statistics.median(rates):9.1f} updates/s (first step {first:.2f} s)", file=sys.stderr, flush=True)
     return rows
 
@@ -196,12 +230,13 @@ def grid_runs(algo: str) -> int:
     return sum(1 for config in GridSpec().expand() if config.algo == algo)
 
 
-def markdown(rows: list[Row], run_steps: int) -> str:
+def markdown(rows: list[Row], run_steps: int, peak_gflops: float) -> str:
+    """The table; "% of GEMM" is the matrix-product FLOP rate achieved against ``peak_gflops``."""
     count_ops = any(row.aten_ops_per_update is not None for row in rows)
     lines = [
-        "| algo | device | implementation | P | updates/s | agent-updates/s | x eager | first step (s) | one run (h) | grid (h) |"
+        "| algo | device | implementation | P | updates/s | agent-updates/s | x eager | % of GEMM | first step (s) | one run (h) | grid (h) |"
         + (" aten ops/update |" if count_ops else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if count_ops else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if count_ops else ""),
     ]
     eager = {row.algo: row.updates_per_s for row in rows if row.mode == "eager"}
     for row in rows:
@@ -211,6 +246,7 @@ def markdown(rows: list[Row], run_steps: int) -> str:
         grid_h = grid_runs(row.algo) * run_steps / row.agent_updates_per_s / 3600
         lines.append(
             f"| {row.algo} | {row.device} | {name} | {row.population} | {row.updates_per_s:.1f} | {row.agent_updates_per_s:.1f} | {ratio} | "
+            f"{100 * row.flops_per_update * row.agent_updates_per_s / 1e9 / peak_gflops:.0f} | "
             f"{row.first_step_s:.2f} | {one_run_h:.2f} | {grid_h:.1f} |"
             + (f" {row.aten_ops_per_update:.0f} |" if count_ops else "")
         )
@@ -280,13 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     if load is not None and load > cores * 0.75:
         print(f"warning: load average {load:.2f} on {cores} cores: other work is running, these timings are not results", file=sys.stderr)
     started = time.perf_counter()
+    peak = gemm_gflops(torch.device(args.device))
+    env["gemm_gflops"] = peak
     rows = run(args)
     header = f"torch {env['torch']}, {env['threads']} threads, device {args.device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, " \
-             f"{args.env} sizes, median of {args.repeats} x {args.steps} updates after {args.warmup} warm-up"
+             f"{args.env} sizes, median of {args.repeats} x {args.steps} updates after {args.warmup} warm-up; " \
+             f"fp32 GEMM {peak:.0f} GFLOP/s"
+    for algo in args.algo:
+        flops = matmul_flops_per_update(algo, algo_config(algo, args.reduced), *MUJOCO_SIZES[args.env])
+        header += f"; {algo}: {flops / 1e9:.2f} GFLOP/update, ceiling {peak * 1e9 / flops:.0f} agent-updates/s"
     if args.reduced:
         header += "; REDUCED smoke run (small networks): not a result"
     print(f"\n{header}\n")
-    print(markdown(rows, args.run_steps))
+    print(markdown(rows, args.run_steps, peak))
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
     if args.json:
         payload = {"environment": env, "run_steps": args.run_steps, "rows": [{**row.__dict__, "agent_updates_per_s": row.agent_updates_per_s} for row in rows]}
