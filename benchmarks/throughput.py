@@ -24,8 +24,8 @@ Examples::
     python benchmarks/throughput.py --algo cql --device cuda --population 1,8,18,36 --steps 500
     python benchmarks/throughput.py --algo iql --reduced          # CI smoke check, < 60 s
 
-Timings are only meaningful on an otherwise idle machine: the script prints the load
-average and warns when it is above the number of cores.
+Timings are only meaningful on an otherwise idle machine: the script samples the run
+queue before it starts and warns when other tasks are running.
 """
 from __future__ import annotations
 
@@ -130,6 +130,24 @@ def gemm_gflops(device: torch.device, rows: int = 8192, width: int = 256, repeat
         a @ w
     synchronize(device)
     return 2.0 * rows * width * width * repeats / (time.perf_counter() - started) / 1e9
+
+
+def other_running_tasks(samples: int = 5, interval_s: float = 0.1) -> int | None:
+    """Runnable tasks besides this process right now (median of a few samples of the
+    instantaneous count in /proc/loadavg), or None where that file does not exist.
+
+    Unlike the 1-minute load average, this does not count work that has just finished
+    (such as the previous benchmark invocation).
+    """
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return None
+        counts.append(running - 1)  # the reading process itself is running
+        time.sleep(interval_s)
+    return int(statistics.median(counts))
 
 
 def synchronize(device: torch.device) -> None:
@@ -260,6 +278,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "other_running_tasks": other_running_tasks(),
         "reduced": args.reduced,
         "env_sizes": {"env": args.env, "obs_dim": MUJOCO_SIZES[args.env][0], "act_dim": MUJOCO_SIZES[args.env][1]},
         "steps": args.steps,
@@ -312,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(args)
-    load, cores = env["load_average_1min"], env["cpu_count"] or 1
-    if load is not None and load > cores * 0.75:
-        print(f"warning: load average {load:.2f} on {cores} cores: other work is running, these timings are not results", file=sys.stderr)
+    others = env["other_running_tasks"]
+    if others:
+        print(f"warning: {others} other task(s) running on {env['cpu_count']} cores: these timings are not results", file=sys.stderr)
     started = time.perf_counter()
     peak = gemm_gflops(torch.device(args.device))
     env["gemm_gflops"] = peak

@@ -139,9 +139,9 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     corruption (``train.population_key``), at most ``max_size`` each, and single runs.
 
     ``population``: "off" never groups; "on" groups wherever possible; "auto" groups on
-    accelerators only. On a CPU a population computes the same FLOPs as its runs one after
-    another (measured: 113 IQL agent-updates/s either way on 2 cores, docs/performance.md),
-    so there it only saves processes; on a GPU it turns P small kernels into one wide one.
+    accelerators only: on a GPU a population turns P small kernels into one wide one, while
+    on a CPU the grid already keeps every core busy with one run per core (populations on
+    CPUs are measured in docs/performance.md).
     """
     if population not in POPULATION_MODES:
         raise HybridRLError(f"unknown population mode {population!r}; use one of {', '.join(POPULATION_MODES)}")
