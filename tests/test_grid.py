@@ -84,6 +84,28 @@ def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cach
     assert again["skipped_complete"] == 8 and again["ran"] == 0
 
 
+def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from hybrid_rl import grid
+
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    sizes: list[int] = []
+    real = grid.train_population
+
+    def limited(configs, **kwargs):  # a device with room for two agents
+        sizes.append(len(configs))
+        if len(configs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(configs, **kwargs)
+
+    monkeypatch.setattr(grid, "train_population", limited)
+    configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1, 2), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
+    results = grid._worker_run(configs, threads=1)
+    assert sizes == [3, 2] and [r["run_id"] for r in results] == [c.run_id for c in configs]  # 3 -> 1 alone + 2 together
+    assert all(r["ok"] and r["summary"]["status"] == "completed" for r in results)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

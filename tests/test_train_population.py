@@ -148,3 +148,28 @@ def test_cql_population_trains_and_writes_run_directories(base_config: TrainConf
         assert {"cql_penalty", "alpha", "q_minus_mc_mean", "critic_loss_rolling_var"} <= trains[-1].keys()
         state = torch.load(Path(cql.results_dir) / config.run_id / "checkpoint.pt", weights_only=False)
         assert state["step"] == 40 and state["algorithm"]["total_updates"] == 40
+
+
+def test_members_at_different_steps_finish_one_by_one(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = members(base_config)[:2]
+    original = population_module.PopulationSampler.sample_indices
+    calls = {"n": 0}
+
+    def crashing(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] > 50:  # checkpoints at step 40
+            raise KeyboardInterrupt
+        return original(self, batch_size)
+
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_population(configs)
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
+    (Path(base_config.results_dir) / configs[1].run_id / "checkpoint.pt").unlink()  # back to step 0
+
+    calls_to_train = []
+    single_train = train_module.train
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: calls_to_train.append(config.run_id) or single_train(config, **kw))
+    summaries = train_population(configs)
+    assert calls_to_train == [c.run_id for c in configs]  # steps 40 and 0 cannot share a population
+    assert all(summaries[c.run_id]["status"] == "completed" and summaries[c.run_id]["steps_done"] == 120 for c in configs)

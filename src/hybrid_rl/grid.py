@@ -170,14 +170,27 @@ def _worker_run(unit: Sequence[TrainConfig], threads: int, compile: bool = False
     torch.set_num_threads(threads)
     configs = [replace(config, threads=threads, progress=progress) for config in unit]
     try:
-        if len(configs) == 1:
-            summaries = {configs[0].run_id: train(configs[0])}
-        else:
-            summaries = train_population(configs, compile=compile)
+        summaries = _train_unit(configs, compile)
         return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
     except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
         return [{"run_id": config.run_id, "ok": False, "error": error, "traceback": trace} for config in configs]
+
+
+def _train_unit(configs: Sequence[TrainConfig], compile: bool) -> dict[str, dict[str, Any]]:
+    """Train a unit; a population that does not fit in GPU memory is split in halves (each
+    resumes from the checkpoints the larger one left), down to single runs."""
+    import torch
+
+    if len(configs) == 1:
+        return {configs[0].run_id: train(configs[0])}
+    try:
+        return train_population(list(configs), compile=compile)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        half = len(configs) // 2
+        print(f"population of {len(configs)} ran out of GPU memory: continuing as two of {half} and {len(configs) - half}", file=sys.stderr)
+        return {**_train_unit(configs[:half], compile), **_train_unit(configs[half:], compile)}
 
 
 def run_grid(

@@ -655,7 +655,7 @@ def _population_loop(population, sampler, books: list[RunBook], *, desc: str, pr
             if books[active[0]].due(config.eval_every):
                 for agent, returns in zip(active, evaluate_population(population, [books[a] for a in active], active)):
                     books[agent].log_eval(returns)
-                bar.set_postfix(best=f"{max(books[a].evals[-1] for a in active):.1f}")
+                bar.set_postfix(top=f"{max(books[a].evals[-1] for a in active):.1f}")
 
             if step % config.checkpoint_every == 0 and step < config.total_steps:
                 for agent in active:
