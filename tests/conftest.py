@@ -151,3 +151,19 @@ def _single_torch_thread():
 def generated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of generated datasets for the whole session (generation takes seconds)."""
     return tmp_path_factory.mktemp("generated_datasets")
+
+
+TINY_DATASET = "gen-hopper-random-v0@3000"  # needs no behaviour policy file
+
+
+@pytest.fixture
+def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tiny IQL run on generated data: 120 steps, evaluations at 60 and 120, checkpoints every 40."""
+    from hybrid_rl.train import TrainConfig
+
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    return TrainConfig(
+        algo="iql", dataset=TINY_DATASET, seed=3, total_steps=120, eval_every=60, eval_episodes=2,
+        log_every=20, checkpoint_every=40, device="cpu", progress=False, results_dir=str(tmp_path / "results"),
+        cache_dir=str(generated_cache), algo_overrides={"hidden": [32, 32], "batch_size": 64},
+    )

@@ -13,18 +13,7 @@ from hybrid_rl import train as train_module
 from hybrid_rl.errors import HybridRLError
 from hybrid_rl.train import ConfigMismatchError, TrainConfig, mc_diagnostic_indices, resolve_device, train
 
-DATASET = "gen-hopper-random-v0@3000"  # needs no behaviour policy file
-
-
-@pytest.fixture
-def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
-    cache = generated_cache
-    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(cache))
-    return TrainConfig(
-        algo="iql", dataset=DATASET, seed=3, total_steps=120, eval_every=60, eval_episodes=2,
-        log_every=20, checkpoint_every=40, device="cpu", progress=False, results_dir=str(tmp_path / "results"),
-        cache_dir=str(cache), algo_overrides={"hidden": [32, 32], "batch_size": 64},
-    )
+from conftest import TINY_DATASET as DATASET
 
 
 def read_lines(path: Path) -> list[dict]:

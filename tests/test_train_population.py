@@ -12,23 +12,29 @@ from hybrid_rl import population as population_module
 from hybrid_rl import train as train_module
 from hybrid_rl.train import TrainConfig, population_key, train, train_population
 
-DATASET = "gen-hopper-random-v0@3000"  # needs no behaviour policy file
 TIMING_KEYS = {"wall_time_s"}
-
-
-@pytest.fixture
-def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
-    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
-    return TrainConfig(
-        algo="iql", dataset=DATASET, seed=3, total_steps=120, eval_every=60, eval_episodes=2,
-        log_every=20, checkpoint_every=40, device="cpu", progress=False, results_dir=str(tmp_path / "population"),
-        cache_dir=str(generated_cache), algo_overrides={"hidden": [32, 32], "batch_size": 64},
-    )
 
 
 def members(base: TrainConfig) -> list[TrainConfig]:
     """Three runs of one population: other seeds, top-k removal, reward noise."""
     return [base, replace(base, seed=4, remove_top_k=30.0), replace(base, seed=5, reward_noise_std=0.1)]
+
+
+def interrupt_population_at(monkeypatch: pytest.MonkeyPatch, configs: list[TrainConfig], step: int) -> None:
+    """Train ``configs`` as a population and kill it (KeyboardInterrupt, no summaries) after ``step`` steps."""
+    original = population_module.PopulationSampler.sample_indices
+    calls = {"n": 0}
+
+    def crashing(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] > step:
+            raise KeyboardInterrupt
+        return original(self, batch_size)
+
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_population(configs)
+    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -59,15 +65,15 @@ def test_population_members_equal_their_single_runs(base_config: TrainConfig, tm
         expected_summary = train(single)
         summary = summaries[config.run_id]
         assert summary.keys() == expected_summary.keys() and summary["status"] == "completed"
-        assert run_files(tmp_path / "population", config.run_id) == run_files(tmp_path / "single", config.run_id)
+        assert run_files(tmp_path / "results", config.run_id) == run_files(tmp_path / "single", config.run_id)
 
-        written = json.loads((tmp_path / "population" / config.run_id / "config.json").read_text())
+        written = json.loads((tmp_path / "results" / config.run_id / "config.json").read_text())
         reference = json.loads((tmp_path / "single" / config.run_id / "config.json").read_text())
         assert written["population"]["size"] == 3 and written["population"]["members"] == [c.run_id for c in configs]
         for key in ("identity", "dataset_checksum", "corruption_records", "algo_config", "reward_scale", "q_divergence_bound", "corrupted_dataset_summary"):
             assert written[key] == reference[key], key
 
-        got = read_lines(tmp_path / "population" / config.run_id / "metrics.jsonl")
+        got = read_lines(tmp_path / "results" / config.run_id / "metrics.jsonl")
         want = read_lines(tmp_path / "single" / config.run_id / "metrics.jsonl")
         assert [(m["step"], m["kind"], sorted(m)) for m in got] == [(m["step"], m["kind"], sorted(m)) for m in want]
         for mine, theirs in zip(got, want):
@@ -84,19 +90,7 @@ def test_interrupted_population_resumes_to_the_uninterrupted_result(base_config:
     train_population(reference)
 
     configs = members(base_config)
-    original = population_module.PopulationSampler.sample_indices
-    calls = {"n": 0}
-
-    def crashing(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] > 90:  # the last checkpoint is at step 80
-            raise KeyboardInterrupt
-        return original(self, batch_size)
-
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(configs)
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
+    interrupt_population_at(monkeypatch, configs, 90)  # the last checkpoint is at step 80
     results = Path(base_config.results_dir)
     assert not any((results / c.run_id / "summary.json").exists() for c in configs)
 
@@ -152,19 +146,7 @@ def test_cql_population_trains_and_writes_run_directories(base_config: TrainConf
 
 def test_members_at_different_steps_finish_one_by_one(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     configs = members(base_config)[:2]
-    original = population_module.PopulationSampler.sample_indices
-    calls = {"n": 0}
-
-    def crashing(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] > 50:  # checkpoints at step 40
-            raise KeyboardInterrupt
-        return original(self, batch_size)
-
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(configs)
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
+    interrupt_population_at(monkeypatch, configs, 50)  # checkpoints at step 40
     (Path(base_config.results_dir) / configs[1].run_id / "checkpoint.pt").unlink()  # back to step 0
 
     calls_to_train = []
