@@ -167,3 +167,21 @@ def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.Monke
         log_every=20, checkpoint_every=40, device="cpu", progress=False, results_dir=str(tmp_path / "results"),
         cache_dir=str(generated_cache), algo_overrides={"hidden": [32, 32], "batch_size": 64},
     )
+
+
+def run_killed(monkeypatch: pytest.MonkeyPatch, owner: type, method: str, calls_before_kill: int, work: Callable[[], object]) -> None:
+    """Run ``work()`` with ``owner.method`` raising KeyboardInterrupt on call number
+    ``calls_before_kill + 1`` (like SIGINT/SIGKILL: no summary is written), then restore it."""
+    original = getattr(owner, method)
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > calls_before_kill:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, dying)
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    monkeypatch.setattr(owner, method, original)

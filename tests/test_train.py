@@ -14,6 +14,7 @@ from hybrid_rl.errors import HybridRLError
 from hybrid_rl.train import ConfigMismatchError, TrainConfig, mc_diagnostic_indices, resolve_device, train
 
 from conftest import TINY_DATASET as DATASET
+from conftest import run_killed
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -52,21 +53,9 @@ def test_resumed_run_matches_uninterrupted_run(base_config: TrainConfig, tmp_pat
 
     # Interrupt after step 90: the last checkpoint is at step 80, and metrics up to step 80
     # plus lines for later steps have been written before the "crash".
-    original_sample = train_module.TransitionSampler.sample
-    calls = {"n": 0}
-
-    def crashing_sample(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] > 90:
-            raise KeyboardInterrupt  # like SIGINT/SIGKILL: no summary is written
-        return original_sample(self, batch_size)
-
-    monkeypatch.setattr(train_module.TransitionSampler, "sample", crashing_sample)
-    with pytest.raises(KeyboardInterrupt):
-        train(base_config)
+    run_killed(monkeypatch, train_module.TransitionSampler, "sample", 90, lambda: train(base_config))
     run_dir = Path(base_config.results_dir) / base_config.run_id
     assert not (run_dir / "summary.json").exists()
-    monkeypatch.setattr(train_module.TransitionSampler, "sample", original_sample)
     train(base_config)
     assert read_lines(run_dir / "metrics.jsonl") == expected
 
@@ -131,19 +120,7 @@ def test_mc_diagnostic_indices_avoid_truncated_tails(base_config: TrainConfig) -
 
 def test_resume_refuses_changed_data(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = Path(base_config.results_dir) / base_config.run_id
-    original_sample = train_module.TransitionSampler.sample
-    calls = {"n": 0}
-
-    def crashing_sample(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] > 50:
-            raise KeyboardInterrupt
-        return original_sample(self, batch_size)
-
-    monkeypatch.setattr(train_module.TransitionSampler, "sample", crashing_sample)
-    with pytest.raises(KeyboardInterrupt):
-        train(base_config)
-    monkeypatch.setattr(train_module.TransitionSampler, "sample", original_sample)
+    run_killed(monkeypatch, train_module.TransitionSampler, "sample", 50, lambda: train(base_config))
     config = json.loads((run_dir / "config.json").read_text())
     config["dataset_checksum"] = "0" * 64  # as if the id now named other data
     (run_dir / "config.json").write_text(json.dumps(config))

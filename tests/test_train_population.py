@@ -12,6 +12,8 @@ from hybrid_rl import population as population_module
 from hybrid_rl import train as train_module
 from hybrid_rl.train import TrainConfig, population_key, train, train_population
 
+from conftest import run_killed
+
 TIMING_KEYS = {"wall_time_s"}
 
 
@@ -21,20 +23,8 @@ def members(base: TrainConfig) -> list[TrainConfig]:
 
 
 def interrupt_population_at(monkeypatch: pytest.MonkeyPatch, configs: list[TrainConfig], step: int) -> None:
-    """Train ``configs`` as a population and kill it (KeyboardInterrupt, no summaries) after ``step`` steps."""
-    original = population_module.PopulationSampler.sample_indices
-    calls = {"n": 0}
-
-    def crashing(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] > step:
-            raise KeyboardInterrupt
-        return original(self, batch_size)
-
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train_population(configs)
-    monkeypatch.setattr(population_module.PopulationSampler, "sample_indices", original)
+    """Train ``configs`` as a population and kill it (no summaries) after ``step`` steps."""
+    run_killed(monkeypatch, population_module.PopulationSampler, "sample_indices", step, lambda: train_population(configs))
 
 
 def read_lines(path: Path) -> list[dict]:
