@@ -106,6 +106,22 @@ def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: 
     assert all(r["ok"] and r["summary"]["status"] == "completed" for r in results)
 
 
+def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_rl import grid
+
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
+
+    def first_finishes_then_crash(unit, compile):
+        grid.train(unit[0])
+        raise RuntimeError("the device fell off the bus")
+
+    monkeypatch.setattr(grid, "_train_unit", first_finishes_then_crash)
+    first, second = grid._worker_run(configs, threads=1)
+    assert first["ok"] and first["summary"]["status"] == "completed"
+    assert not second["ok"] and "fell off the bus" in second["error"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

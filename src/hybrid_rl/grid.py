@@ -174,7 +174,14 @@ def _worker_run(unit: Sequence[TrainConfig], threads: int, compile: bool = False
         return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
     except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        return [{"run_id": config.run_id, "ok": False, "error": error, "traceback": trace} for config in configs]
+        results = []
+        for config in configs:  # members that finished before the failure keep their result
+            if run_state(config) == "complete":
+                summary = json.loads((Path(config.results_dir) / config.run_id / "summary.json").read_text())
+                results.append({"run_id": config.run_id, "ok": True, "summary": summary})
+            else:
+                results.append({"run_id": config.run_id, "ok": False, "error": error, "traceback": trace})
+        return results
 
 
 def _train_unit(configs: Sequence[TrainConfig], compile: bool) -> dict[str, dict[str, Any]]:
