@@ -87,9 +87,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
     parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
     parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
-    parser.add_argument("--population", choices=("auto", "on", "off"), default="auto",
+    from .grid import DEFAULT_MAX_POPULATION, POPULATION_MODES
+
+    parser.add_argument("--population", choices=POPULATION_MODES, default="auto",
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
-    parser.add_argument("--max_population", type=positive_int, default=36, help="largest population (runs per process); default 36")
+    parser.add_argument("--max_population", type=positive_int, default=DEFAULT_MAX_POPULATION, help=f"largest population (runs per process); default {DEFAULT_MAX_POPULATION}")
     parser.add_argument("--compile", action="store_true", help="torch.compile the population step (CUDA graphs on GPU); falls back to eager if compilation fails")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run (docs/cluster.md)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,

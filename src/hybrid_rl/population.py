@@ -960,6 +960,14 @@ class CQLPopulation(_Population):
             single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
 
 
+POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation}
+
+
+def population_class(algo: str) -> type[_Population] | None:
+    """The population class that trains ``algo`` (None if it has none)."""
+    return POPULATIONS.get(algo)
+
+
 __all__ = [
     "CQLPopulation",
     "DatasetView",
@@ -967,12 +975,7 @@ __all__ = [
     "PopulationMetrics",
     "PopulationSampler",
     "cosine_lr_table",
+    "is_view_corruption",
+    "population_class",
 ]
 
-
-POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation}
-
-
-def population_class(algo: str) -> type[_Population] | None:
-    """The population class that trains ``algo`` (None if it has none)."""
-    return POPULATIONS.get(algo)
