@@ -242,6 +242,13 @@ def run_grid(
     estimate = estimate_seconds(todo, workers, device.type) if device is not None else None
     if estimate is not None and todo:
         log(f"      rough estimate: {estimate / 60:.0f} min on this CPU")
+    units: list[list[TrainConfig]] = []
+    if launcher == "local":
+        units = plan_units(todo, population, device.type, max_population)
+        grouped = [unit for unit in units if len(unit) > 1]
+        if grouped:
+            log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, one process each)"
+                + (", compiled" if compile else ""))
     results: dict[str, Any] = {}
     started = time.time()
     threads = threads_per_run(workers)
@@ -251,11 +258,6 @@ def run_grid(
 
         results = run_configs_on_ray(todo, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
     else:
-        units = plan_units(todo, population, device.type, max_population)
-        grouped = [unit for unit in units if len(unit) > 1]
-        if grouped:
-            log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, one process each)"
-                + (", compiled" if compile else ""))
 
         def finished(unit_results: list[dict[str, Any]]) -> None:
             for result in unit_results:
