@@ -455,6 +455,17 @@ class _Population:
         self._train_step_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._train_step_impl)
         del self._template  # agent 0's own tensors are no longer needed
 
+    @classmethod
+    def create(cls, obs_dim: int, act_dim: int, config: Any, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "_Population":
+        """Agents initialised as the trainer does for each seed (``torch.manual_seed(seed)``
+        then the algorithm's constructor); the global RNG is restored after."""
+        agents = []
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+            for seed in seeds:
+                torch.manual_seed(int(seed))
+                agents.append(cls.algorithm_cls(obs_dim, act_dim, config, device))
+        return cls(agents, compile=compile)
+
     # --- subclass hooks ------------------------------------------------------------------
     def _trainable_networks(self) -> list[str]:  # pragma: no cover - subclasses
         raise NotImplementedError
@@ -819,19 +830,6 @@ class IQLPopulation(_Population):
     algorithm_cls = IQL
     randomness = "error"
 
-    def __init__(self, agents: Sequence[IQL], *, compile: bool | str = False) -> None:
-        super().__init__(agents, compile=compile)
-
-    @classmethod
-    def create(cls, obs_dim: int, act_dim: int, config: IQLConfig, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "IQLPopulation":
-        """Agents initialised as the trainer does for each seed; the global RNG is restored after."""
-        agents = []
-        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
-            for seed in seeds:
-                torch.manual_seed(int(seed))
-                agents.append(IQL(obs_dim, act_dim, config, device))
-        return cls(agents, compile=compile)
-
     def _trainable_networks(self) -> list[str]:
         return ["value", "critic", "actor"]
 
@@ -916,19 +914,6 @@ class CQLPopulation(_Population):
 
     algorithm_cls = CQL
     randomness = "different"
-
-    def __init__(self, agents: Sequence[CQL], *, compile: bool | str = False) -> None:
-        super().__init__(agents, compile=compile)
-
-    @classmethod
-    def create(cls, obs_dim: int, act_dim: int, config: CQLConfig, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "CQLPopulation":
-        """Agents initialised as the trainer does for each seed; the global RNG is restored after."""
-        agents = []
-        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
-            for seed in seeds:
-                torch.manual_seed(int(seed))
-                agents.append(CQL(obs_dim, act_dim, config, device))
-        return cls(agents, compile=compile)
 
     def _trainable_networks(self) -> list[str]:
         return ["critic", "actor"]
