@@ -101,7 +101,7 @@ def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: 
 
     monkeypatch.setattr(grid, "train_population", limited)
     configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1, 2), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
-    results = grid._worker_run(configs, threads=1)
+    results = grid.train_unit_safely(configs, threads=1)
     assert sizes == [3, 2] and [r["run_id"] for r in results] == [c.run_id for c in configs]  # 3 -> 1 alone + 2 together
     assert all(r["ok"] and r["summary"]["status"] == "completed" for r in results)
 
@@ -117,7 +117,7 @@ def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_
         raise RuntimeError("the device fell off the bus")
 
     monkeypatch.setattr(grid, "_train_unit", first_finishes_then_crash)
-    first, second = grid._worker_run(configs, threads=1)
+    first, second = grid.train_unit_safely(configs, threads=1)
     assert first["ok"] and first["summary"]["status"] == "completed"
     assert not second["ok"] and "fell off the bus" in second["error"]
 
@@ -130,7 +130,6 @@ def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_
         (["--total_steps", "0"], None),
         (["--env", "hoper-medium-v2", "--quick"], "unknown dataset"),
         (["--workers", "0"], "--workers"),
-        (["--population", "on", "--launcher", "ray"], "local launcher"),
     ],
 )
 def test_bad_input_fails_before_work(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -266,3 +266,36 @@ def test_worker_node_killed_mid_run_grid_still_completes(ray_cluster, dataset_ca
     # (or at all): Ray's GCS marks a node dead only after missed heartbeats, and the
     # retried run can finish before that (seen on CI).
     assert any("resumed from step" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_grid_population_is_one_ray_task_equal_to_a_local_population(ray_cluster, dataset_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--launcher ray --population on`: the runs that differ only in seed and corruption go
+    to one task as one population; its run directories equal a population trained here."""
+    from hybrid_rl.grid import GridSpec, run_grid
+    from hybrid_rl.train import train_population
+
+    _, address = ray_cluster
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))
+    steps = 200
+    spec = GridSpec(
+        algos=("iql",), datasets=(DATASET,), remove_top_k=(0.0, 30.0), seeds=(0, 1), total_steps=steps, eval_every=steps // 2,
+        eval_episodes=2, log_every=50, checkpoint_every=100, device="cpu", results_dir=str(tmp_path / "ray"), cache_dir=str(dataset_cache),
+        algo_overrides={"iql": {"hidden": [32, 32], "batch_size": 64}},
+    )
+    lines: list[str] = []
+    status = run_grid(spec, launcher="ray", ray_address=address, population="on", log=lines.append, progress=False)
+    print("\n".join(lines))
+    assert status["ran"] == 4 and not status["failed"]
+    assert any("4 runs in 1 population(s) of up to 4 (vmapped, one Ray task each)" in line for line in lines), lines
+    assert any("4 run(s) submitted as 1 task(s)" in line for line in lines), lines
+    configs = spec.expand()
+    for config in configs:
+        run_dir = tmp_path / "ray" / config.run_id
+        assert_clean_run_dir(run_dir, steps)
+        assert json.loads((run_dir / "config.json").read_text())["population"]["size"] == 4
+
+    local = train_population([replace(c, results_dir=str(tmp_path / "local"), threads=1, progress=False) for c in configs])
+    assert set(local) == {c.run_id for c in configs}
+    for config in configs:
+        assert metrics(tmp_path / "local" / config.run_id) == metrics(tmp_path / "ray" / config.run_id), config.run_id

@@ -93,11 +93,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
     parser.add_argument("--max_population", type=positive_int, default=DEFAULT_MAX_POPULATION, help=f"largest population (runs per process); default {DEFAULT_MAX_POPULATION}")
     parser.add_argument("--compile", action="store_true", help="torch.compile the population step (CUDA graphs on GPU); falls back to eager if compilation fails")
-    parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run (docs/cluster.md)")
+    parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run or population (docs/cluster.md)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
                         help="with --launcher ray: the cluster to use (auto or HEAD_IP:6379); default: start a local Ray instance")
-    parser.add_argument("--cpus-per-run", "--cpus_per_run", dest="cpus_per_run", type=float, default=1.0, help="with --launcher ray: CPUs per run (also its torch threads); default 1")
-    parser.add_argument("--gpus-per-run", "--gpus_per_run", dest="gpus_per_run", type=float, default=0.0, help="with --launcher ray: GPU share per run (0.25: four runs per GPU); default 0")
+    parser.add_argument("--cpus-per-run", "--cpus_per_run", dest="cpus_per_run", type=float, default=1.0, help="with --launcher ray: CPUs per task, a run or a population (also its torch threads); default 1")
+    parser.add_argument("--gpus-per-run", "--gpus_per_run", dest="gpus_per_run", type=float, default=0.0, help="with --launcher ray: GPU share per task, a run or a population (0.25: four per GPU); default 0")
 
 
 def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
@@ -164,8 +164,6 @@ def grid_command(args: argparse.Namespace) -> int:
         seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
         log_every=min(1_000, max(1, total_steps // 20)), device=args.device, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
-    if args.launcher == "ray" and (args.population == "on" or args.compile):
-        raise HybridRLError("--population on and --compile work with the local launcher; with --launcher ray each run is its own task")
     if args.ray_address and args.launcher != "ray":
         raise HybridRLError("--ray-address is used only with --launcher ray; add --launcher ray")
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1

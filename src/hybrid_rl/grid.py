@@ -162,9 +162,9 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     return units
 
 
-def _worker_run(unit: Sequence[TrainConfig], threads: int, compile: bool = False, progress: bool = False) -> list[dict[str, Any]]:
-    """Run one work unit (a run, or a population of runs) in a worker; never raises: a
-    failure is returned for every run of the unit that did not finish."""
+def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+    """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
+    never raises: a failure is returned for every run of the unit that did not finish."""
     import torch
 
     torch.set_num_threads(threads)
@@ -207,9 +207,10 @@ def run_grid(
 ) -> dict[str, Any]:
     """Run every incomplete run of the grid; returns {run_id: result} and writes grid_status.json.
 
-    launcher "local": `workers` processes on this machine, each taking work units (single
-    runs or populations, see ``plan_units``); "ray": one Ray task per run on the cluster at
-    `ray_address` (None: a local Ray instance), see ray_launcher and docs/cluster.md.
+    The runs are grouped into work units (single runs or populations, see ``plan_units``).
+    launcher "local": `workers` processes on this machine, each taking units; "ray": one Ray
+    task per unit on the cluster at `ray_address` (None: a local Ray instance), see
+    ray_launcher and docs/cluster.md.
     """
     from tqdm import tqdm
 
@@ -242,21 +243,22 @@ def run_grid(
     estimate = estimate_seconds(todo, workers, device.type) if device is not None else None
     if estimate is not None and todo:
         log(f"      rough estimate: {estimate / 60:.0f} min on this CPU")
-    units: list[list[TrainConfig]] = []
-    if launcher == "local":
-        units = plan_units(todo, population, device.type, max_population)
-        grouped = [unit for unit in units if len(unit) > 1]
-        if grouped:
-            log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, one process each)"
-                + (", compiled" if compile else ""))
+    # On Ray, 'auto' groups runs when each task holds a GPU share (the nodes decide the rest).
+    unit_device = device.type if device is not None else ("cuda" if gpus_per_run > 0 else "cpu")
+    units = plan_units(todo, population, unit_device, max_population)
+    grouped = [unit for unit in units if len(unit) > 1]
+    if grouped:
+        where = "one process each" if launcher == "local" else "one Ray task each"
+        log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, {where})"
+            + (", compiled" if compile else ""))
     results: dict[str, Any] = {}
     started = time.time()
     threads = threads_per_run(workers)
     bar = tqdm(total=len(configs), initial=counts["complete"], desc="grid", unit="run", disable=not progress or launcher == "ray")
     if launcher == "ray":  # reports each run itself, as it finishes
-        from .ray_launcher import run_configs_on_ray
+        from .ray_launcher import run_units_on_ray
 
-        results = run_configs_on_ray(todo, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
+        results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
     else:
 
         def finished(unit_results: list[dict[str, Any]]) -> None:
@@ -267,13 +269,13 @@ def run_grid(
 
         if workers <= 1:
             for unit in units:
-                finished(_worker_run(unit, threads, compile, progress))
+                finished(train_unit_safely(unit, threads, compile, progress))
         else:
             # spawn: a fresh interpreter per worker (forking a process that holds torch threads
             # and MuJoCo state is unsafe).
             context = multiprocessing.get_context("spawn")
             with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                pending = {pool.submit(_worker_run, unit, threads, compile): unit for unit in units}
+                pending = {pool.submit(train_unit_safely, unit, threads, compile): unit for unit in units}
                 for future in futures.as_completed(pending):
                     try:
                         unit_results = future.result()

@@ -1,12 +1,14 @@
 """Run the grid's runs as Ray tasks, on one machine or a multi-node Ray cluster (``--launcher ray``).
 
-Ray does the scheduling: each run is one task that declares its resources (CPUs, a GPU
-fraction), so Ray packs runs onto nodes, and re-executes a task whose worker process or
-node dies (``max_retries``). This module adds only what Ray cannot know:
+Ray does the scheduling: each work unit of the grid (a run, or a population of runs that
+differ only in seed and corruption, see ``grid.plan_units``) is one task that declares its
+resources (CPUs, a GPU fraction), so Ray packs units onto nodes, and re-executes a task
+whose worker process or node dies (``max_retries``). This module adds only what Ray cannot
+know:
 
-- a retried task calls :func:`hybrid_rl.train.train` again, which skips a completed run and
-  resumes an interrupted one from its checkpoint (atomic writes, ``metrics.jsonl`` cut back
-  to the checkpoint), so a retry neither duplicates nor half-writes a result;
+- a retried task trains its unit again (``grid.train_unit``), which skips completed runs
+  and resumes interrupted ones from their checkpoints (atomic writes, ``metrics.jsonl`` cut
+  back to the checkpoint), so a retry neither duplicates nor half-writes a result;
 - an exception raised by the run itself (bad config, diverged data ...) is a result, not a
   system failure: it is returned as ``{"ok": False, "error": ...}`` and never retried;
 - every task must write into the *same* results directory as the driver. On a real
@@ -96,39 +98,40 @@ def _wait_for_marker(marker: Path, timeout: float) -> bool:
         time.sleep(0.5)
 
 
-def run_on_worker(config: TrainConfig, threads: int, driver_cwd: str, marker_name: str, driver_version: str, has_gpu: bool) -> dict[str, Any]:
-    """One run inside a Ray task; never raises for the run's own failures (they are returned).
+def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, marker_name: str, driver_version: str,
+                  has_gpu: bool, compile: bool = False) -> list[dict[str, Any]]:
+    """One work unit (a run or a population) inside a Ray task: a result per run, and never
+    an exception for the runs' own failures (Ray must not retry those).
 
-    The run's results directory is an absolute path (the driver made it so); relative
-    dataset paths resolve against the driver's working directory when this node has it.
+    The results directory is an absolute path (the driver made it so); relative dataset
+    paths resolve against the driver's working directory when this node has it.
     """
-    import torch
-
     import hybrid_rl
 
-    from .train import train
+    from .grid import train_unit_safely
 
     node = _this_node()
     try:
         if os.path.isdir(driver_cwd):
             os.chdir(driver_cwd)  # relative dataset paths mean what they meant on the driver
-        torch.set_num_threads(threads)
         if hybrid_rl.__version__ != driver_version:
             raise HybridRLError(f"node {node} has hybrid-rl {hybrid_rl.__version__} but the driver has {driver_version}; install the same version on every node")
-        marker = Path(config.results_dir) / marker_name
-        if not _wait_for_marker(marker, MARKER_WAIT_S):
-            raise HybridRLError(
-                f"node {node} does not see the driver's results directory {config.results_dir} (marker {marker_name} missing): "
-                "put --results on a filesystem shared by all nodes, mounted at the same path"
-            )
-        if not has_gpu and config.device == "auto":
-            # Ray did not give this task a GPU: don't let 'auto' take one that another task owns.
-            config = replace(config, device="cpu")
-        resumed_from = _checkpoint_step(Path(config.results_dir) / config.run_id)
-        summary = train(replace(config, threads=threads, progress=False))
-        return {"run_id": config.run_id, "ok": True, "summary": summary, "node": node, "resumed_from_step": resumed_from}
-    except Exception as exc:  # noqa: BLE001 - a run's failure is a result; Ray must not retry it
-        return {"run_id": config.run_id, "ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), "node": node}
+        for directory in sorted({config.results_dir for config in unit}):
+            if not _wait_for_marker(Path(directory) / marker_name, MARKER_WAIT_S):
+                raise HybridRLError(
+                    f"node {node} does not see the driver's results directory {directory} (marker {marker_name} missing): "
+                    "put --results on a filesystem shared by all nodes, mounted at the same path"
+                )
+    except Exception as exc:  # noqa: BLE001 - reported as the unit's failure, never retried
+        return [{"run_id": config.run_id, "ok": False, "error": f"{type(exc).__name__}: {exc}", "node": node} for config in unit]
+    if not has_gpu:
+        # Ray did not give this task a GPU: don't let 'auto' take one that another task owns.
+        unit = [replace(config, device="cpu") if config.device == "auto" else config for config in unit]
+    resumed_from = {config.run_id: _checkpoint_step(Path(config.results_dir) / config.run_id) for config in unit}
+    results = train_unit_safely(unit, threads, compile)
+    for result in results:
+        result.update(node=node, resumed_from_step=resumed_from.get(result["run_id"]))
+    return results
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,8 +203,13 @@ def _absolute(config: TrainConfig) -> TrainConfig:
     )
 
 
-def run_configs_on_ray(
-    configs: Sequence[TrainConfig],
+def run_configs_on_ray(configs: Sequence[TrainConfig], **options: Any) -> dict[str, dict[str, Any]]:
+    """Every config as its own Ray task (no populations); see :func:`run_units_on_ray`."""
+    return run_units_on_ray([[config] for config in configs], **options)
+
+
+def run_units_on_ray(
+    units: Sequence[Sequence[TrainConfig]],
     *,
     address: str | None = None,
     cpus_per_run: float = 1,
@@ -209,8 +217,10 @@ def run_configs_on_ray(
     max_retries: int = 3,
     log: Callable[[str], None] = print,
     heartbeat_s: float = 60.0,
+    compile: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Run every config as a Ray task; returns ``{run_id: result}`` in completion order.
+    """Run every work unit (a run, or a population of runs: see ``grid.plan_units``) as a
+    Ray task; returns ``{run_id: result}`` in completion order.
 
     A result has the shape of the local launcher's: ``{"run_id", "ok": True, "summary"}`` or
     ``{"run_id", "ok": False, "error"}`` (plus ``"node"``, the host that ran it, and
@@ -219,11 +229,13 @@ def run_configs_on_ray(
     address: a Ray cluster to connect to (``"auto"``: the one in $RAY_ADDRESS or started on this
         machine with ``ray start``; ``"HOST:6379"``: the head's address); None starts a local Ray instance on this machine and shuts it down at the end. If
         this process is already connected to Ray, that connection is used and left open.
-    cpus_per_run, gpus_per_run: the resources each run declares (a GPU fraction such as 0.25
-        lets four runs share a GPU); torch uses ``round(cpus_per_run)`` threads (at least 1).
-    max_retries: re-executions of a run whose worker process or node dies (it resumes from
-        its checkpoint). Exceptions raised by the run itself are never retried.
+    cpus_per_run, gpus_per_run: the resources each task (a run or a whole population)
+        declares (a GPU fraction such as 0.25 lets four tasks share a GPU); torch uses
+        ``round(cpus_per_run)`` threads (at least 1).
+    max_retries: re-executions of a task whose worker process or node dies (its runs resume
+        from their checkpoints). Exceptions raised by a run itself are never retried.
     heartbeat_s: seconds between progress lines while no run finishes.
+    compile: torch.compile each population's step (``train.train_population``).
     """
     ray = require_ray()
     if cpus_per_run <= 0:
@@ -234,15 +246,21 @@ def run_configs_on_ray(
         raise HybridRLError(f"--gpus-per-run above 1 must be a whole number of GPUs, got {gpus_per_run:g}")
     if max_retries < -1:
         raise HybridRLError(f"max_retries must be >= 0 (or -1: retry forever), got {max_retries}")
-    if gpus_per_run == 0 and any(c.device.startswith("cuda") for c in configs):
+    if gpus_per_run == 0 and any(c.device.startswith("cuda") for unit in units for c in unit):
         raise HybridRLError("--device cuda with --launcher ray needs a GPU share per run: pass --gpus-per-run (e.g. 0.25 lets four runs share a GPU)")
 
-    unique: dict[str, TrainConfig] = {}
-    for config in configs:
-        unique.setdefault(config.run_id, _absolute(config))  # one task per run directory, never two writers
-    if len(unique) < len(configs):
-        log(f"ray: {len(configs) - len(unique)} duplicate run(s) dropped (same run id)")
-    if not unique:
+    # One writer per run directory: a run id already in an earlier unit is dropped.
+    seen: set[str] = set()
+    unique_units: list[list[TrainConfig]] = []
+    for unit in units:
+        kept = [_absolute(config) for config in unit if config.run_id not in seen]
+        seen.update(config.run_id for config in unit)
+        if kept:
+            unique_units.append(kept)
+    dropped = sum(len(unit) for unit in units) - len(seen)
+    if dropped:
+        log(f"ray: {dropped} duplicate run(s) dropped (same run id)")
+    if not unique_units:
         return {}
 
     own_connection = not ray.is_initialized()
@@ -259,7 +277,7 @@ def run_configs_on_ray(
             ray.init(address="local", include_dashboard=False)
     else:
         log("ray: using this process's existing Ray connection" + (f" (not {address})" if address else ""))
-    results_dirs = sorted({Path(c.results_dir) for c in unique.values()})
+    results_dirs = sorted({Path(c.results_dir) for unit in unique_units for c in unit})
     marker_name = f"{MARKER_PREFIX}{secrets.token_hex(8)}"
     markers = []
     try:
@@ -268,7 +286,7 @@ def run_configs_on_ray(
             marker = directory / marker_name
             marker.write_text(f"hybrid-rl Ray driver on {platform.node()}, pid {os.getpid()}\n")
             markers.append(marker)
-        return _run(ray, unique, marker_name, cpus_per_run, gpus_per_run, max_retries, log, heartbeat_s)
+        return _run(ray, unique_units, marker_name, cpus_per_run, gpus_per_run, max_retries, log, heartbeat_s, compile)
     finally:
         for marker in markers:
             marker.unlink(missing_ok=True)
@@ -277,17 +295,18 @@ def run_configs_on_ray(
             ray.shutdown()
 
 
-def _run(ray, configs: dict[str, TrainConfig], marker_name: str, cpus_per_run: float, gpus_per_run: float, max_retries: int,
-         log: Callable[[str], None], heartbeat_s: float) -> dict[str, dict[str, Any]]:
+def _run(ray, units: list[list[TrainConfig]], marker_name: str, cpus_per_run: float, gpus_per_run: float, max_retries: int,
+         log: Callable[[str], None], heartbeat_s: float, compile: bool) -> dict[str, dict[str, Any]]:
     import hybrid_rl
 
     total_resources = ray.cluster_resources()
     nodes = _alive_nodes(ray)
     cpus, gpus = total_resources.get("CPU", 0.0), total_resources.get("GPU", 0.0)
-    log(f"ray: cluster of {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs; each run takes {cpus_per_run:g} CPU(s)"
-        + (f" and {gpus_per_run:g} GPU" if gpus_per_run else "") + f", so up to {_concurrency(cpus, gpus, cpus_per_run, gpus_per_run)} run at once")
+    what = "run" if all(len(unit) == 1 for unit in units) else "task (a run or a population)"
+    log(f"ray: cluster of {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs; each {what} takes {cpus_per_run:g} CPU(s)"
+        + (f" and {gpus_per_run:g} GPU" if gpus_per_run else "") + f", so up to {_concurrency(cpus, gpus, cpus_per_run, gpus_per_run)} at once")
     if cpus < cpus_per_run or gpus < gpus_per_run:
-        log(f"ray: WARNING no node can hold a run now ({cpus_per_run:g} CPUs, {gpus_per_run:g} GPUs per run): runs wait until such a node joins")
+        log(f"ray: WARNING no node can hold a {what} now ({cpus_per_run:g} CPUs, {gpus_per_run:g} GPUs each): they wait until such a node joins")
 
     options: dict[str, Any] = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": max_retries, "retry_exceptions": False}
     env = _forwarded_env()
@@ -297,11 +316,14 @@ def _run(ray, configs: dict[str, TrainConfig], marker_name: str, cpus_per_run: f
     threads = threads_for(cpus_per_run)
     driver_cwd = os.getcwd()
     pending = {
-        task.remote(config, threads, driver_cwd, marker_name, hybrid_rl.__version__, gpus_per_run > 0): run_id
-        for run_id, config in configs.items()
+        task.remote(unit, threads, driver_cwd, marker_name, hybrid_rl.__version__, gpus_per_run > 0, compile): unit
+        for unit in units
     }
-    total = len(pending)
-    log(f"ray: {total} run(s) submitted; results in {', '.join(sorted({c.results_dir for c in configs.values()}))}")
+    total = sum(len(unit) for unit in units)
+    populations = [unit for unit in units if len(unit) > 1]
+    log(f"ray: {total} run(s) submitted as {len(units)} task(s)"
+        + (f", {sum(len(u) for u in populations)} of them in {len(populations)} population(s)" if populations else "")
+        + f"; results in {', '.join(sorted({c.results_dir for unit in units for c in unit}))}")
     results: dict[str, dict[str, Any]] = {}
     last_news = time.monotonic()
     try:
@@ -310,13 +332,14 @@ def _run(ray, configs: dict[str, TrainConfig], marker_name: str, cpus_per_run: f
             if ready:  # collect everything that is already finished, not just the first
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in ready:
-                run_id = pending.pop(ref)
+                unit = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    unit_results = ray.get(ref)
                 except Exception as exc:  # Ray gave up: the worker or node died on every attempt
-                    result = _system_failure(ray, run_id, exc, max_retries)
-                results[run_id] = result
-                _report(result, len(results), total, log)
+                    unit_results = [_system_failure(ray, config.run_id, exc, max_retries) for config in unit]
+                for result in unit_results:
+                    results[result["run_id"]] = result
+                    _report(result, len(results), total, log)
                 last_news = time.monotonic()
             now_nodes = _alive_nodes(ray)
             if now_nodes:
@@ -329,24 +352,25 @@ def _run(ray, configs: dict[str, TrainConfig], marker_name: str, cpus_per_run: f
                 nodes = now_nodes
             if pending and time.monotonic() - last_news >= heartbeat_s:
                 free = ray.available_resources().get("CPU", 0.0)
-                log(f"ray: {len(results)}/{total} finished, {len(pending)} running or queued; {free:g} of {ray.cluster_resources().get('CPU', 0):g} CPUs free")
+                running = sum(len(unit) for unit in pending.values())
+                log(f"ray: {len(results)}/{total} finished, {running} running or queued; {free:g} of {ray.cluster_resources().get('CPU', 0):g} CPUs free")
                 last_news = time.monotonic()
     except BaseException as exc:
-        # Interrupted (Ctrl-C) or the driver failed: stop the runs still going. Their
+        # Interrupted (Ctrl-C) or the driver failed: stop the tasks still going. Their
         # checkpoints stay; running the same grid again resumes them.
         for ref in pending:
             try:
                 ray.cancel(ref)
             except Exception:
                 pass
-        log(f"ray: stopped by {type(exc).__name__}; {len(pending)} unfinished run(s) cancelled "
+        log(f"ray: stopped by {type(exc).__name__}; {sum(len(unit) for unit in pending.values())} unfinished run(s) cancelled "
             "(their checkpoints are kept: run the same command again to resume)")
         raise
     return results
 
 
 def _concurrency(cpus: float, gpus: float, cpus_per_run: float, gpus_per_run: float) -> int:
-    """Upper bound on simultaneous runs from the cluster totals (ignores per-node packing)."""
+    """Upper bound on simultaneous tasks from the cluster totals (ignores per-node packing)."""
     bound = int(cpus // cpus_per_run)
     if gpus_per_run > 0:
         bound = min(bound, int(gpus // gpus_per_run))
