@@ -9,7 +9,7 @@ import pytest
 
 from hybrid_rl.algos.networks import TanhGaussianPolicy
 from hybrid_rl.data import factory
-from hybrid_rl.data.behavior import atomic_torch_save
+from hybrid_rl.fileio import atomic_torch_save
 from hybrid_rl.data.hdf5io import read_hdf5, validate_hdf5
 from hybrid_rl.data.loader import load_dataset
 
@@ -85,7 +85,7 @@ def test_layout_and_metadata(level: str, fake_policy_file: Path, tmp_path: Path)
     assert meta["gym_env_id"] == "Hopper-v4" and meta["level"] == level and meta["size"] == 1200
     assert "gymnasium" in meta["versions"] and "mujoco" in meta["versions"]
     if level != "random":
-        assert meta["policy_file_sha256"] == factory.file_sha256(fake_policy_file)
+        assert meta["policy_file_sha256"] == factory.sha256_of_file(fake_policy_file)
     assert np.isfinite(meta["normalized_score_mean"])
 
 

@@ -40,9 +40,16 @@ def test_expansion_order_and_ids(tmp_path: Path) -> None:
 def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny networks: one thread per run
-    spec = small_spec(tmp_path / "r", generated_cache, algo_overrides={"bc": {"hidden": [32, 32]}, "iql": {"no_such_field": 1}})
+    from hybrid_rl.algos.iql import IQL
+
+    def crash(self, batch):  # a run that fails mid-way (bad input is caught before any run starts)
+        raise RuntimeError("simulated crash inside IQL.update")
+
+    monkeypatch.setattr(IQL, "update", crash)
+    spec = small_spec(tmp_path / "r", generated_cache)
     status = run_grid(spec, workers=1, log=lambda message: None, progress=False)
     assert sorted(status["failed"]) == sorted(c.run_id for c in spec.expand() if c.algo == "iql")
+    assert all("simulated crash" in error for error in status["failed"].values())
     for config in spec.expand():
         state = run_state(config)
         assert state == ("complete" if config.algo == "bc" else "new")
@@ -141,7 +148,29 @@ def test_bad_input_fails_before_work(argv, message, tmp_path: Path, capsys: pyte
     assert code == 2
     if message:
         assert message in capsys.readouterr().err
-    assert not any(results.glob("*/config.json"))
+    assert not results.exists(), "bad input writes nothing"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env", "hoper-medium-v2"], "closest known ids: hopper-medium-v2"),
+        (["--env", DATASET, "--algo_overrides", '{"no_such_field": 1}'], "no_such_field"),
+        (["--env", DATASET, "--algo", "sarsa"], "unknown algorithm"),
+    ],
+)
+def test_train_command_bad_input_writes_nothing(argv, message, tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "results"
+    try:
+        code = cli_main(["train", "--algo", "iql", *argv, "--total_steps", "10", "--results", str(results)])
+    except SystemExit as exc:  # argparse rejects unknown choices itself
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith(("error:", "hybrid-rl train: error:"))
+    assert not results.exists()
 
 
 def test_unwritable_results_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

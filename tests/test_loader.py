@@ -248,6 +248,71 @@ def test_damaged_cached_file_is_reported_deleted_and_downloaded_again(hopper_byt
     assert [r["range"] for r in server.requests] == [None]  # fresh download, not a resume of junk
 
 
+def test_bytes_changed_after_download_are_caught_and_downloaded_again(hopper_bytes, hopper_dataset, serve, tmp_path, caplog):
+    """Damage that keeps the HDF5 structure intact (flipped data bytes) is caught by the
+    SHA-256 recorded at download, not loaded."""
+    server = serve({"hopper_medium-v2.hdf5": hopper_bytes})
+    path = tmp_path / "hopper_medium-v2.hdf5"
+    load_dataset("hopper-medium-v2", cache_dir=tmp_path, mirror=server.url)
+    reference = np.asarray(hopper_dataset.observations)
+    offset = hopper_bytes.index(reference[5].tobytes())  # the raw float32 rows are in the file
+    damaged = bytearray(hopper_bytes)
+    damaged[offset:offset + 8] = np.array([1.5, -2.5], np.float32).tobytes()
+    path.write_bytes(bytes(damaged))
+    loader.validate_hdf5(path)  # the structure still validates: only the checksum can tell
+    with caplog.at_level(logging.WARNING, logger="hybrid_rl.data.loader"):
+        ds = load_dataset("hopper-medium-v2", cache_dir=tmp_path, mirror=server.url)
+    assert any("changed since the download" in r.getMessage() for r in caplog.records), caplog.records
+    _same_arrays(ds, hopper_dataset)
+    assert path.read_bytes() == hopper_bytes and len(server.requests) == 2
+
+
+def test_failed_first_download_leaves_nothing_behind(serve, tmp_path):
+    server = serve({})
+    cache = tmp_path / "new" / "cache"
+    with pytest.raises(DatasetUnavailableError):
+        load_dataset("hopper-medium-v2", cache_dir=cache, mirror=server.url)
+    assert not (tmp_path / "new").exists()  # no cache folders, no lock file
+
+
+@pytest.mark.parametrize("mirror", ["notaurl", "ftp://example.org/d4rl/", "http://"])
+def test_mirror_must_be_an_http_url(mirror, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="not an http:// or https:// URL") as info:
+        load_dataset("hopper-medium-v2", cache_dir=tmp_path, mirror=mirror)
+    assert "mirror=" in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setenv("HYBRID_RL_D4RL_MIRROR", mirror)
+    with pytest.raises(ValueError, match="HYBRID_RL_D4RL_MIRROR"):
+        load_dataset("hopper-medium-v2", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_lock_file_is_removed_and_waiters_relock(tmp_path):
+    """The download lock leaves no file behind, and a process that waited on a lock file
+    its holder removed takes the lock again on the path's current file."""
+    target = tmp_path / "f.hdf5"
+    order: list[str] = []
+    inside = threading.Event()
+
+    def second() -> None:
+        inside.wait()
+        with loader._file_lock(target):
+            order.append("second in")
+            assert (tmp_path / "f.hdf5.lock").exists()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with loader._file_lock(target):
+        inside.set()
+        time_waited = 0.0
+        while time_waited < 0.3:  # the second thread is now blocked on our lock
+            threading.Event().wait(0.05)
+            time_waited += 0.05
+        order.append("first out")
+    thread.join(timeout=10)
+    assert order == ["first out", "second in"]
+    assert not (tmp_path / "f.hdf5.lock").exists()
+
+
 # ---------------------------------------------------------------------------------------
 # Downloads through the loopback mirror
 # ---------------------------------------------------------------------------------------
@@ -256,8 +321,9 @@ def test_download_through_mirror_argument_and_env_var(hopper_bytes, hopper_datas
     ds = load_dataset("hopper-medium-v2", cache_dir=tmp_path / "a", mirror=server.url)
     _same_arrays(ds, hopper_dataset)
     assert server.requests[0]["path"] == "/d4rl/hopper_medium-v2.hdf5"
-    assert sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.endswith(".lock")) == [
-        "hopper_medium-v2.hdf5", "hopper_medium-v2.hdf5.sha256"]  # no .part left behind
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "hopper_medium-v2.hdf5", "hopper_medium-v2.hdf5.sha256"]  # no .part or .lock left behind
+    assert ds.metadata["url"] == server.url + "hopper_medium-v2.hdf5"  # where it really came from
     monkeypatch.setenv("HYBRID_RL_D4RL_MIRROR", server.url)
     assert len(load_dataset("hopper-medium-v2", cache_dir=tmp_path / "b")) == len(hopper_dataset)
     assert len(server.requests) == 2
@@ -356,6 +422,29 @@ def test_local_copy_of_a_d4rl_file_is_recognised(hopper_dataset, tmp_path):
     ds = load_dataset(str(path))
     assert ds.metadata["source"] == "local" and ds.metadata["env_name"] == "hopper-medium-v2"
     assert ds.metadata["gym_env_id"] == "Hopper-v4"
+
+
+def test_local_file_gets_no_sidecar(hopper_dataset, tmp_path):
+    write_hdf5(hopper_dataset, tmp_path / "mine.hdf5")
+    ds = load_dataset(tmp_path / "mine.hdf5")
+    assert ds.metadata["sha256"] == hashlib.sha256((tmp_path / "mine.hdf5").read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.hdf5"]  # nothing written next to the user's file
+
+
+def test_mistyped_relative_path_is_not_taken_for_a_minari_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UnknownDatasetError, match="does not exist"):
+        load_dataset("data/my_file")
+
+
+def test_written_files_get_the_umask_permissions(hopper_dataset, tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_hdf5(hopper_dataset, tmp_path / "shared.hdf5")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "shared.hdf5").stat().st_mode & 0o777 == 0o644  # readable by a shared cache's other users
 
 
 def test_damaged_local_file_raises_a_user_error(hopper_bytes, tmp_path):
@@ -484,7 +573,11 @@ def test_make_env_and_vector_env_for_a_d4rl_dataset(hopper_file, tmp_path):
         make_vector_env(ds, 0)
 
 
-def test_ant_gets_contact_forces(tmp_path, make_dataset):
+def test_d4rl_ant_has_zero_contact_forces_and_no_contact_cost(tmp_path):
+    """D4RL's ant data was recorded with all-zero contact forces (and so no contact cost):
+    its env must show the same, not Gymnasium's real forces."""
+    import gymnasium as gym
+
     n = 4
     ds = OfflineDataset(
         observations=np.zeros((n, 111), np.float32), actions=np.zeros((n, 8), np.float32),
@@ -493,8 +586,36 @@ def test_ant_gets_contact_forces(tmp_path, make_dataset):
     )
     write_hdf5(ds, tmp_path / "ant_medium-v2.hdf5")
     env = make_env(load_dataset("ant-medium-v2", cache_dir=tmp_path))
-    assert env.observation_space.shape == (111,)
-    env.close()
+    plain = gym.make("Ant-v4", use_contact_forces=False)
+    forces = gym.make("Ant-v4", use_contact_forces=True)
+    assert env.observation_space.shape == (111,) and env.spec.max_episode_steps == 1000
+    obs, _ = env.reset(seed=3)
+    plain_obs, _ = plain.reset(seed=3)
+    forces.reset(seed=3)
+    rng = np.random.default_rng(0)
+    saw_contact = False
+    for _ in range(50):
+        action = rng.uniform(-1, 1, 8).astype(np.float32)
+        obs, reward, *_ = env.step(action)
+        plain_obs, plain_reward, *_ = plain.step(action)
+        forces_obs, forces_reward, *_ = forces.step(action)
+        assert np.array_equal(obs[:27], plain_obs) and not obs[27:].any()
+        assert reward == plain_reward  # no contact cost, as in D4RL
+        saw_contact |= bool(np.abs(forces_obs[27:]).sum() > 0)
+    assert saw_contact, "real contact forces are non-zero: the difference is real"
+    for e in (env, plain, forces):
+        e.close()
+
+
+def test_robot_is_a_whole_word():
+    from hybrid_rl.data.refs import robot_of
+
+    assert [robot_of(n) for n in ("ant-medium-v2", "mujoco/ant/expert-v0", "Ant-v4", "hybrid_rl/D4RLAnt-v4", "HalfCheetah-v4",
+                                  "gen-walker2d-medium-v0@50k", "hopper_medium_replay-v2.hdf5")] == \
+        ["ant", "ant", "ant", "ant", "halfcheetah", "walker2d", "hopper"]
+    for name in ("antmaze-umaze-v2", "D4RL/antmaze/umaze-v1", "pen-human-v1"):
+        with pytest.raises(ValueError, match="no reference scores"):
+            robot_of(name)
 
 
 def test_dimension_mismatch_is_a_clear_error(make_dataset):

@@ -190,9 +190,13 @@ def train_command(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     from .algos.registry import available_algorithms
+    from .grid import preflight
 
     if config.algo not in available_algorithms():
         raise HybridRLError(f"unknown algorithm {config.algo!r}; choose from {available_algorithms()}")
+    # Bad input fails here, before the run directory exists (an explicit --run_dir is
+    # checked against the config by train() itself).
+    preflight([config], log=lambda line: None, run_dirs=args.run_dir is None)
     summary = train(config, args.run_dir, resume=not args.no_resume)
     print(json.dumps(summary, indent=2))
     return 0

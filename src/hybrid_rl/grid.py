@@ -12,6 +12,7 @@ import concurrent.futures as futures
 import json
 import multiprocessing
 import os
+import tempfile
 import sys
 import time
 import traceback
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError
-from .train import TrainConfig, atomic_write_text, check_compatible, population_key, train, train_population
+from .fileio import atomic_write_text
+from .train import TrainConfig, algorithm_overrides, check_compatible, population_key, train, train_population
 
 D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 QUICK_STEPS = 20_000
@@ -95,17 +97,19 @@ def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: 
 
 
 def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str | None, log: Callable[[str], None]) -> dict[str, dict]:
-    """Load every dataset once before any run starts (downloads or generates on first use).
+    """Load every dataset once before any run starts (downloads or generates on first use)
+    and build its evaluation env once (which checks their sizes agree).
 
-    Raises the loader's one-line error if a dataset is unavailable, so a grid never starts
-    half its work and then fails. Returns each dataset's summary.
+    Raises the loader's one-line error if a dataset is unavailable or its env does not
+    fit, so a grid never starts half its work and then fails. Returns each dataset's summary.
     """
-    from .data.loader import load_dataset
+    from .data.loader import load_dataset, make_env
 
     summaries = {}
     for name in datasets:
         log(f"checking dataset {name} ...")
         dataset = load_dataset(name, cache_dir=cache_dir, mirror=mirror)
+        make_env(dataset).close()
         summaries[name] = dataset.summary()
         score = summaries[name].get("normalized_return_mean")
         log(f"  {name}: {len(dataset):,} transitions, {dataset.num_trajectories} trajectories" + (f", behaviour score {score:.1f}" if score is not None else ""))
@@ -113,14 +117,45 @@ def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str |
 
 
 def check_results_dir(results_dir: str) -> None:
-    path = Path(results_dir)
+    """Raise a one-line error unless `results_dir` exists and is writable or can be created.
+
+    Creates nothing: the probe file goes into the deepest existing folder on the way and is
+    removed at once, so bad input found later leaves no empty results folder behind.
+    """
+    path = Path(results_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe_"):
+            pass
     except OSError as exc:
-        raise HybridRLError(f"cannot write to the results directory {path} ({exc.strerror}); choose another with --results DIR") from None
+        raise HybridRLError(f"cannot write to the results directory {path} ({exc.strerror} at {existing}); choose another with --results DIR") from None
+
+
+def preflight(configs: Sequence[TrainConfig], log: Callable[[str], None], *, run_dirs: bool = True) -> dict[str, dict]:
+    """Every check that can fail on bad input, before anything is written: results
+    directories, datasets and their envs, algorithm settings, and (with `run_dirs`) clashes
+    with existing run directories of another configuration. Returns each dataset's summary."""
+    for results_dir in sorted({config.results_dir for config in configs}):
+        check_results_dir(results_dir)
+    summaries: dict[str, dict] = {}
+    for (cache_dir, mirror), names in _group_datasets(configs).items():
+        summaries.update(check_datasets(names, cache_dir, mirror, log))
+    for config in configs:
+        algorithm_overrides(config)
+        if run_dirs:
+            check_compatible(Path(config.results_dir) / config.run_id, config)
+    return summaries
+
+
+def _group_datasets(configs: Sequence[TrainConfig]) -> dict[tuple[str | None, str | None], list[str]]:
+    groups: dict[tuple[str | None, str | None], list[str]] = {}
+    for config in configs:
+        names = groups.setdefault((config.cache_dir, config.mirror), [])
+        if config.dataset not in names:
+            names.append(config.dataset)
+    return groups
 
 
 def threads_per_run(workers: int) -> int:
@@ -224,12 +259,9 @@ def run_grid(
         raise HybridRLError(f"unknown launcher {launcher!r}; use local or ray")
     # On Ray each run resolves its device on its own node (the driver may have no GPU).
     device = resolve_device(spec.device) if launcher == "local" else None
-    check_results_dir(spec.results_dir)
     configs = spec.expand()
-    check_datasets(sorted(set(spec.datasets)), spec.cache_dir, spec.mirror, log)
-    # An existing run directory of another configuration is an error before any work starts.
-    for config in configs:
-        check_compatible(Path(config.results_dir) / config.run_id, config)
+    preflight(configs, log)
+    Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
     states = {config.run_id: run_state(config) for config in configs}
     todo = [config for config in configs if states[config.run_id] != "complete"]
     counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}

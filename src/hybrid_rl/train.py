@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
 from .errors import HybridRLError
+from .fileio import atomic_torch_save, atomic_write_text
 from .eval.stats import final_score
 from .rollouts import episode_returns
 
@@ -154,12 +154,6 @@ def package_versions() -> dict[str, str]:
     return {**versions(), "python": platform.python_version()}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def to_float(value: torch.Tensor | float) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -204,16 +198,24 @@ def prepare_dataset(config: TrainConfig, original: OfflineDataset | None = None)
     return original, corrupted, records
 
 
-def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
-    """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
-    from .algos.registry import make_algorithm, make_config
+def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
+    """The run's overrides of its algorithm's settings; raises ValueError (naming the valid
+    fields) for an unknown algorithm or field, without building anything."""
+    from .algos.registry import make_config
 
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
     overrides = dict(config.algo_overrides)
     if hasattr(make_config(config.algo, config.dataset, overrides), "max_steps"):
         overrides.setdefault("max_steps", config.total_steps)  # LR schedules span the run
-    return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=overrides)
+    return overrides
+
+
+def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
+    """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
+    from .algos.registry import make_algorithm
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=algorithm_overrides(config))
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = True) -> dict[str, Any]:
@@ -431,9 +433,7 @@ class RunBook:
             "best": self.best,
             "metrics_bytes": self.metrics_path.stat().st_size,
         }
-        tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        atomic_torch_save(state, self.checkpoint_path)
 
     # --- end ---------------------------------------------------------------------------------
     def finish(self, algorithm_state: dict[str, Any], sampler_state: dict[str, Any], loss_window: torch.Tensor) -> dict[str, Any]:

@@ -14,10 +14,8 @@ run but not bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +26,11 @@ import numpy as np
 import torch
 
 from ..algos.sac import SAC, SACConfig
+from ..fileio import atomic_torch_save, atomic_write_text
 from ..rollouts import episode_returns
 from .dataset import ReplayBuffer
-from .refs import GYM_ENV_IDS, GYM_ENV_KWARGS, normalized_score
+from .envs import register_envs
+from .refs import GYM_ENV_IDS, normalized_score
 
 # Normalized-score windows of D4RL's medium data that a generated medium dataset should
 # land in (from the dataset-factory spec).
@@ -61,23 +61,8 @@ def make_robot_env(robot: str, **kwargs: Any) -> gym.Env:
     """The Gymnasium env D4RL data of this robot is evaluated in (v4, 1000-step limit)."""
     if robot not in GYM_ENV_IDS:
         raise ValueError(f"unknown robot {robot!r}; choose one of {sorted(GYM_ENV_IDS)}")
-    return gym.make(GYM_ENV_IDS[robot], max_episode_steps=EPISODE_LIMIT, **GYM_ENV_KWARGS.get(robot, {}), **kwargs)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    register_envs()
+    return gym.make(GYM_ENV_IDS[robot], max_episode_steps=EPISODE_LIMIT, **kwargs)
 
 
 @torch.no_grad()
@@ -106,7 +91,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
 
     out = Path(out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
     env = make_robot_env(config.robot)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(config.seed)

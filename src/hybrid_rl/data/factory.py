@@ -32,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .behavior import EPISODE_LIMIT, FACTORY_ROBOTS, atomic_torch_save, file_sha256, make_robot_env, read_progress, MEDIUM_TARGET_RANGE
+from ..fileio import atomic_torch_save, sha256_of_file
+from .behavior import EPISODE_LIMIT, FACTORY_ROBOTS, make_robot_env, read_progress, MEDIUM_TARGET_RANGE
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .refs import GYM_ENV_IDS, normalized_score
@@ -125,7 +126,7 @@ def load_policy_file(path: str | Path) -> dict[str, Any]:
         raise GeneratedDatasetError(f"behaviour policy file {path} is corrupt ({type(exc).__name__}); reinstall or retrain it") from None
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise GeneratedDatasetError(f"{path} is not a hybrid-rl behaviour policy file (format {POLICY_FORMAT})")
-    payload["sha256"] = file_sha256(path)
+    payload["sha256"] = sha256_of_file(path)
     return payload
 
 
@@ -459,7 +460,7 @@ def _stale_reason(path: Path, name: str, policy_file: str | Path | None) -> str 
     gid = parse_generated_id(name)
     if gid.level == "random":
         return None
-    current = file_sha256(Path(policy_file or policy_path(gid.robot)))
+    current = sha256_of_file(Path(policy_file or policy_path(gid.robot)))
     if cached_sha != current:
         return "the behaviour policy file changed since it was generated"
     return None

@@ -7,8 +7,6 @@ Layout (as the d4rl package writes it): top-level datasets ``observations``, ``a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import h5py
 import numpy as np
 
 from ..errors import HybridRLError
+from ..fileio import atomic_path
 from .dataset import ARRAY_FIELDS, OfflineDataset, build_next_observations
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -141,6 +140,11 @@ def _read_hdf5(path: Path, *, name: str | None) -> OfflineDataset:
             arrays["next_observations"] = handle["next_observations"][()].astype(np.float32)
         else:
             next_obs, keep = build_next_observations(arrays["observations"], arrays["terminals"], arrays["timeouts"])
+            if not keep.any():
+                raise DatasetFileError(
+                    f"{path} has no next_observations, and building them as d4rl.qlearning_dataset does drops every one of its "
+                    f"{len(keep)} transitions (each is a timeout or the file's last); store next_observations in the file"
+                )
             # Dropping a timed-out episode's last step makes the step before it the new end:
             # mark it as a timeout so episode boundaries survive.
             kept_timeouts = np.zeros(len(keep), dtype=bool)
@@ -175,22 +179,14 @@ def write_hdf5(dataset: OfflineDataset, path: str | Path, *, compression: str | 
     HDF5 object time tracking is switched off).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w", track_order=True) as handle:
-            options = {"track_times": False}
-            if compression:
-                options["compression"] = compression
-            for key in ARRAY_FIELDS:
-                handle.create_dataset(key, data=getattr(dataset, key), **options)
-            infos = handle.create_group("infos")
-            for key, value in dataset.infos.items():
-                infos.create_dataset(key, data=value, **options)
-            _write_metadata(handle.create_group("metadata"), {"name": dataset.name, **dataset.metadata})
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as handle:
+        options = {"track_times": False}
+        if compression:
+            options["compression"] = compression
+        for key in ARRAY_FIELDS:
+            handle.create_dataset(key, data=getattr(dataset, key), **options)
+        infos = handle.create_group("infos")
+        for key, value in dataset.infos.items():
+            infos.create_dataset(key, data=value, **options)
+        _write_metadata(handle.create_group("metadata"), {"name": dataset.name, **dataset.metadata})
     return path

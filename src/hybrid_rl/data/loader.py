@@ -9,8 +9,10 @@
 
 The D4RL cache uses d4rl's own directory and file names (``$D4RL_DATASET_DIR`` or
 ``~/.d4rl/datasets``, ``hopper_medium_replay-v2.hdf5``), so a cache filled by d4rl is reused
-and never downloaded again. Every cached or downloaded file is validated before it is read;
-a damaged one is reported, deleted and fetched again, never loaded.
+and never downloaded again. Every cached or downloaded file is validated before it is read
+(HDF5 structure, keys, lengths, finite values; and, for a file hybrid-rl downloaded, its
+SHA-256 against the one recorded at download); a damaged one is reported, deleted and
+fetched again, never loaded.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -34,9 +37,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
+from ..fileio import atomic_write_text, sha256_of_file
 from .dataset import OfflineDataset
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5
-from .refs import GYM_ENV_IDS, GYM_ENV_KWARGS, robot_of
+from .envs import register_envs
+from .refs import GYM_ENV_IDS, robot_of
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +148,14 @@ def d4rl_cached_path(dataset_id: str, cache_dir: str | Path | None = None) -> Pa
 
 
 def _resolve_mirror(mirror: str | None) -> str | None:
-    return mirror or os.environ.get(MIRROR_ENV_VAR) or None
+    """The mirror to use (argument, else $HYBRID_RL_D4RL_MIRROR), checked to be an http(s) URL."""
+    value = mirror or os.environ.get(MIRROR_ENV_VAR) or None
+    if value is not None:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            source = "mirror=" if mirror else f"${MIRROR_ENV_VAR}"
+            raise ValueError(f"{source} {value!r} is not an http:// or https:// URL; give the base URL under which the D4RL file names are served")
+    return value
 
 
 def _unknown_id_message(name: str) -> str:
@@ -156,33 +168,61 @@ def _unknown_id_message(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# File checksum, cached next to the file
+# File checksum and download record, kept next to cached files (``<file>.sha256``)
 # ---------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, cached in ``<file>.sha256`` keyed by the file's size and mtime.
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
-    Hashing a 1 GB dataset takes seconds; the sidecar makes every later load free. A file that
-    changes size or modification time is hashed again. An unwritable directory only costs
-    the re-hash next time.
+
+def _read_record(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(_sidecar(path).read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # an unwritable cache only costs a re-hash next time
+        atomic_write_text(_sidecar(path), json.dumps(record, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | Path, *, cache: bool = True) -> str:
+    """SHA-256 of a file; with `cache`, kept in ``<file>.sha256`` keyed by size and mtime.
+
+    Hashing a 1 GB dataset takes seconds; the sidecar makes every later load free, and a
+    file that changes size or modification time is hashed again. Files that hybrid-rl does
+    not own (a user's local file) are hashed with ``cache=False``: nothing is written next
+    to them.
     """
     path = Path(path)
     stat = path.stat()
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    sidecar = path.with_name(path.name + ".sha256")
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        cached = json.loads(sidecar.read_text())
-        if cached.get("size") == key["size"] and cached.get("mtime_ns") == key["mtime_ns"] and len(str(cached.get("sha256", ""))) == 64:
-            return str(cached["sha256"])
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(DOWNLOAD_CHUNK_BYTES * 4), b""):
-            digest.update(block)
-    value = digest.hexdigest()
-    with contextlib.suppress(OSError):
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**key, "sha256": value}) + "\n")
-        os.replace(tmp, sidecar)
+    record = _read_record(path) if cache else {}
+    if record.get("size") == key["size"] and record.get("mtime_ns") == key["mtime_ns"] and len(str(record.get("sha256", ""))) == 64:
+        return str(record["sha256"])
+    value = sha256_of_file(path)
+    if cache:
+        _write_record(path, {**record, **key, "sha256": value})
     return value
+
+
+def _record_download(path: Path, url: str) -> None:
+    """Remember a fresh download's SHA-256 and URL, so later damage to the bytes is caught."""
+    value = file_sha256(path)
+    _write_record(path, {**_read_record(path), "downloaded_sha256": value, "source_url": url})
+
+
+def _changed_since_download(path: Path) -> str | None:
+    """Why a file hybrid-rl downloaded no longer has its downloaded bytes (None if it has,
+    or if it was not downloaded by hybrid-rl: a d4rl cache file has no record)."""
+    expected = _read_record(path).get("downloaded_sha256")
+    if not expected:
+        return None
+    actual = file_sha256(path)
+    if actual == expected:
+        return None
+    return f"its bytes changed since the download (sha256 {actual[:12]}... instead of {expected[:12]}...)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,19 +348,32 @@ def download_file(
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive inter-process lock on ``<path>.lock``: parallel grid workers asking for the
-    same missing file must not write one ``.part`` together. No-op where fcntl is missing."""
+    same missing file must not write one ``.part`` together. No-op where fcntl is missing.
+
+    The lock file is removed on release, so it never stays in the cache. A waiter that then
+    holds a lock on the removed file sees that the path no longer names it and locks again.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; concurrent first downloads may collide
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
+    lock_path = path.with_name(path.name + ".lock")
+    while True:
+        handle = open(lock_path, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # we hold the lock of the file the path names
+        except FileNotFoundError:
+            pass  # removed by the previous holder while we waited
+        handle.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # before unlocking: waiters then retry on a new file
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _unavailable_message(dataset_id: str, path: Path, url: str, reason: str) -> str:
@@ -336,16 +389,32 @@ def _unavailable_message(dataset_id: str, path: Path, url: str, reason: str) -> 
 
 
 def _usable_cached_file(path: Path) -> bool:
-    """True if `path` exists and validates; a damaged file is reported and deleted."""
+    """True if `path` exists and validates; a damaged file is reported and deleted.
+
+    A file that cannot be *read* (permissions, HDF5 file locking) is not damaged: that is
+    an error the user must fix, and the file is left alone.
+    """
     if not path.exists():
         return False
     try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise DatasetUnavailableError(f"cannot read the cached file {path} ({exc.strerror}); fix its permissions or point cache_dir= elsewhere") from None
+    try:
         validate_hdf5(path)
+        changed = _changed_since_download(path)
+        if changed:
+            raise DatasetFileError(f"{path}: {changed}")
         return True
     except DatasetFileError as exc:
+        if "unable to lock file" in str(exc.__cause__ or "").lower():  # HDF5 file locking, not damage
+            raise DatasetUnavailableError(
+                f"{path} is locked by another process ({exc.__cause__}); wait for it, or set HDF5_USE_FILE_LOCKING=FALSE on a filesystem without locks"
+            ) from None
         logger.warning("cached dataset %s is damaged and will be downloaded again: %s", path, exc)
         path.unlink(missing_ok=True)
-        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
         return False
 
 
@@ -361,7 +430,9 @@ def ensure_d4rl_file(dataset_id: str, *, cache_dir: str | Path | None = None, mi
     if _usable_cached_file(path):  # fast path, no lock and no network
         return path
     url = d4rl_url(dataset_id, _resolve_mirror(mirror))
+    created = [directory for directory in (path.parent, *path.parent.parents) if not directory.exists()]
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path):
             if _usable_cached_file(path):  # another process finished it while we waited
                 return path
@@ -369,10 +440,13 @@ def ensure_d4rl_file(dataset_id: str, *, cache_dir: str | Path | None = None, mi
                 download_file(url, path, validate=validate_hdf5)
             except DatasetFileError as exc:
                 raise DatasetUnavailableError(f"the downloaded file is invalid ({exc})") from exc
-    except DatasetUnavailableError as exc:
-        raise DatasetUnavailableError(_unavailable_message(dataset_id, path, url, str(exc))) from exc
-    except OSError as exc:  # cache directory not writable, disk full ...
-        raise DatasetUnavailableError(_unavailable_message(dataset_id, path, url, f"cannot write to the cache ({exc})")) from exc
+            _record_download(path, url)
+    except (DatasetUnavailableError, OSError) as exc:
+        for directory in created:  # a failed first download leaves no empty cache folders behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        reason = str(exc) if isinstance(exc, DatasetUnavailableError) else f"cannot write to the cache ({exc})"  # not writable, disk full ...
+        raise DatasetUnavailableError(_unavailable_message(dataset_id, path, url, reason)) from exc
     return path
 
 
@@ -383,17 +457,15 @@ def _with_metadata(dataset: OfflineDataset, **entries: Any) -> OfflineDataset:
     return dataset.replace(metadata={**dataset.metadata, **{k: v for k, v in entries.items() if v is not None}})
 
 
-def _robot_env(robot: str) -> tuple[str, dict]:
-    return GYM_ENV_IDS[robot], dict(GYM_ENV_KWARGS.get(robot, {}))
 
 
 def _load_d4rl(dataset_id: str, *, cache_dir: str | Path | None, mirror: str | None) -> OfflineDataset:
     path = ensure_d4rl_file(dataset_id, cache_dir=cache_dir, mirror=mirror)
     dataset = read_hdf5(path, name=dataset_id, validate=False)  # validated by ensure_d4rl_file
-    env_id, env_kwargs = _robot_env(robot_of(dataset_id))
     return _with_metadata(
-        dataset, source="d4rl", dataset_id=dataset_id, env_name=dataset_id, gym_env_id=env_id,
-        gym_env_kwargs=env_kwargs, file_path=str(path.absolute()), sha256=file_sha256(path), url=d4rl_url(dataset_id),
+        dataset, source="d4rl", dataset_id=dataset_id, env_name=dataset_id, gym_env_id=GYM_ENV_IDS[robot_of(dataset_id)],
+        file_path=str(path.absolute()), sha256=file_sha256(path),
+        url=_read_record(path).get("source_url") or d4rl_url(dataset_id),  # where it came from, mirror included
     )
 
 
@@ -401,15 +473,14 @@ def _load_local(path: Path) -> OfflineDataset:
     if path.is_dir():
         raise UnknownDatasetError(f"{path} is a directory; pass the path of a D4RL-format HDF5 file")
     dataset = read_hdf5(path)
-    entries: dict[str, Any] = {"source": "local", "file_path": str(path.absolute()), "sha256": file_sha256(path)}
+    entries: dict[str, Any] = {"source": "local", "file_path": str(path.absolute()), "sha256": file_sha256(path, cache=False)}
     # A D4RL file copied elsewhere keeps d4rl's name: recognise it so that scores and the
     # evaluation env are right. Any other file must name its env in metadata (gym_env_id).
     d4rl_id = _d4rl_id_from_filename(path.name)
     if d4rl_id is not None:
-        env_id, env_kwargs = _robot_env(robot_of(d4rl_id))
         entries.update(env_name=dataset.metadata.get("env_name", d4rl_id), dataset_id=d4rl_id)
         if "gym_env_id" not in dataset.metadata:
-            entries.update(gym_env_id=env_id, gym_env_kwargs=env_kwargs)
+            entries.update(gym_env_id=GYM_ENV_IDS[robot_of(d4rl_id)])
     return _with_metadata(dataset, **entries)
 
 
@@ -421,8 +492,7 @@ def _load_generated(name: str, *, cache_dir: str | Path | None) -> OfflineDatase
     if "gym_env_id" not in dataset.metadata:
         # The factory collects data in the robot's D4RL evaluation env (v4, refs.GYM_ENV_IDS);
         # make_env still checks the dimensions against the data.
-        env_id, env_kwargs = _robot_env(robot_of(name))
-        entries.update(gym_env_id=env_id, gym_env_kwargs=env_kwargs)
+        entries.update(gym_env_id=GYM_ENV_IDS[robot_of(name)])
     path = dataset.metadata.get("file_path") or dataset.metadata.get("source_path")
     if path and Path(path).is_file():
         entries.update(file_path=str(Path(path).absolute()), sha256=file_sha256(path))
@@ -434,7 +504,8 @@ def _import_minari() -> Any:
         return importlib.import_module("minari")
     except ImportError as exc:
         raise MissingDependencyError(
-            "Minari datasets need the optional 'minari' package: pip install 'hybrid-rl[minari]'"
+            "Minari datasets (ids like mujoco/hopper/medium-v0) need the optional 'minari' package: pip install 'hybrid-rl[minari]'; "
+            "a local file is read only if it exists"
         ) from exc
 
 
@@ -573,6 +644,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | Path | Non
     if _looks_like_path(name):
         raise UnknownDatasetError(f"dataset file {path} does not exist; check the path, or use a dataset id such as hopper-medium-v2")
     if "/" in name:
+        if Path(name.split("/")[0]).is_dir():  # 'data/my_file': a mistyped path, not a Minari namespace
+            raise UnknownDatasetError(f"dataset file {path} does not exist; check the path (D4RL-format files end in .hdf5 or .h5)")
         return _load_minari(name)
     raise UnknownDatasetError(_unknown_id_message(name))
 
@@ -602,8 +675,9 @@ def _env_for(dataset: OfflineDataset, env_id: str | None) -> tuple[Any, dict]:
 def make_env(dataset: OfflineDataset, *, env_id: str | None = None, **kwargs: Any) -> Any:
     """The Gymnasium environment to evaluate policies trained on `dataset`.
 
-    D4RL datasets get the Gymnasium v4 env of the same robot (``Hopper-v4`` ...; Ant with
-    contact forces, 111-dim observations), Minari datasets their recorded env, local and
+    D4RL datasets get the Gymnasium v4 env of the same robot (``Hopper-v4`` ...; for Ant,
+    ``hybrid_rl/D4RLAnt-v4``: 111-dim observations with D4RL's all-zero contact forces, see
+    envs.py), Minari datasets their recorded env, local and
     generated files the env in ``metadata['gym_env_id']`` - or `env_id` if given. `kwargs`
     go to ``gymnasium.make`` (over the recorded ones).
 
@@ -613,6 +687,7 @@ def make_env(dataset: OfflineDataset, *, env_id: str | None = None, **kwargs: An
     """
     import gymnasium as gym
 
+    register_envs()
     target, recorded_kwargs = _env_for(dataset, env_id)
     with warnings.catch_warnings():
         if target in GYM_ENV_IDS.values():
@@ -628,7 +703,7 @@ def make_env(dataset: OfflineDataset, *, env_id: str | None = None, **kwargs: An
         raise DatasetEnvMismatchError(
             f"env {name} has observations {obs_shape} and actions {act_shape} but dataset {dataset.name!r} has "
             f"({dataset.obs_dim},) and ({dataset.act_dim},); pass the env the data was collected in with env_id= "
-            "(D4RL Ant needs use_contact_forces=True)"
+            "(D4RL Ant data is 111-dim: hybrid_rl/D4RLAnt-v4)"
         )
     return env
 

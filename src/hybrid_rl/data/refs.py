@@ -7,6 +7,7 @@ D4RL normalized score = 100 * (return - random) / (expert - random), where `rand
 from __future__ import annotations
 
 import math
+import re
 
 # Per robot: (random return, expert return) as published by D4RL for the v2 locomotion data.
 REF_RETURNS: dict[str, tuple[float, float]] = {
@@ -17,18 +18,13 @@ REF_RETURNS: dict[str, tuple[float, float]] = {
 }
 
 # Gymnasium environment evaluating each robot's D4RL data (D4RL v2 was collected in the
-# gym v3 envs; v4 is their Gymnasium port with the same observation layout).
+# gym v3 envs; v4 is their Gymnasium port with the same observation layout). Ant: Ant-v4
+# with D4RL's all-zero contact forces (111-dim observations, no contact cost; envs.py).
 GYM_ENV_IDS: dict[str, str] = {
     "halfcheetah": "HalfCheetah-v4",
     "hopper": "Hopper-v4",
     "walker2d": "Walker2d-v4",
-    "ant": "Ant-v4",
-}
-
-# Extra kwargs so the Gymnasium env matches the D4RL observation layout (Ant in D4RL
-# includes the 84 clipped contact forces: 111-dim observations).
-GYM_ENV_KWARGS: dict[str, dict] = {
-    "ant": {"use_contact_forces": True},
+    "ant": "hybrid_rl/D4RLAnt-v4",
 }
 
 # Published final normalized scores (CORL, mean over seeds), for comparison tables.
@@ -48,10 +44,10 @@ def robot_of(env_name: str) -> str:
     Accepts D4RL ids, generated ids ('gen-hopper-medium-v0'), Gymnasium ids
     ('Hopper-v4') and Minari ids ('mujoco/hopper/medium-v0').
     """
-    lowered = env_name.lower()
-    # Longest first so that no robot name matches inside another one.
-    for robot in sorted(REF_RETURNS, key=len, reverse=True):
-        if robot in lowered:
+    # Whole words only: 'antmaze-umaze-v2' is not the ant locomotion task.
+    words = re.split(r"[^a-z0-9]+", env_name.lower())
+    for robot in REF_RETURNS:
+        if robot in words or f"d4rl{robot}" in words:  # 'hybrid_rl/D4RLAnt-v4'
             return robot
     raise ValueError(
         f"no reference scores for {env_name!r}: known robots are {sorted(REF_RETURNS)}; "

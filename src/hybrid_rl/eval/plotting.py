@@ -16,14 +16,12 @@ and no GUI backend is needed; files are written atomically.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import textwrap
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -33,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from ..fileio import write_atomically
 from .runs import CorruptionLevel, RunRecord
 from .stats import (
     DEFAULT_REPS,
@@ -146,35 +145,6 @@ def _footnote(fig: Figure, text: str) -> None:
     fig.get_layout_engine().set(rect=(0.0, bottom, 1.0, 1.0 - bottom))
     fig.text(0.01, 0.04 / height, "\n".join(lines), ha="left", va="bottom", fontsize=7.5, color="0.3",
              linespacing=1.45)
-
-
-def write_atomically(path: Path, writer: Callable[[BinaryIO], None]) -> None:
-    """Write a file via a temporary file in the same directory and ``os.replace``.
-
-    Readers (a browser, a LaTeX build, a second report process) never see a half-written
-    file, and a crash leaves the previous version in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer(handle)
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def _current_umask() -> int:
-    # os.umask can only be read by setting it; restored at once (report building is
-    # single-threaded).
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:

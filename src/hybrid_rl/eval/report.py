@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..data.refs import PUBLISHED_SCORES
-from .plotting import algo_display_name, plot_all, safe_name, write_atomically
+from ..fileio import atomic_write_text
+from .plotting import algo_display_name, plot_all, safe_name
 from .runs import IN_PROGRESS, CorruptionLevel, RunRecord, failed_before_start, load_runs
 from .stats import (
     DEFAULT_REPS,
@@ -346,10 +347,6 @@ def _data_notes(runs: Sequence[RunRecord]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- entry point
-def _write_text(path: Path, text: str) -> None:
-    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
 def build_report(results_dir: str | Path, plots_dir: str | Path, *, reps: int = DEFAULT_REPS,
                  seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Read every run directory under ``results_dir``; write the tables and all figures.
@@ -390,8 +387,8 @@ def build_report(results_dir: str | Path, plots_dir: str | Path, *, reps: int = 
 
     md_path = results_dir / SUMMARY_MD
     csv_path = results_dir / SUMMARY_CSV
-    _write_text(csv_path, summary_csv_text(summaries))
-    _write_text(md_path, summary_markdown(results_dir, runs, summaries, across, figures, reps, seed, early_failures))
+    atomic_write_text(csv_path, summary_csv_text(summaries))
+    atomic_write_text(md_path, summary_markdown(results_dir, runs, summaries, across, figures, reps, seed, early_failures))
     files = [md_path, csv_path, *figures]
     return {
         "summary_md": str(md_path),

@@ -1,0 +1,69 @@
+"""How hybrid-rl writes and hashes files: the one home of atomic writes.
+
+Every file a reader may look at while it is being written (run summaries, checkpoints,
+tables, figures, datasets, policy files) goes through a temporary file in the same
+directory and ``os.replace``: readers never see half a file, a crash leaves the previous
+version (or nothing) in place, and a failed write removes its temporary file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+
+def current_umask() -> int:
+    # os.umask can only be read by setting it; restored at once.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write to; it replaces `path` if the block succeeds
+    and is deleted if it fails. The result gets the permissions a plain ``open()`` would
+    give (mkstemp's are 0600, which would lock other users out of a shared cache)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: str | Path, writer: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``writer(handle)`` (binary), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer(handle)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (checkpoints, policy files)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def sha256_of_file(path: str | Path, block_bytes: int = 4 << 20) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
