@@ -544,6 +544,12 @@ def minari_to_offline_dataset(minari_dataset: Any, *, name: str) -> OfflineDatas
     dtypes = {"terminals": bool, "timeouts": bool}
     arrays = {key: np.concatenate(value).astype(dtypes.get(key, np.float32)) for key, value in parts.items()}
     metadata: dict[str, Any] = {"source": "minari", "dataset_id": name, "env_name": name}
+    # Minari's own reference returns, when the dataset has them, are kept for users who want
+    # Minari's normalization; hybrid-rl's normalized scores use D4RL's per-robot references.
+    storage_metadata = getattr(getattr(minari_dataset, "storage", None), "metadata", None) or {}
+    for key in ("ref_min_score", "ref_max_score"):
+        if storage_metadata.get(key) is not None:
+            metadata[f"minari_{key}"] = float(storage_metadata[key])
     env_spec = getattr(minari_dataset, "env_spec", None)
     if env_spec is not None:
         metadata["gym_env_id"] = env_spec.id
