@@ -178,7 +178,7 @@ def test_unwritable_results_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     blocker.write_text("x")
     code = phase1_main(["--quick", "--env", DATASET, "--results", str(blocker / "results")])
     assert code == 2
-    assert "results directory" in capsys.readouterr().err
+    assert "cannot write to --results" in capsys.readouterr().err
 
 
 def test_plot_only_on_empty_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -194,40 +194,114 @@ from hybrid_rl.grid import GridSpec, run_grid
 spec = GridSpec(algos=("bc", "iql"), datasets=("{dataset}",), remove_top_k=(0.0, 30.0), seeds=(0,), total_steps={steps},
     eval_every=100, eval_episodes=2, log_every=25, checkpoint_every=100, device="cpu", results_dir=sys.argv[1], cache_dir="{cache}",
     algo_overrides={{"bc": {{"hidden": [32, 32]}}, "iql": {{"hidden": [32, 32]}}}})
-run_grid(spec, workers=1, progress=False)
+if __name__ == "__main__":  # spawned workers import this file: they must not start a grid
+    status = run_grid(spec, workers=int(sys.argv[2]), progress=False)
+    sys.exit(1 if status["failed"] else 0)
 """
+KILL_STEPS = 400
 
 
-@pytest.mark.slow
-def test_killed_grid_resumes_to_identical_results(tmp_path: Path, generated_cache: Path) -> None:
-    """SIGKILL the grid while a run is between checkpoints; the rerun must equal an uninterrupted grid."""
-    steps = 400
-    cache = generated_cache
-    script = tmp_path / "grid.py"
-    script.write_text(GRID_SCRIPT.format(dataset=DATASET, steps=steps, cache=cache))
-    env = {**os.environ, "HYBRID_RL_DATA_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    subprocess.run([sys.executable, str(script), str(reference)], check=True, env=env, capture_output=True)
+@pytest.fixture(scope="module")
+def grid_script(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> tuple[Path, dict, Path]:
+    """(script, env, reference results): the small grid above, run once uninterrupted."""
+    folder = tmp_path_factory.mktemp("kill")
+    script = folder / "grid.py"
+    script.write_text(GRID_SCRIPT.format(dataset=DATASET, steps=KILL_STEPS, cache=generated_cache))
+    env = {**os.environ, "HYBRID_RL_DATA_DIR": str(generated_cache), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(folder / "reference"), "1"], check=True, env=env, capture_output=True)
+    return script, env, folder / "reference"
 
-    process = subprocess.Popen([sys.executable, str(script), str(interrupted)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def worker_pids(parent: int) -> list[int]:
+    """The grid's worker processes (multiprocessing spawn children, not its resource tracker)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def wait_for_a_run_between_checkpoints(results: Path, process: subprocess.Popen) -> Path | None:
+    """An unfinished run that has a checkpoint and has logged past it (None if the grid ended first)."""
     deadline = time.time() + 120
-    # Kill once an unfinished run has a checkpoint and has logged past it.
-    killed_in = None
-    while time.time() < deadline and killed_in is None:
-        for run in interrupted.glob("*__s0"):
+    while time.time() < deadline and process.poll() is None:
+        for run in results.glob("*__s0"):
             if (run / "checkpoint.pt").exists() and not (run / "summary.json").exists():
                 metrics = (run / "metrics.jsonl").read_text().splitlines()
                 if metrics and metrics[-1].endswith("}") and json.loads(metrics[-1])["step"] % 100 != 0:
-                    killed_in = run
+                    return run
         time.sleep(0.02)
-    assert killed_in is not None, "the grid finished before it could be interrupted"
+    return None
+
+
+def assert_same_as_reference(results: Path, reference: Path) -> None:
+    for run in sorted(reference.glob("*__s0")):
+        assert (results / run.name / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text(), run.name
+        summary = json.loads((results / run.name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps_done"] == KILL_STEPS
+    assert not list(results.glob(".*.lock")) and not list(results.glob("*/.run.lock"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_grid_resumes_to_identical_results(workers: int, grid_script, tmp_path: Path) -> None:
+    """SIGKILL the grid while a run is between checkpoints: its workers die with it (none is
+    left writing), and the rerun equals an uninterrupted grid."""
+    script, env, reference = grid_script
+    results = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, str(script), str(results), str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for_a_run_between_checkpoints(results, process) is not None, "the grid finished before it could be interrupted"
+    workers_before = worker_pids(process.pid)
+    assert len(workers_before) == (workers if workers > 1 else 0)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    subprocess.run([sys.executable, str(script), str(interrupted)], check=True, env=env, capture_output=True)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers_before):
+        time.sleep(0.1)
+    assert not [pid for pid in workers_before if Path(f"/proc/{pid}").exists()], "workers outlived the killed grid"
+    subprocess.run([sys.executable, str(script), str(results), str(workers)], check=True, env=env, capture_output=True)
+    assert_same_as_reference(results, reference)
 
-    for run in sorted(reference.glob("*__s0")):
-        expected = (run / "metrics.jsonl").read_text()
-        actual = (interrupted / run.name / "metrics.jsonl").read_text()
-        assert actual == expected, run.name
-        summary = json.loads((interrupted / run.name / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["steps_done"] == steps
+
+@pytest.mark.slow
+def test_a_dead_worker_process_does_not_fail_the_grid(grid_script, tmp_path: Path) -> None:
+    """SIGKILL one worker process (as the out-of-memory killer would): the units it broke
+    start again in fresh workers and resume, and the grid ends with every run correct."""
+    script, env, reference = grid_script
+    results = tmp_path / "one_worker_killed"
+    process = subprocess.Popen([sys.executable, str(script), str(results), "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for_a_run_between_checkpoints(results, process) is not None, "the grid finished before a worker could be killed"
+    os.kill(worker_pids(process.pid)[0], signal.SIGKILL)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "a worker process died" in output and "resume from their checkpoints" in output, output
+    assert_same_as_reference(results, reference)
+
+
+def test_second_grid_on_the_same_results_is_refused(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_rl.fileio import file_lock
+
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    spec = small_spec(tmp_path / "r", generated_cache)
+    (tmp_path / "r").mkdir()
+    with file_lock(tmp_path / "r" / ".grid.lock", owner="grid pid 4242 on elsewhere"):
+        with pytest.raises(HybridRLError, match="another grid is running .*pid 4242"):
+            run_grid(spec, workers=1, log=lambda line: None, progress=False)
+    assert not any(p.name.endswith("__s0") for p in (tmp_path / "r").iterdir())
+
+
+def test_a_run_being_trained_elsewhere_is_not_touched(base_config) -> None:
+    from hybrid_rl.fileio import file_lock
+    from hybrid_rl.train import RunBusyError, train
+
+    run_dir = Path(base_config.results_dir) / base_config.run_id
+    run_dir.mkdir(parents=True)
+    with file_lock(run_dir / ".run.lock", owner="pid 77 on node-b"):
+        with pytest.raises(RunBusyError, match="pid 77 on node-b"):
+            train(base_config)
+    assert sorted(p.name for p in run_dir.iterdir()) == [], "no failure summary over the other process's run"

@@ -32,6 +32,7 @@ from hybrid_rl.data.loader import (
     make_env,
     make_vector_env,
 )
+from hybrid_rl.fileio import LockHeld, file_lock
 from hybrid_rl.errors import (
     DatasetEnvMismatchError,
     DatasetUnavailableError,
@@ -289,19 +290,19 @@ def test_mirror_must_be_an_http_url(mirror, tmp_path, monkeypatch):
 def test_lock_file_is_removed_and_waiters_relock(tmp_path):
     """The download lock leaves no file behind, and a process that waited on a lock file
     its holder removed takes the lock again on the path's current file."""
-    target = tmp_path / "f.hdf5"
+    lock = tmp_path / "f.hdf5.lock"
     order: list[str] = []
     inside = threading.Event()
 
     def second() -> None:
         inside.wait()
-        with loader._file_lock(target):
+        with file_lock(lock):
             order.append("second in")
             assert (tmp_path / "f.hdf5.lock").exists()
 
     thread = threading.Thread(target=second)
     thread.start()
-    with loader._file_lock(target):
+    with file_lock(lock):
         inside.set()
         time_waited = 0.0
         while time_waited < 0.3:  # the second thread is now blocked on our lock
@@ -311,6 +312,17 @@ def test_lock_file_is_removed_and_waiters_relock(tmp_path):
     thread.join(timeout=10)
     assert order == ["first out", "second in"]
     assert not (tmp_path / "f.hdf5.lock").exists()
+
+
+def test_nonblocking_lock_names_its_holder(tmp_path):
+    lock = tmp_path / "run.lock"
+    with file_lock(lock, owner="pid 123 on node-a"):
+        with pytest.raises(LockHeld, match="pid 123 on node-a"):
+            with file_lock(lock, blocking=False):
+                pass
+    with file_lock(lock, blocking=False):  # free again once released
+        pass
+    assert not lock.exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError
@@ -134,8 +133,9 @@ def resolve_workers(text: str, device: str, runs: int) -> int:
 @guarded
 def grid_command(args: argparse.Namespace) -> int:
     from .eval.report import build_report
-    from .grid import QUICK_STEPS, GridSpec, run_grid
+    from .grid import QUICK_STEPS, GridSpec, check_writable_dir, run_grid
 
+    check_writable_dir(args.plots, "--plots")  # found now, not after hours of training
     if args.plot_only:
         written = build_report(args.results, args.plots)
         print(f"report rebuilt from {args.results}: {len(written.get('figures', []))} figures in {args.plots}, tables {args.results}/summary.md and summary.csv")
@@ -230,7 +230,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 @guarded
 def report_command(args: argparse.Namespace) -> int:
     from .eval.report import build_report
+    from .grid import check_writable_dir
 
+    check_writable_dir(args.plots, "--plots")
     written = build_report(args.results, args.plots)
     print(json.dumps(written, indent=2, default=str))
     return 0

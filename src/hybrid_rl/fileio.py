@@ -67,3 +67,51 @@ def sha256_of_file(path: str | Path, block_bytes: int = 4 << 20) -> str:
         for block in iter(lambda: handle.read(block_bytes), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class LockHeld(OSError):
+    """A non-blocking ``file_lock`` found the lock held by another process."""
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "") -> Iterator[None]:
+    """Exclusive inter-process lock on the file `lock_path` (fcntl.flock; a no-op where
+    fcntl is missing). The lock is released when the holder exits, however it exits, so a
+    killed process never leaves a stale lock.
+
+    blocking=False raises LockHeld at once if another process holds it (its message is the
+    `owner` text the holder wrote into the file). The lock file is removed on release, so it
+    never stays behind; a waiter that then holds a lock on the removed file sees that the
+    path no longer names it and locks again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    lock_path = Path(lock_path)
+    while True:
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise LockHeld(f"{lock_path} is held by {holder or 'another process'}") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # we hold the lock of the file the path names
+        except FileNotFoundError:
+            pass  # removed by the previous holder while we waited
+        handle.close()
+    try:
+        if owner:
+            handle.truncate(0)
+            handle.write(owner)
+            handle.flush()
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # before unlocking: waiters then retry on a new file
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

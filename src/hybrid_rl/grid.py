@@ -9,20 +9,25 @@ nothing. One failing run never stops the others; failures are listed at the end.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import json
 import multiprocessing
 import os
+import platform
+import signal
 import tempfile
+import threading
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HybridRLError
-from .fileio import atomic_write_text
-from .train import TrainConfig, algorithm_overrides, check_compatible, population_key, train, train_population
+from .fileio import LockHeld, atomic_write_text, file_lock
+from .train import (TrainConfig, algorithm_overrides, check_compatible, checkpoint_step, population_key, record_failure,
+                    set_progress_hook, train, train_population)
 
 D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 QUICK_STEPS = 20_000
@@ -84,8 +89,12 @@ def run_state(config: TrainConfig) -> str:
     return "partial" if (run_dir / "checkpoint.pt").exists() else "new"
 
 
-def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: str) -> float | None:
-    """Rough wall-time estimate on CPU from CPU_UPDATES_PER_SECOND (None on accelerators)."""
+def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: str, threads: int = 1) -> float | None:
+    """Rough wall-time estimate on CPU from CPU_UPDATES_PER_SECOND (None on accelerators).
+
+    Those rates keep both cores of a 2-core machine busy, so splitting the same cores among
+    workers adds nothing; only cores beyond two (``workers x threads`` of them in use) do.
+    """
     if device_type != "cpu":
         return None
     total = 0.0
@@ -93,7 +102,17 @@ def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: 
         rate = CPU_UPDATES_PER_SECOND.get(config.algo, 100.0)
         evals = config.total_steps // config.eval_every
         total += config.total_steps / rate + evals * 1.5  # ~1.5 s per 10-episode evaluation
-    return total / max(1, workers)
+    cores_in_use = min(os.cpu_count() or 1, max(1, workers) * max(1, threads))
+    return total / max(1.0, cores_in_use / 2)
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h'."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str | None, log: Callable[[str], None]) -> dict[str, dict]:
@@ -116,13 +135,13 @@ def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str |
     return summaries
 
 
-def check_results_dir(results_dir: str) -> None:
-    """Raise a one-line error unless `results_dir` exists and is writable or can be created.
+def check_writable_dir(directory: str, flag: str = "--results") -> None:
+    """Raise a one-line error unless `directory` exists and is writable or can be created.
 
     Creates nothing: the probe file goes into the deepest existing folder on the way and is
-    removed at once, so bad input found later leaves no empty results folder behind.
+    removed at once, so bad input found later leaves no empty folder behind.
     """
-    path = Path(results_dir).expanduser().absolute()
+    path = Path(directory).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     try:
         if not existing.is_dir():
@@ -130,22 +149,29 @@ def check_results_dir(results_dir: str) -> None:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe_"):
             pass
     except OSError as exc:
-        raise HybridRLError(f"cannot write to the results directory {path} ({exc.strerror} at {existing}); choose another with --results DIR") from None
+        raise HybridRLError(f"cannot write to {flag} {path} ({exc.strerror} at {existing}); choose another with {flag} DIR") from None
 
 
 def preflight(configs: Sequence[TrainConfig], log: Callable[[str], None], *, run_dirs: bool = True) -> dict[str, dict]:
-    """Every check that can fail on bad input, before anything is written: results
-    directories, datasets and their envs, algorithm settings, and (with `run_dirs`) clashes
-    with existing run directories of another configuration. Returns each dataset's summary."""
+    """Every check that can fail on bad input, before anything is written, cheapest first:
+    results directories, dataset names, algorithm settings, (with `run_dirs`) clashes with
+    existing run directories of another configuration, and only then the datasets and
+    their envs (which may download or generate data). Returns each dataset's summary."""
+    from .data.loader import check_dataset_name
+
     for results_dir in sorted({config.results_dir for config in configs}):
-        check_results_dir(results_dir)
-    summaries: dict[str, dict] = {}
-    for (cache_dir, mirror), names in _group_datasets(configs).items():
-        summaries.update(check_datasets(names, cache_dir, mirror, log))
+        check_writable_dir(results_dir)
+    groups = _group_datasets(configs)
+    for names in groups.values():
+        for name in names:
+            check_dataset_name(name)
     for config in configs:
         algorithm_overrides(config)
         if run_dirs:
             check_compatible(Path(config.results_dir) / config.run_id, config)
+    summaries: dict[str, dict] = {}
+    for (cache_dir, mirror), names in groups.items():
+        summaries.update(check_datasets(names, cache_dir, mirror, log))
     return summaries
 
 
@@ -197,26 +223,20 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     return units
 
 
-def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False) -> list[dict[str, Any]]:
     """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
-    never raises: a failure is returned for every run of the unit that did not finish."""
+    never raises: a failure is returned for every run of the unit that did not finish
+    (members that finished before it keep their result)."""
     import torch
 
     torch.set_num_threads(threads)
-    configs = [replace(config, threads=threads, progress=progress) for config in unit]
+    configs = [replace(config, threads=threads, progress=False) for config in unit]
     try:
         summaries = _train_unit(configs, compile)
         return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
     except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        results = []
-        for config in configs:  # members that finished before the failure keep their result
-            if run_state(config) == "complete":
-                summary = json.loads((Path(config.results_dir) / config.run_id / "summary.json").read_text())
-                results.append({"run_id": config.run_id, "ok": True, "summary": summary})
-            else:
-                results.append({"run_id": config.run_id, "ok": False, "error": error, "traceback": trace})
-        return results
+        return [{**_unit_result(config, error), "traceback": trace} for config in configs]
 
 
 def _train_unit(configs: Sequence[TrainConfig], compile: bool) -> dict[str, dict[str, Any]]:
@@ -247,8 +267,6 @@ def run_grid(
     task per unit on the cluster at `ray_address` (None: a local Ray instance), see
     ray_launcher and docs/cluster.md.
     """
-    from tqdm import tqdm
-
     from .train import resolve_device
 
     if launcher == "ray":
@@ -272,9 +290,10 @@ def run_grid(
     )
     log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
         + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
-    estimate = estimate_seconds(todo, workers, device.type) if device is not None else None
+    estimate = estimate_seconds(todo, workers, device.type, threads_per_run(workers)) if device is not None else None
     if estimate is not None and todo:
-        log(f"      rough estimate: {estimate / 60:.0f} min on this CPU")
+        log(f"      rough estimate: {format_duration(estimate)} of training on this CPU if it is otherwise idle "
+            "(datasets not yet generated come on top; the progress bar's ETA is measured)")
     # On Ray, 'auto' groups runs when each task holds a GPU share (the nodes decide the rest).
     unit_device = device.type if device is not None else ("cuda" if gpus_per_run > 0 else "cpu")
     units = plan_units(todo, population, unit_device, max_population)
@@ -286,35 +305,29 @@ def run_grid(
     results: dict[str, Any] = {}
     started = time.time()
     threads = threads_per_run(workers)
-    bar = tqdm(total=len(configs), initial=counts["complete"], desc="grid", unit="run", disable=not progress or launcher == "ray")
     if launcher == "ray":  # reports each run itself, as it finishes
         from .ray_launcher import run_units_on_ray
 
-        results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
+        with grid_lock(spec.results_dir):
+            results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
     else:
+        with grid_lock(spec.results_dir), StepProgress(configs, states, enabled=progress) as bar:
 
-        def finished(unit_results: list[dict[str, Any]]) -> None:
-            for result in unit_results:
-                results[result["run_id"]] = result
-                _report(result, log)
-                bar.update(1)
+            def finished(unit_results: list[dict[str, Any]]) -> None:
+                for result in unit_results:
+                    results[result["run_id"]] = result
+                    bar.run_finished(result["run_id"])
+                    _report(result, log, bar.write)
 
-        if workers <= 1:
-            for unit in units:
-                finished(train_unit_safely(unit, threads, compile, progress))
-        else:
-            # spawn: a fresh interpreter per worker (forking a process that holds torch threads
-            # and MuJoCo state is unsafe).
-            context = multiprocessing.get_context("spawn")
-            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                pending = {pool.submit(train_unit_safely, unit, threads, compile): unit for unit in units}
-                for future in futures.as_completed(pending):
-                    try:
-                        unit_results = future.result()
-                    except Exception as exc:  # the worker process itself died
-                        unit_results = [{"run_id": c.run_id, "ok": False, "error": f"worker died: {type(exc).__name__}: {exc}"} for c in pending[future]]
-                    finished(unit_results)
-    bar.close()
+            if workers <= 1:
+                set_progress_hook(bar.step)
+                try:
+                    for unit in units:
+                        finished(train_unit_safely(unit, threads, compile))
+                finally:
+                    set_progress_hook(None)
+            else:
+                run_on_local_workers(units, workers, threads, compile, finished, bar, log)
     failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
     status = {
         "runs": len(configs),
@@ -331,11 +344,172 @@ def run_grid(
     return status
 
 
-def _report(result: dict[str, Any], log: Callable[[str], None]) -> None:
+def _report(result: dict[str, Any], log: Callable[[str], None], write: Callable[[str], None] | None = None) -> None:
+    """One line per finished run (through the progress bar's `write` when it is shown)."""
+    out = write or log
     if result["ok"]:
         summary = result["summary"]
-        log(f"done {result['run_id']}: {summary['status']}, final normalized return {summary.get('final_normalized_return', float('nan')):.1f}")
+        out(f"done {result['run_id']}: {summary['status']}, final normalized return {summary.get('final_normalized_return', float('nan')):.1f}")
     else:
-        log(f"FAILED {result['run_id']}: {result['error']}")
+        out(f"FAILED {result['run_id']}: {result['error']}")
         if os.environ.get("HYBRID_RL_DEBUG"):
             print(result.get("traceback", ""), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------
+# Local worker processes
+# ---------------------------------------------------------------------------------------
+# Fresh pools after a worker process dies (out of memory, a segfault): the units it left
+# unfinished restart and resume from their checkpoints, at most this many times each.
+WORKER_RESTARTS = 2
+
+
+def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, threads: int, compile: bool,
+                         finished: Callable[[list[dict[str, Any]]], None], bar: "StepProgress", log: Callable[[str], None]) -> None:
+    """Train the units on `workers` spawned processes; each unit's results go to `finished`.
+
+    A worker process that dies breaks Python's process pool and with it every unit not yet
+    finished, including ones that never started. Those units run again in a fresh pool
+    (resuming from their checkpoints); a unit that has broken the pool more than
+    WORKER_RESTARTS times is recorded as failed, with a summary saying so.
+    """
+    # spawn: a fresh interpreter per worker (forking a process that holds torch threads and
+    # MuJoCo state is unsafe).
+    context = multiprocessing.get_context("spawn")
+    steps = context.Queue()
+    listener = threading.Thread(target=_relay_steps, args=(steps, bar), daemon=True)
+    listener.start()
+    restarts = {index: 0 for index in range(len(units))}
+    remaining = list(restarts)
+    try:
+        while remaining:
+            broken: list[int] = []
+            reason = ""
+            with futures.ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=context,
+                                             initializer=_init_worker, initargs=(os.getpid(), steps)) as pool:
+                pending = {pool.submit(train_unit_safely, units[index], threads, compile): index for index in remaining}
+                for future in futures.as_completed(pending):
+                    try:
+                        finished(future.result())
+                    except futures.process.BrokenProcessPool as exc:
+                        broken.append(pending[future])
+                        reason = f"{type(exc).__name__}: {exc}"
+            remaining = []
+            for index in broken:
+                restarts[index] += 1
+                if restarts[index] > WORKER_RESTARTS:
+                    error = f"worker process died {restarts[index]} times while training this unit ({reason})"
+                    for config in units[index]:
+                        if run_state(config) != "complete":
+                            record_failure(Path(config.results_dir) / config.run_id, config, error)
+                    finished([_unit_result(config, error) for config in units[index]])
+                else:
+                    remaining.append(index)
+            if remaining:
+                log(f"a worker process died ({reason}); {sum(len(units[i]) for i in remaining)} unfinished run(s) start again "
+                    "in fresh workers and resume from their checkpoints")
+    finally:
+        steps.put(None)
+        listener.join(timeout=5)
+
+
+def _unit_result(config: TrainConfig, error: str) -> dict[str, Any]:
+    """A run's result after its unit failed: its summary if it finished before, else the error."""
+    if run_state(config) == "complete":
+        summary = json.loads((Path(config.results_dir) / config.run_id / "summary.json").read_text())
+        return {"run_id": config.run_id, "ok": True, "summary": summary}
+    return {"run_id": config.run_id, "ok": False, "error": error}
+
+
+def _init_worker(parent_pid: int, steps) -> None:
+    """Worker process set-up: die with the grid, and send step progress to it."""
+    _die_with_parent(parent_pid)
+    set_progress_hook(lambda run_id, step: steps.put((run_id, step)))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the grid process dies, SIGKILL included: a worker left running would go on
+    writing runs that a rerun of the grid trains again. Linux: the kernel's parent-death
+    signal; elsewhere a thread that watches the parent."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _relay_steps(steps, bar: "StepProgress") -> None:
+    while True:
+        item = steps.get()
+        if item is None:
+            return
+        bar.step(*item)
+
+
+@contextlib.contextmanager
+def grid_lock(results_dir: str) -> Iterator[None]:
+    """Only one grid at a time per results directory: two would train the same unfinished
+    runs. Released when the grid's process exits, however it exits."""
+    owner = f"grid pid {os.getpid()} on {platform.node()}"
+    try:
+        with file_lock(Path(results_dir) / ".grid.lock", blocking=False, owner=owner):
+            yield
+    except LockHeld as exc:
+        raise HybridRLError(f"another grid is running on {results_dir} ({exc}); wait for it, or use another --results DIR") from None
+
+
+class StepProgress:
+    """The grid's progress bar in gradient steps over all runs (so its rate and ETA are
+    measured, not guessed); the postfix counts finished runs."""
+
+    def __init__(self, configs: Sequence[TrainConfig], states: dict[str, str], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.total_steps = {config.run_id: config.total_steps for config in configs}
+        self.done = {config.run_id: self._steps_done(config, states[config.run_id]) for config in configs}
+        self.runs_done = sum(state == "complete" for state in states.values())
+        self.lock = threading.Lock()
+        self.bar = tqdm(total=sum(self.total_steps.values()), initial=sum(self.done.values()), desc="grid", unit="step",
+                        unit_scale=True, disable=not enabled, smoothing=0.05)
+        self._postfix()
+
+    @staticmethod
+    def _steps_done(config: TrainConfig, state: str) -> int:
+        if state == "complete":
+            return config.total_steps
+        if state == "partial":  # it resumes from its checkpoint
+            return checkpoint_step(Path(config.results_dir) / config.run_id) or 0
+        return 0
+
+    def step(self, run_id: str, step: int) -> None:
+        with self.lock:
+            if run_id in self.done and step > self.done[run_id]:
+                self.bar.update(step - self.done[run_id])
+                self.done[run_id] = step
+
+    def run_finished(self, run_id: str) -> None:
+        self.step(run_id, self.total_steps.get(run_id, 0))  # a diverged run ends early
+        with self.lock:
+            self.runs_done += 1
+            self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"runs {self.runs_done}/{len(self.total_steps)}")
+
+    def write(self, line: str) -> None:
+        self.bar.write(line) if not self.bar.disable else print(line)
+
+    def __enter__(self) -> "StepProgress":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.bar.close()

@@ -28,13 +28,12 @@ import platform
 import secrets
 import socket
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError, MissingDependencyError
-from .train import TrainConfig
+from .train import TrainConfig, checkpoint_step
 
 INSTALL_HINT = "pip install 'hybrid-rl[ray]'"
 # Driver environment variables that tell a run where data lives; passed on to every task
@@ -73,19 +72,6 @@ def _this_node() -> str:
         return f"{platform.node()} ({ray.get_runtime_context().get_node_id()[:8]})"
     except Exception:
         return platform.node()
-
-
-def _checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run's checkpoint, if it has one (the step a resume starts from)."""
-    path = run_dir / "checkpoint.pt"
-    if not path.exists() or (run_dir / "summary.json").exists():
-        return None
-    try:
-        import torch
-
-        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
-    except Exception:  # unreadable: train() reports it properly
-        return None
 
 
 def _wait_for_marker(marker: Path, timeout: float) -> bool:
@@ -127,7 +113,7 @@ def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, ma
     if not has_gpu:
         # Ray did not give this task a GPU: don't let 'auto' take one that another task owns.
         unit = [replace(config, device="cpu") if config.device == "auto" else config for config in unit]
-    resumed_from = {config.run_id: _checkpoint_step(Path(config.results_dir) / config.run_id) for config in unit}
+    resumed_from = {config.run_id: checkpoint_step(Path(config.results_dir) / config.run_id) for config in unit}
     results = train_unit_safely(unit, threads, compile)
     for result in results:
         result.update(node=node, resumed_from_step=resumed_from.get(result["run_id"]))

@@ -12,14 +12,16 @@ The run directory is self-describing (see docs/run_format.md):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ import torch
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
 from .errors import HybridRLError
-from .fileio import atomic_torch_save, atomic_write_text
+from .fileio import LockHeld, atomic_torch_save, atomic_write_text, file_lock
 from .eval.stats import final_score
 from .rollouts import episode_returns
 
@@ -230,12 +232,58 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
     if finished is not None:
         return finished
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    with run_lock(run_dir):
+        finished = _finished_summary(run_dir, config, resume)  # finished while we waited for the lock
+        if finished is not None:
+            return finished
+        started = time.time()
+        try:
+            return _train(config, run_dir, resume=resume, started=started)
+        except Exception as exc:
+            record_failure(run_dir, config, exc, started)
+            raise
+
+
+RUN_LOCK_NAME = ".run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock while training it: never two writers of one run (a
+    second grid on the same results, a worker left over from a killed grid). Raises
+    RunBusyError at once if another process holds it; released when the holder exits."""
+    owner = f"pid {os.getpid()} on {platform.node()}"
     try:
-        return _train(config, run_dir, resume=resume, started=started)
-    except Exception as exc:
-        _write_failure(run_dir, config, exc, started)
-        raise
+        with file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner):
+            yield
+    except LockHeld as exc:
+        raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
+
+
+class RunBusyError(HybridRLError):
+    """Another process is training this run directory right now."""
+
+
+# Where step progress goes (set by a grid for its workers): called as hook(run_id, step)
+# at every train log. None: nobody listens.
+_progress_hook: Callable[[str, int], None] | None = None
+
+
+def set_progress_hook(hook: Callable[[str, int], None] | None) -> None:
+    global _progress_hook
+    _progress_hook = hook
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step an unfinished run resumes from (its checkpoint's), or None: no checkpoint,
+    an unreadable one (``train`` reports that properly), or a run with a final summary."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists() or (run_dir / "summary.json").exists():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    except Exception:
+        return None
 
 
 def _finished_summary(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
@@ -250,8 +298,11 @@ def _finished_summary(run_dir: Path, config: TrainConfig, resume: bool) -> dict[
     return None
 
 
-def _write_failure(run_dir: Path, config: TrainConfig, exc: BaseException, started: float) -> None:
-    summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_id": config.run_id, "wall_time_s": time.time() - started}
+def record_failure(run_dir: Path, config: TrainConfig, exc: BaseException | str, started: float | None = None) -> None:
+    """summary.json with status "failed" and the error, so reports list the run."""
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    summary = {"status": "failed", "error": error, "run_id": config.run_id, "wall_time_s": time.time() - started if started else None}
+    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
@@ -392,6 +443,8 @@ class RunBook:
         """Write a "train" record (losses, rolling critic-loss statistics, Q against the MC
         return); True if the run diverged, in which case it is marked so."""
         record = {"step": self.step, "kind": "train", **values}
+        if _progress_hook is not None:
+            _progress_hook(self.config.run_id, self.step)
         if "critic_loss" in values:
             filled = min(self.step, self.config.loss_variance_window)
             record["critic_loss_rolling_var"] = to_float(loss_window[:filled].var()) if filled > 1 else 0.0
@@ -548,8 +601,6 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
     population fails, every unfinished member's summary says so, and the error is raised.
     Returns ``{run_id: summary}``.
     """
-    from .population import DatasetView, PopulationSampler, population_class
-
     keys = {population_key(config) for config in configs}
     if None in keys or len(keys) != 1:
         raise ValueError("a population needs configs of one population-capable algorithm that differ only in "
@@ -566,7 +617,23 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
             todo.append(config)
     if len(todo) <= 1:
         return {**summaries, **{config.run_id: train(config, resume=resume) for config in todo}}
+    with contextlib.ExitStack() as locks:
+        for config in todo:
+            run_dir = Path(config.results_dir) / config.run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(run_lock(run_dir))
+        trained = _train_population_locked(todo, compile=compile, resume=resume)
+    if trained is None:  # members at different steps: one by one (each takes its own lock)
+        trained = {config.run_id: train(config, resume=resume) for config in todo}
+    return {**summaries, **trained}
 
+
+def _train_population_locked(todo: list[TrainConfig], *, compile: bool | str, resume: bool) -> dict[str, dict[str, Any]] | None:
+    """``train_population`` for unfinished members whose run locks are held; None if they
+    are not all at the same step."""
+    from .population import DatasetView, PopulationSampler, population_class
+
+    summaries: dict[str, dict[str, Any]] = {}
     first = todo[0]
     device = resolve_device(first.device)
     if first.threads:
@@ -590,8 +657,7 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
         if len({book.step for book in books}) != 1:
             for book in books:
                 book.close()
-            books = []
-            return {**summaries, **{config.run_id: train(config, resume=resume) for config in todo}}
+            return None
 
         population = population_class(first.algo)(agents, compile=compile)
         del agents  # the population holds its own (stacked) copies
@@ -612,7 +678,7 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
         for book in books:
             if not book.done:
                 book.close()
-                _write_failure(book.run_dir, book.config, exc, started)
+                record_failure(book.run_dir, book.config, exc, started)
         raise
 
 

@@ -14,7 +14,6 @@ run but not bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import asdict, dataclass

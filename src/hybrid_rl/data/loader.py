@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import http.client
 import importlib
 import json
@@ -32,12 +31,12 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
-from ..fileio import atomic_write_text, sha256_of_file
+from ..fileio import atomic_write_text, file_lock, sha256_of_file
 from .dataset import OfflineDataset
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5
 from .envs import register_envs
@@ -345,37 +344,6 @@ def download_file(
     raise DatasetUnavailableError(f"{last_error} (after {retries + 1} attempts)")
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on ``<path>.lock``: parallel grid workers asking for the
-    same missing file must not write one ``.part`` together. No-op where fcntl is missing.
-
-    The lock file is removed on release, so it never stays in the cache. A waiter that then
-    holds a lock on the removed file sees that the path no longer names it and locks again.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent first downloads may collide
-        yield
-        return
-    lock_path = path.with_name(path.name + ".lock")
-    while True:
-        handle = open(lock_path, "a")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break  # we hold the lock of the file the path names
-        except FileNotFoundError:
-            pass  # removed by the previous holder while we waited
-        handle.close()
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # before unlocking: waiters then retry on a new file
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 def _unavailable_message(dataset_id: str, path: Path, url: str, reason: str) -> str:
     robot, level = _D4RL_ID.match(dataset_id).group("robot", "level")  # type: ignore[union-attr]
     generated = f"gen-{robot}-{level}-v0" if robot in GENERATED_ROBOTS else "gen-<robot>-<level>-v0"
@@ -433,7 +401,8 @@ def ensure_d4rl_file(dataset_id: str, *, cache_dir: str | Path | None = None, mi
     created = [directory for directory in (path.parent, *path.parent.parents) if not directory.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path):
+        # Parallel grid workers asking for the same missing file must not write one .part together.
+        with file_lock(path.with_name(path.name + ".lock")):
             if _usable_cached_file(path):  # another process finished it while we waited
                 return path
             try:
@@ -618,6 +587,29 @@ def _looks_like_path(name: str) -> bool:
     return name.lower().endswith((".hdf5", ".h5")) or name.startswith((".", "/", "~", "\\"))
 
 
+def check_dataset_name(name_or_path: str | os.PathLike) -> None:
+    """Raise the error ``load_dataset`` would raise for a name it cannot even look up (an
+    unknown id, a missing file, a malformed generated id, Minari without its package),
+    without loading, downloading or generating anything."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise UnknownDatasetError(f"{path} is a directory; pass the path of a D4RL-format HDF5 file")
+        return
+    if is_d4rl_id(name):
+        return
+    if is_generated_id(name):
+        importlib.import_module("hybrid_rl.data.factory").parse_generated_id(name)
+        return
+    if _looks_like_path(name) or ("/" in name and Path(name.split("/")[0]).is_dir()):
+        raise UnknownDatasetError(f"dataset file {path} does not exist; check the path (D4RL-format files end in .hdf5 or .h5)")
+    if "/" in name:
+        _import_minari()
+        return
+    raise UnknownDatasetError(_unknown_id_message(name))
+
+
 def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | Path | None = None, mirror: str | None = None) -> OfflineDataset:
     """Load a dataset by id or path; see the module docstring for what is accepted.
 
@@ -647,13 +639,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | Path | Non
         return _load_d4rl(name, cache_dir=cache_dir, mirror=mirror)
     if is_generated_id(name):
         return _load_generated(name, cache_dir=cache_dir)
-    if _looks_like_path(name):
-        raise UnknownDatasetError(f"dataset file {path} does not exist; check the path, or use a dataset id such as hopper-medium-v2")
-    if "/" in name:
-        if Path(name.split("/")[0]).is_dir():  # 'data/my_file': a mistyped path, not a Minari namespace
-            raise UnknownDatasetError(f"dataset file {path} does not exist; check the path (D4RL-format files end in .hdf5 or .h5)")
-        return _load_minari(name)
-    raise UnknownDatasetError(_unknown_id_message(name))
+    check_dataset_name(name)  # raises for anything left that is not a Minari id
+    return _load_minari(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -745,6 +732,7 @@ __all__ = [
     "generated_dataset_ids",
     "is_d4rl_id",
     "is_generated_id",
+    "check_dataset_name",
     "known_dataset_ids",
     "load_dataset",
     "make_env",
