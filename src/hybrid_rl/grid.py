@@ -106,6 +106,10 @@ def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: 
     return total / max(1.0, cores_in_use / 2)
 
 
+def _name_list(names: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def format_duration(seconds: float) -> str:
     """'45 s', '12 min', '3.5 h'."""
     if seconds < 60:
@@ -290,6 +294,10 @@ def run_grid(
     )
     log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
         + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
+    for state, label in (("complete", "complete, skipped"), ("partial", "interrupted, resume")):
+        names = [run_id for run_id, s in states.items() if s == state]
+        if names:
+            log(f"      {label}: {_name_list(names)}")
     estimate = estimate_seconds(todo, workers, device.type, threads_per_run(workers)) if device is not None else None
     if estimate is not None and todo:
         log(f"      rough estimate: {format_duration(estimate)} of training on this CPU if it is otherwise idle "
