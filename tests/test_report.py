@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from hybrid_rl.data.refs import PUBLISHED_SCORES
+from hybrid_rl.errors import HybridRLError
+from hybrid_rl.eval import report as report_module
 from hybrid_rl.eval.report import build_report
 from hybrid_rl.eval.runs import (
     CorruptionLevel,
+    ResultsDirError,
     RunFormatError,
     corruption_label,
     load_run,
@@ -217,16 +220,105 @@ def test_rebuild_is_byte_identical(tmp_path):
     assert not leftovers
 
 
-def test_empty_or_missing_results_dir_is_a_clear_error(tmp_path):
+def test_empty_missing_or_file_results_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"no completed runs in .*empty.*run the experiments first"):
+    (tmp_path / "empty" / "scratch").mkdir()  # a directory that is no run
+    with pytest.raises(HybridRLError, match=r"no completed runs in .*empty: it holds no run directory at all.*"
+                                            r"run the experiments first") as caught:
         build_report(tmp_path / "empty", tmp_path / "plots")
-    write_run(tmp_path / "running", status="in_progress")
-    with pytest.raises(ValueError, match=r"1 in progress, 0 failed"):
-        build_report(tmp_path / "running", tmp_path / "plots")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_report(tmp_path / "nowhere", tmp_path / "plots")
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
     assert not (tmp_path / "empty" / "summary.md").exists()
+    with pytest.raises(ResultsDirError, match="does not exist") as caught:
+        build_report(tmp_path / "nowhere", tmp_path / "plots")
+    assert isinstance(caught.value, FileNotFoundError)
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(ResultsDirError, match="is not a directory") as caught:
+        build_report(tmp_path / "a_file", tmp_path / "plots")
+    assert isinstance(caught.value, NotADirectoryError) and "does not exist" not in str(caught.value)
+
+
+def test_runs_without_results_still_get_tables(tmp_path):
+    """Only an in-progress run: tables with its section, no figures, no error."""
+    write_run(tmp_path / "running", status="in_progress", stop_at=40_000)
+    built = build_report(tmp_path / "running", tmp_path / "plots")
+    assert built["figures"] == [] and built["in_progress"] == [run_id_of("iql", "gen-hopper-medium-v0", {}, 0)]
+    md = Path(built["summary_md"]).read_text(encoding="utf-8")
+    assert "## In progress" in md and "step 40000/100000" in md
+    rows = read_csv(Path(built["summary_csv"]))
+    assert [(r["n_seeds"], r["n_in_progress"], r["final_mean"]) for r in rows] == [("0", "1", "")]
+
+
+def test_a_grid_where_every_run_failed_gets_a_summary(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        for level in ({}, {"remove_top_k": 30.0}):
+            write_run(results, seed=seed, corruption=level, status="failed", error="RuntimeError: boom")
+    early = results / "iql__gen-hopper-medium-v0__k60__noise0__s0"
+    early.mkdir()
+    (early / "summary.json").write_text(json.dumps({"status": "failed", "run_id": early.name,
+                                                    "error": "ValueError: bad override"}))
+    built = build_report(results, tmp_path / "plots")
+    assert built["figures"] == [] and len(built["failed"]) == 5 and built["n_runs"] == 5
+    rows = read_csv(Path(built["summary_csv"]))
+    assert [(r["corruption"], r["n_seeds"], r["n_failed"]) for r in rows] == [("clean", "0", "2"), ("k=30%", "0", "2")]
+    for row in rows:
+        assert row["final_mean"] == row["final_iqm"] == row["final_mean_ci_low"] == row["final_iqm_ci_high"] == ""
+        assert row["seeds"] == "" and float(row["behavior_score"]) > 0
+    md = Path(built["summary_md"]).read_text(encoding="utf-8")
+    assert "| IQL | clean | 0 | 0 | n/a | n/a |" in md and "+2 failed" in md
+    assert "## Failed" in md and md.count("RuntimeError: boom") == 4 and "ValueError: bad override" in md
+
+
+def test_tables_are_written_before_the_figures(tmp_path, monkeypatch):
+    """A figure problem must not lose the tables."""
+    write_run(tmp_path / "results", total_steps=10_000, eval_every=1_000, log_every=500)
+
+    def broken_plot_all(*args, **kwargs):
+        raise RuntimeError("figure exploded")
+
+    monkeypatch.setattr(report_module, "plot_all", broken_plot_all)
+    with pytest.raises(RuntimeError, match="figure exploded"):
+        build_report(tmp_path / "results", tmp_path / "plots", reps=100)
+    assert (tmp_path / "results" / "summary.csv").exists()
+    assert "## gen-hopper-medium-v0" in (tmp_path / "results" / "summary.md").read_text(encoding="utf-8")
+
+
+def test_single_seed_has_no_interval_in_the_csv_and_honest_labels(tmp_path):
+    results = tmp_path / "results"
+    for dataset in ("gen-hopper-medium-v0", "walker2d-medium-v2"):
+        write_run(results, dataset=dataset, seed=0, total_steps=10_000, eval_every=1_000, log_every=500)
+    built = build_report(results, tmp_path / "plots", reps=100)
+    for row in read_csv(Path(built["summary_csv"])):
+        assert row["n_seeds"] == "1" and row["final_mean"] != ""
+        assert row["final_mean_ci_low"] == row["final_mean_ci_high"] == ""
+        assert row["final_iqm_ci_low"] == row["final_iqm_ci_high"] == ""
+    md = Path(built["summary_md"]).read_text(encoding="utf-8")
+    assert "(n=1)" in md  # per-dataset cells keep their honest label
+    across = md[md.index("## Across datasets"):]
+    assert "| IQL | clean | 2 | 1 |" in across  # 2 datasets, 1 seed per dataset
+    assert "(1 seed per dataset × 2 datasets, no CI)" in across and "(n=1)" not in across
+    assert "IQM equals its mean" in md and "This is correct" in md
+    # Generated data is never passed off as D4RL.
+    assert "**Generated datasets** (`gen-hopper-medium-v0`)" in md and "not D4RL data" in md
+    section = md[md.index("## gen-hopper-medium-v0"):md.index("## walker2d-medium-v2")]
+    assert "**Generated data, not D4RL**" in section and "stochastic rollouts" in section
+    assert "Generated data, not D4RL" not in md[md.index("## walker2d-medium-v2"):md.index("## Across")]
+
+
+def test_no_small_n_or_generated_notes_when_they_do_not_apply(tmp_path):
+    results = tmp_path / "results"
+    for seed in range(4):
+        write_run(results, dataset="walker2d-medium-v2", seed=seed, total_steps=10_000, eval_every=1_000,
+                  log_every=500)
+    md = Path(build_report(results, tmp_path / "plots", reps=100)["summary_md"]).read_text(encoding="utf-8")
+    assert "IQM equals its mean" not in md and "Generated" not in md and "reward_scale" not in md
+
+
+def test_reward_scaled_runs_are_explained(tmp_path):
+    write_run(tmp_path / "results", total_steps=10_000, eval_every=1_000, log_every=500, reward_scale=0.366)
+    md = Path(build_report(tmp_path / "results", tmp_path / "plots", reps=100)["summary_md"]).read_text(
+        encoding="utf-8")
+    assert "config.json `reward_scale`" in md and "original reward units" in md
 
 
 def test_corrupt_metrics_in_a_run_stops_the_report_with_its_path(tmp_path):

@@ -13,8 +13,10 @@ from hybrid_rl.eval.stats import (
     final_score,
     interval_estimates,
     iqm,
+    iqm_trims_nothing,
     mean_ci_over_seeds,
     rolling_variance,
+    to_original_reward_units,
 )
 
 
@@ -102,6 +104,36 @@ def test_iqm_is_bitwise_scipy_trim_mean():
     for size in (1, 2, 3, 4, 7, 10, 33):
         values = rng.normal(size=size) * 100
         assert iqm(values) == scipy.stats.trim_mean(values, 0.25, axis=None)
+
+
+def test_iqm_trims_nothing_below_four_scores():
+    assert [iqm_trims_nothing(n) for n in (0, 1, 2, 3, 4, 7)] == [False, True, True, True, False, False]
+    for n in (1, 2, 3):  # and then it really is the mean
+        values = np.arange(1.0, n + 1.0) ** 2
+        assert iqm(values) == pytest.approx(np.mean(values))
+
+
+def test_has_interval_needs_two_runs():
+    assert not interval_estimates([5.0], reps=50)["mean"].has_interval
+    assert not interval_estimates([], reps=50)["mean"].has_interval
+    assert interval_estimates([5.0, 6.0], reps=50)["mean"].has_interval
+
+
+# ----------------------------------------------------------------------------- units
+def test_reward_scale_conversion_puts_runs_on_one_axis():
+    """Q learned on rewards x 2 is logged x 2; its loss variance x 2**4. Converted, a run at
+    scale 2 and a run at scale 1 with the same Q in dataset units give the same values."""
+    q_in_dataset_units = np.array([-3.0, 0.0, 12.5, 250.0, np.nan])
+    np.testing.assert_array_equal(to_original_reward_units(q_in_dataset_units * 2.0, 2.0),
+                                  to_original_reward_units(q_in_dataset_units, 1.0))
+    loss_variance = np.array([0.01, 4.0])
+    np.testing.assert_allclose(to_original_reward_units(loss_variance * 2.0**4, 2.0, power=4), loss_variance)
+    # IQL's hopper scales: a k=60% run (scale 1.95) no longer looks 5x a clean one (0.366).
+    np.testing.assert_allclose(to_original_reward_units([1.95 * 80.0], 1.95),
+                               to_original_reward_units([0.366 * 80.0], 0.366))
+    for bad in (0.0, -1.0, float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match="reward_scale"):
+            to_original_reward_units([1.0], bad)
 
 
 # ----------------------------------------------------------------------------- curves

@@ -5,10 +5,14 @@ run directories (see ``runs.py``), so it works on results copied from any machin
 rebuilding from the same runs gives byte-identical files.
 
 Outputs:
-- ``<results>/summary.csv``: one row per (dataset, algo, corruption level), machine-readable.
+- ``<results>/summary.csv``: one row per (dataset, algo, corruption level) that has any
+  run, machine-readable (a cell whose runs all failed or are still running has a row with
+  empty scores, so the grid's shape is never lost).
 - ``<results>/summary.md``: the same tables for people, plus an across-datasets table,
   in-progress/failed runs, data-quality notes and the figures.
-- ``<plots_dir>/*.png|pdf``: the figures of ``plotting.py``.
+- ``<plots_dir>/*.png|pdf``: the figures of ``plotting.py`` (completed and diverged runs).
+
+The tables are written before the figures, so a problem while drawing never loses them.
 """
 from __future__ import annotations
 
@@ -26,12 +30,21 @@ import numpy as np
 from ..data.refs import PUBLISHED_SCORES
 from ..fileio import atomic_write_text
 from .plotting import algo_display_name, plot_all, safe_name
-from .runs import IN_PROGRESS, CorruptionLevel, RunRecord, failed_before_start, load_runs
+from .runs import (
+    IN_PROGRESS,
+    CorruptionLevel,
+    ResultsDirError,
+    RunRecord,
+    failed_before_start,
+    is_generated_dataset,
+    load_runs,
+)
 from .stats import (
     DEFAULT_REPS,
     DEFAULT_SEED,
     ScoreEstimate,
     interval_estimates,
+    iqm_trims_nothing,
 )
 
 SUMMARY_MD = "summary.md"
@@ -44,7 +57,8 @@ class GroupSummary:
 
     ``n_seeds`` counts completed + diverged runs; ``n_no_score`` those of them without a
     final score (e.g. diverged before their first evaluation), which the estimates leave out.
-    Failed and in-progress runs are counted apart and never enter the estimates.
+    Failed and in-progress runs are counted apart and never enter the estimates; a cell
+    with only such runs has ``n_seeds == 0`` and estimates with ``n == 0``.
     """
 
     dataset: str
@@ -80,10 +94,12 @@ def _median_finite(values: Iterable[float]) -> float:
 
 def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
                      seed: int = DEFAULT_SEED) -> list[GroupSummary]:
-    """One ``GroupSummary`` per (dataset, algo, level) that has at least one result run.
+    """One ``GroupSummary`` per (dataset, algo, level) that has any run.
 
-    Sorted by dataset, algo, level. Estimates: IQM and mean over seeds with 95%
-    stratified-bootstrap CIs (``stats.interval_estimates``).
+    Sorted by dataset, algo, level. Estimates: IQM and mean over the result runs' final
+    scores with 95% stratified-bootstrap CIs (``stats.interval_estimates``). A cell whose
+    runs all failed (or are in progress) is kept with ``n_seeds == 0``: dropping it would
+    hide from the tables that part of the grid produced nothing.
     """
     groups: dict[tuple[str, str, CorruptionLevel], list[RunRecord]] = defaultdict(list)
     for run in runs:
@@ -91,8 +107,6 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
     summaries = []
     for (dataset, algo, level), group in sorted(groups.items()):
         results = [r for r in group if r.is_result]
-        if not results:
-            continue
         scores = [r.final_score for r in results]
         estimates = interval_estimates(scores, reps=reps, seed=seed)
         summaries.append(GroupSummary(
@@ -107,8 +121,9 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
             mean=estimates["mean"],
             iqm=estimates["iqm"],
             final_scores=tuple(scores),
-            behavior_score=_median_finite(r.behavior_score for r in results),
-            corrupted_behavior_score=_median_finite(r.corrupted_behavior_score for r in results),
+            # Behaviour scores describe the data (config.json), whatever became of the run.
+            behavior_score=_median_finite(r.behavior_score for r in group),
+            corrupted_behavior_score=_median_finite(r.corrupted_behavior_score for r in group),
             published_score=published_score(dataset, algo),
         ))
     return summaries
@@ -116,7 +131,10 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
 
 @dataclass(frozen=True)
 class AcrossDatasets:
-    """IQM and mean over datasets x seeds for one (algo, level), datasets as strata."""
+    """IQM and mean over datasets x seeds for one (algo, level), datasets as strata.
+
+    The estimates' ``n`` counts seeds *per dataset* (rows of the seeds x datasets matrix).
+    """
 
     algo: str
     level: CorruptionLevel
@@ -124,10 +142,16 @@ class AcrossDatasets:
     estimates: dict[str, ScoreEstimate] | None
     reason: str = ""
 
+    @property
+    def n_scores(self) -> int:
+        """Final scores behind the estimates: seeds per dataset x datasets."""
+        return 0 if self.estimates is None else self.estimates["mean"].n * len(self.datasets)
+
 
 def summarize_across_datasets(summaries: Sequence[GroupSummary], reps: int = DEFAULT_REPS,
                               seed: int = DEFAULT_SEED) -> list[AcrossDatasets]:
-    """Aggregate each (algo, level) over the datasets it was run on (at least two).
+    """Aggregate each (algo, level) over the datasets it was run on (at least two, one
+    of them with a score).
 
     The stratified bootstrap resamples seeds within each dataset, which needs a
     (seeds x datasets) matrix: cells with unequal numbers of scored seeds are reported
@@ -142,14 +166,36 @@ def summarize_across_datasets(summaries: Sequence[GroupSummary], reps: int = DEF
             continue
         datasets = tuple(c.dataset for c in cells)
         columns = [np.array([s for s in c.final_scores if math.isfinite(s)]) for c in cells]
-        counts = sorted({len(col) for col in columns})
-        if len(counts) > 1 or counts[0] == 0:
-            reason = "scored seeds per dataset differ: " + ", ".join(str(len(c)) for c in columns)
+        if not any(len(col) for col in columns):
+            continue  # nothing scored yet anywhere (all failed or in progress): nothing to aggregate
+        reason = _not_comparable_reason(datasets, [len(col) for col in columns])
+        if reason:
             rows.append(AcrossDatasets(algo, level, datasets, None, reason))
             continue
         matrix = np.stack(columns, axis=1)
         rows.append(AcrossDatasets(algo, level, datasets, interval_estimates(matrix, reps=reps, seed=seed)))
     return rows
+
+
+def _not_comparable_reason(datasets: Sequence[str], counts: Sequence[int]) -> str:
+    """Why the datasets' scores cannot form a (seeds x datasets) matrix; '' if they can."""
+    empty = [d for d, n in zip(datasets, counts) if n == 0]
+    if empty:
+        return "no scored seed on " + ", ".join(f"`{d}`" for d in empty)
+    if len(set(counts)) > 1:
+        return "scored seeds per dataset differ: " + ", ".join(str(n) for n in counts)
+    return ""
+
+
+def across_format(estimate: ScoreEstimate, n_datasets: int, digits: int = 1) -> str:
+    """An across-datasets estimate, saying what its n counts (seeds per dataset, not scores)."""
+    if estimate.n == 0:
+        return "n/a"
+    if not estimate.has_interval:
+        # One seed per dataset: the stratified bootstrap resamples within a dataset, so
+        # there is nothing to resample and no interval.
+        return f"{estimate.point:.{digits}f} (1 seed per dataset × {n_datasets} datasets, no CI)"
+    return estimate.format(digits)
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -167,8 +213,20 @@ def corruption_keys(levels: Iterable[CorruptionLevel]) -> list[str]:
     return list(keys)
 
 
+def _ci_fields(estimate: ScoreEstimate) -> list[str]:
+    """CI bounds for the CSV; empty without two or more seeds, because one run's "interval"
+    would only repeat the point and read as zero uncertainty."""
+    if not estimate.has_interval:
+        return ["", ""]
+    return [_fmt(estimate.low), _fmt(estimate.high)]
+
+
 def summary_csv_text(summaries: Sequence[GroupSummary]) -> str:
-    """The summary table as CSV text, one row per (dataset, algo, corruption level)."""
+    """The summary table as CSV text, one row per (dataset, algo, corruption level).
+
+    Empty fields mean "does not exist": no score (no result run), no interval (n < 2), no
+    published reference.
+    """
     keys = corruption_keys(s.level for s in summaries)
     header = ["dataset", "algo", "corruption", *keys, "n_seeds", "n_diverged", "n_no_score", "n_failed",
               "n_in_progress", "final_mean", "final_mean_ci_low", "final_mean_ci_high", "final_iqm",
@@ -181,8 +239,8 @@ def summary_csv_text(summaries: Sequence[GroupSummary]) -> str:
         writer.writerow([
             s.dataset, s.algo, s.level.label, *(f"{s.level.value_of(k):g}" for k in keys),
             s.n_seeds, s.n_diverged, s.n_no_score, s.n_failed, s.n_in_progress,
-            _fmt(s.mean.point), _fmt(s.mean.low), _fmt(s.mean.high),
-            _fmt(s.iqm.point), _fmt(s.iqm.low), _fmt(s.iqm.high),
+            _fmt(s.mean.point), *_ci_fields(s.mean),
+            _fmt(s.iqm.point), *_ci_fields(s.iqm),
             _fmt(s.behavior_score), _fmt(s.corrupted_behavior_score), _fmt(s.published_score),
             ";".join(str(seed) for seed in s.seeds),
         ])
@@ -244,6 +302,7 @@ def summary_markdown(
     counts: dict[str, int] = defaultdict(int)
     for run in runs:
         counts[run.status] += 1
+    generated = _generated_datasets(runs, summaries)
     lines = [
         f"# Results summary: `{results_dir.name}`",
         "",
@@ -256,6 +315,7 @@ def summary_markdown(
         "at its last evaluation before divergence (it stays in the table and is counted under *diverged*).",
         "- **mean** and **IQM** (interquartile mean) are over seeds. " + _bootstrap_note(reps, seed)
         + " `(n=1)`: a single seed, no interval.",
+        *_conditional_notes(runs, summaries, across, generated),
         "- *data after corruption*: behaviour score (normalized return) of the dataset the agents trained "
         "on; *CORL*: published score on the clean D4RL dataset (CORL, final step).",
         "",
@@ -268,7 +328,10 @@ def summary_markdown(
     figure_stems = [Path(p) for p in figures]
     for dataset, cells in sorted(by_dataset.items()):
         behavior = _median_finite(c.behavior_score for c in cells)
-        lines += [f"## {dataset}", "", f"Behaviour policy (uncorrupted dataset): **{_md_number(behavior)}**.", ""]
+        lines += [f"## {dataset}", ""]
+        if dataset in generated:
+            lines += [_generated_dataset_line(dataset, runs), ""]
+        lines += [f"Behaviour policy (uncorrupted dataset): **{_md_number(behavior)}**.", ""]
         lines += _md_table(header, (_group_row(c) for c in cells))
         lines.append("")
         # Figure stems are "<kind>__<dataset>[__<axis>]".
@@ -281,21 +344,63 @@ def summary_markdown(
     if across:
         lines += ["## Across datasets", "",
                   "IQM and mean over all (dataset, seed) final scores of an (algo, corruption) cell; the "
-                  "bootstrap resamples seeds within each dataset (stratified).", ""]
+                  "bootstrap resamples seeds within each dataset (stratified), so with one seed per dataset "
+                  "there is no interval.", ""]
         rows = []
         for row in across:
             if row.estimates is None:
-                rows.append([algo_display_name(row.algo), row.level.label, str(len(row.datasets)), "n/a", "n/a",
-                             row.reason])
+                rows.append([algo_display_name(row.algo), row.level.label, str(len(row.datasets)), "–", "n/a",
+                             "n/a", row.reason])
             else:
-                rows.append([algo_display_name(row.algo), row.level.label, str(len(row.datasets)),
-                             row.estimates["mean"].format(), row.estimates["iqm"].format(), ""])
-        lines += _md_table(["algo", "corruption", "datasets", "final mean [95% CI]", "final IQM [95% CI]",
-                            "notes"], rows)
+                n_datasets = len(row.datasets)
+                rows.append([algo_display_name(row.algo), row.level.label, str(n_datasets),
+                             str(row.estimates["mean"].n), across_format(row.estimates["mean"], n_datasets),
+                             across_format(row.estimates["iqm"], n_datasets), ""])
+        lines += _md_table(["algo", "corruption", "datasets", "seeds per dataset", "final mean [95% CI]",
+                            "final IQM [95% CI]", "notes"], rows)
         lines.append("")
 
     lines += _status_sections(runs, early_failures)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _generated_datasets(runs: Sequence[RunRecord], summaries: Sequence[GroupSummary]) -> set[str]:
+    """Datasets made by hybrid-rl's factory (gen-* ids, or config metadata source "generated")."""
+    return ({r.dataset for r in runs if r.generated_dataset}
+            | {s.dataset for s in summaries if is_generated_dataset(s.dataset)})
+
+
+def _generated_dataset_line(dataset: str, runs: Sequence[RunRecord]) -> str:
+    """One line under a generated dataset's heading: what it is, and that it is not D4RL."""
+    recipes = sorted({str(r.config.get("dataset_metadata", {}).get("recipe")) for r in runs
+                      if r.dataset == dataset and isinstance(r.config.get("dataset_metadata"), Mapping)
+                      and r.config["dataset_metadata"].get("recipe")})
+    recipe = f": {recipes[0]}" if len(recipes) == 1 else ""
+    return (f"**Generated data, not D4RL**: made by hybrid-rl's dataset factory following the D4RL "
+            f"recipe{recipe}.")
+
+
+def _conditional_notes(runs: Sequence[RunRecord], summaries: Sequence[GroupSummary],
+                       across: Sequence[AcrossDatasets], generated: set[str]) -> list[str]:
+    """Header bullets that apply only to some results (generated data, small n, reward scales)."""
+    notes = []
+    if generated:
+        names = ", ".join(f"`{d}`" for d in sorted(generated))
+        notes.append(f"- **Generated datasets** ({names}) are made by hybrid-rl's dataset factory following "
+                     "the D4RL recipe; they are **not D4RL data**. Their scores use D4RL's normalization but "
+                     "are not comparable one-to-one with published D4RL results (no CORL reference is shown "
+                     "for them).")
+    score_counts = [s.iqm.n for s in summaries] + [row.n_scores for row in across]
+    if any(iqm_trims_nothing(n) for n in score_counts):
+        notes.append("- Where a cell has fewer than 4 scores, its IQM equals its mean: the 25% trimmed mean "
+                     "drops int(n/4) = 0 scores from each end (rliable's definition). This is correct, not a bug.")
+    if any(r.is_result and r.reward_scale not in (None, 1.0) for r in runs):
+        notes.append("- Some runs trained on scaled rewards (config.json `reward_scale`; IQL's recipe computes "
+                     "it on the corrupted data, so it differs between corruption levels). Their Q-values and "
+                     "critic losses are logged in scaled units; the figures convert them to the dataset's "
+                     "original reward units where the conversion is exact (each figure's note says which panels "
+                     "stay in scaled units). Scores are unaffected (they are environment returns).")
+    return notes
 
 
 def _status_sections(runs: Sequence[RunRecord], early_failures: Sequence[Mapping[str, Any]] = ()) -> list[str]:
@@ -304,14 +409,17 @@ def _status_sections(runs: Sequence[RunRecord], early_failures: Sequence[Mapping
     in_progress = [r for r in runs if r.status == IN_PROGRESS]
     if in_progress:
         lines += ["## In progress", "",
-                  "No summary.json yet (still running, or killed before finishing); not in the tables or figures.", ""]
+                  "No summary.json yet (still running, or killed before finishing): counted in the tables' "
+                  "notes, not in their scores or the figures.", ""]
         for r in in_progress:
             total = f"/{r.total_steps}" if r.total_steps else ""
             lines.append(f"- `{r.run_id}`: step {r.last_step}{total}")
         lines.append("")
     failed = [r for r in runs if r.status == "failed"]
     if failed or early_failures:
-        lines += ["## Failed", "", "Crashed runs (errors, not results); not in the tables or figures.", ""]
+        lines += ["## Failed", "",
+                  "Crashed runs (errors, not results): never in the scores or figures; one that wrote its "
+                  "config.json is also counted in its cell's notes (+N failed).", ""]
         for r in failed:
             lines.append(f"- `{r.run_id}` at step {r.last_step}: {_last_line((r.summary or {}).get('error'))}")
         for failure in early_failures:
@@ -347,9 +455,20 @@ def _data_notes(runs: Sequence[RunRecord]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- entry point
+class NoRunsError(ResultsDirError):
+    """The results directory holds no run at all (nothing to report, not even a failure)."""
+
+
 def build_report(results_dir: str | Path, plots_dir: str | Path, *, reps: int = DEFAULT_REPS,
                  seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Read every run directory under ``results_dir``; write the tables and all figures.
+
+    The tables (summary.csv, summary.md with its failed and in-progress sections) are
+    written whenever the directory holds any run: completed, diverged, failed, in
+    progress, or failed before it started. They are written before the figures, so a
+    problem while drawing never loses them; summary.md is rewritten with the figure links
+    once the figures exist. Figures are drawn from completed and diverged runs only
+    (there may be none).
 
     Args:
         results_dir: directory holding one sub-directory per run.
@@ -362,33 +481,35 @@ def build_report(results_dir: str | Path, plots_dir: str | Path, *, reps: int = 
         "n_runs": int, "in_progress": [run ids], "failed": [run ids]}`` (paths as strings).
 
     Raises:
-        FileNotFoundError: ``results_dir`` does not exist.
-        ValueError: no completed or diverged run to report on.
+        ResultsDirError (a HybridRLError; FileNotFoundError / NotADirectoryError for a
+        missing path or a file): ``results_dir`` is not a directory of runs, or it holds
+        no run at all (``NoRunsError``).
     """
     results_dir = Path(results_dir)
     plots_dir = Path(plots_dir)
     runs = load_runs(results_dir)
     early_failures = failed_before_start(results_dir)
-    if not any(r.is_result for r in runs):
-        others = ""
-        if runs or early_failures:
-            n_failed = sum(r.status == "failed" for r in runs) + len(early_failures)
-            others = f" ({sum(r.status == IN_PROGRESS for r in runs)} in progress, {n_failed} failed)"
-        raise ValueError(
-            f"no completed runs in {results_dir}{others}; run the experiments first "
-            "(e.g. `python run_phase1.py`), then build the report from their results directory"
+    if not runs and not early_failures:
+        raise NoRunsError(
+            f"no completed runs in {results_dir}: it holds no run directory at all (none has a config.json "
+            "or summary.json); run the experiments first (e.g. `python run_phase1.py`), then build the "
+            "report from their results directory"
         )
     summaries = summarize_groups(runs, reps=reps, seed=seed)
     across = summarize_across_datasets(summaries, reps=reps, seed=seed)
-    estimates: Mapping[tuple[str, str, CorruptionLevel], dict[str, ScoreEstimate]] = {
-        (s.dataset, s.algo, s.level): {"mean": s.mean, "iqm": s.iqm} for s in summaries
-    }
-    figures = plot_all(runs, plots_dir, estimates=estimates, published=PUBLISHED_SCORES, reps=reps, seed=seed)
 
     md_path = results_dir / SUMMARY_MD
     csv_path = results_dir / SUMMARY_CSV
     atomic_write_text(csv_path, summary_csv_text(summaries))
-    atomic_write_text(md_path, summary_markdown(results_dir, runs, summaries, across, figures, reps, seed, early_failures))
+    atomic_write_text(md_path, summary_markdown(results_dir, runs, summaries, across, [], reps, seed, early_failures))
+
+    estimates: Mapping[tuple[str, str, CorruptionLevel], dict[str, ScoreEstimate]] = {
+        (s.dataset, s.algo, s.level): {"mean": s.mean, "iqm": s.iqm} for s in summaries
+    }
+    figures = plot_all(runs, plots_dir, estimates=estimates, published=PUBLISHED_SCORES, reps=reps, seed=seed)
+    if figures:
+        atomic_write_text(md_path, summary_markdown(results_dir, runs, summaries, across, figures, reps, seed,
+                                                    early_failures))
     files = [md_path, csv_path, *figures]
     return {
         "summary_md": str(md_path),

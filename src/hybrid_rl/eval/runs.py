@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..errors import HybridRLError
 from .stats import final_score
 
 RESULT_STATUSES = ("completed", "diverged")
@@ -40,6 +41,25 @@ _STRENGTH_PARAMS = ("rate", "k", "std", "scale")
 
 class RunFormatError(ValueError):
     """A run directory's files do not follow the run-directory format."""
+
+
+class ResultsDirError(HybridRLError, ValueError):
+    """A results directory cannot be reported on (the CLI prints the message alone)."""
+
+
+class ResultsDirMissingError(ResultsDirError, FileNotFoundError):
+    """The results directory does not exist."""
+
+
+class ResultsDirNotADirectoryError(ResultsDirError, NotADirectoryError):
+    """The results path exists but is a file, not a directory."""
+
+
+def is_generated_dataset(dataset: str, config: Mapping[str, Any] | None = None) -> bool:
+    """True for data made by hybrid-rl's dataset factory (``gen-*`` ids), which follows the
+    D4RL recipe but is not D4RL data: reports must never present it as D4RL."""
+    metadata = (config or {}).get("dataset_metadata") or {}
+    return dataset.startswith("gen-") or (isinstance(metadata, Mapping) and metadata.get("source") == "generated")
 
 
 @dataclass(frozen=True, order=True)
@@ -223,6 +243,25 @@ class RunRecord:
             return final_score(self.eval_scores)
         return math.nan
 
+    @property
+    def reward_scale(self) -> float | None:
+        """Factor the trainer multiplied the rewards by (config.json ``reward_scale``).
+
+        Q statistics and critic losses in metrics.jsonl are in these scaled units. Runs
+        written before the key existed: 1.0 when the algorithm did not scale rewards,
+        None (unknown) when it did, so figures can say they could not convert them.
+        """
+        value = self.config.get("reward_scale")
+        if _is_finite_number(value) and value > 0:
+            return float(value)
+        scaling = (self.config.get("algo_config") or {}).get("reward_scaling", "none")
+        return 1.0 if scaling in (None, "none") else None
+
+    @property
+    def generated_dataset(self) -> bool:
+        """True when the run trained on a dataset of hybrid-rl's factory, not on D4RL data."""
+        return is_generated_dataset(self.dataset, self.config)
+
     def train_metric(self, key: str) -> np.ndarray | None:
         """One train-diagnostic series aligned with ``train_steps``, or None if never logged."""
         values = self.train.get(key)
@@ -376,8 +415,7 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
     one seed twice would make the error bars dishonest.
     """
     results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"results directory {results_dir} does not exist")
+    check_results_dir(results_dir)
     runs = [
         load_run(child)
         for child in sorted(results_dir.iterdir())
@@ -395,6 +433,18 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
         seen[key] = run.run_dir
     runs.sort(key=lambda r: (r.dataset, r.algo, r.level, r.seed))
     return runs
+
+
+def check_results_dir(results_dir: str | Path) -> None:
+    """Raise a one-line error naming what is wrong with a results path (missing, a file)."""
+    results_dir = Path(results_dir)
+    if not results_dir.exists():
+        raise ResultsDirMissingError(f"results directory {results_dir} does not exist")
+    if not results_dir.is_dir():
+        raise ResultsDirNotADirectoryError(
+            f"results path {results_dir} is not a directory (it is a file); pass the directory "
+            "that holds the run directories"
+        )
 
 
 def failed_before_start(results_dir: str | Path) -> list[dict[str, Any]]:

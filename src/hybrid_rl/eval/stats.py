@@ -51,6 +51,29 @@ def iqm(scores: Sequence[float] | np.ndarray) -> float:
     return float(_trimmed_mean_last_axis(np.asarray(scores, dtype=float).ravel()))
 
 
+def iqm_trims_nothing(n_scores: int) -> bool:
+    """True when the IQM of ``n_scores`` values equals their mean by construction.
+
+    The 25% trimmed mean drops ``int(0.25 * n)`` values from each end (scipy's and
+    rliable's rule), which is none for n < 4: correct behaviour, worth saying in a report.
+    """
+    return n_scores > 0 and int(0.25 * n_scores) == 0
+
+
+def to_original_reward_units(values: Sequence[float] | np.ndarray, reward_scale: float,
+                             power: int = 1) -> np.ndarray:
+    """Convert a statistic logged in an algorithm's scaled reward units back to the dataset's.
+
+    A run that trains on rewards ``r * c`` (IQL's recipe: c = 1000 / (max - min trajectory
+    return)) logs Q-values, their spread and Q - MC in units of c (power 1: they are
+    discounted sums of rewards), a squared TD error in c**2, and that loss's variance in
+    c**4 (power 4). Dividing by ``c ** power`` puts runs with different c on one axis.
+    """
+    if not (isinstance(reward_scale, (int, float)) and math.isfinite(reward_scale) and reward_scale > 0):
+        raise ValueError(f"reward_scale must be a positive finite number, got {reward_scale!r}")
+    return np.asarray(values, dtype=float) / float(reward_scale) ** power
+
+
 def final_score(eval_values: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
     """Final score of one run: mean of the last ``fraction`` of its evaluations.
 
@@ -87,6 +110,12 @@ class ScoreEstimate:
     def single_run(self) -> bool:
         """True when the estimate rests on one run, so it has no real uncertainty band."""
         return self.n == 1
+
+    @property
+    def has_interval(self) -> bool:
+        """True when a confidence interval exists (two or more runs); ``low``/``high`` of a
+        single run only repeat the point and must not be reported as an interval."""
+        return self.n >= 2
 
     def format(self, digits: int = 1) -> str:
         """'47.3 [44.1, 50.2]'; 'n/a' without data; '47.3 (n=1)' for a single run."""
