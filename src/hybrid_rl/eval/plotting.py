@@ -521,12 +521,20 @@ def _unconverted_sentence(runs: Sequence[RunRecord], power_of: Callable[[str], i
 def plot_learning_curves(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """Normalized return vs gradient steps, one figure per dataset, one panel per algo
     (``learning_curve_figure``)."""
+    return _figure_per_dataset(runs, out_dir, "learning_curves", learning_curve_figure)
+
+
+def _figure_per_dataset(runs: Sequence[RunRecord], out_dir: str | Path, kind: str,
+                        make_figure: Callable[[str, Sequence[RunRecord], Mapping[str, str]], Figure | None]) -> list[Path]:
+    """Save ``make_figure(dataset, runs, colors)`` as ``<kind>__<dataset>`` for every dataset
+    it draws (None: nothing to draw for that dataset). Colours are shared across figures."""
     colors = _all_colors(runs)
     written: list[Path] = []
     for dataset, dataset_runs in _by_dataset(runs).items():
         with matplotlib.rc_context(_STYLE):
-            fig = learning_curve_figure(dataset, dataset_runs, colors)
-            written += save_figure(fig, Path(out_dir), f"learning_curves__{safe_name(dataset)}")
+            fig = make_figure(dataset, dataset_runs, colors)
+            if fig is not None:
+                written += save_figure(fig, Path(out_dir), f"{kind}__{safe_name(dataset)}")
     return written
 
 
@@ -719,14 +727,7 @@ def _unit_title(ax: Axes, algo: str, color: str, scaled_units: bool) -> None:
 
 def plot_q_diagnostics(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """Q-values during training, one figure per dataset with Q-values (``q_value_figure``)."""
-    colors = _all_colors(runs)
-    written: list[Path] = []
-    for dataset, dataset_runs in _by_dataset(runs).items():
-        with matplotlib.rc_context(_STYLE):
-            fig = q_value_figure(dataset, dataset_runs, colors)
-            if fig is not None:
-                written += save_figure(fig, Path(out_dir), f"q_values__{safe_name(dataset)}")
-    return written
+    return _figure_per_dataset(runs, out_dir, "q_values", q_value_figure)
 
 
 def q_in_reward_units(run: RunRecord, key: str) -> np.ndarray | None:
@@ -818,14 +819,7 @@ def critic_loss_variance_in_reward_units(run: RunRecord, window: int = ROLLING_W
 def plot_critic_loss_variance(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """Rolling variance of the critic loss, one figure per dataset with a critic
     (``critic_loss_variance_figure``)."""
-    colors = _all_colors(runs)
-    written: list[Path] = []
-    for dataset, dataset_runs in _by_dataset(runs).items():
-        with matplotlib.rc_context(_STYLE):
-            fig = critic_loss_variance_figure(dataset, dataset_runs, colors)
-            if fig is not None:
-                written += save_figure(fig, Path(out_dir), f"critic_loss_variance__{safe_name(dataset)}")
-    return written
+    return _figure_per_dataset(runs, out_dir, "critic_loss_variance", critic_loss_variance_figure)
 
 
 def critic_loss_variance_figure(dataset: str, dataset_runs: Sequence[RunRecord],
