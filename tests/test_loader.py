@@ -32,7 +32,6 @@ from hybrid_rl.data.loader import (
     make_env,
     make_vector_env,
 )
-from hybrid_rl.fileio import LockHeld, file_lock
 from hybrid_rl.errors import (
     DatasetEnvMismatchError,
     DatasetUnavailableError,
@@ -285,44 +284,6 @@ def test_mirror_must_be_an_http_url(mirror, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="HYBRID_RL_D4RL_MIRROR"):
         load_dataset("hopper-medium-v2", cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())
-
-
-def test_lock_file_is_removed_and_waiters_relock(tmp_path):
-    """The download lock leaves no file behind, and a process that waited on a lock file
-    its holder removed takes the lock again on the path's current file."""
-    lock = tmp_path / "f.hdf5.lock"
-    order: list[str] = []
-    inside = threading.Event()
-
-    def second() -> None:
-        inside.wait()
-        with file_lock(lock):
-            order.append("second in")
-            assert (tmp_path / "f.hdf5.lock").exists()
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    with file_lock(lock):
-        inside.set()
-        time_waited = 0.0
-        while time_waited < 0.3:  # the second thread is now blocked on our lock
-            threading.Event().wait(0.05)
-            time_waited += 0.05
-        order.append("first out")
-    thread.join(timeout=10)
-    assert order == ["first out", "second in"]
-    assert not (tmp_path / "f.hdf5.lock").exists()
-
-
-def test_nonblocking_lock_names_its_holder(tmp_path):
-    lock = tmp_path / "run.lock"
-    with file_lock(lock, owner="pid 123 on node-a"):
-        with pytest.raises(LockHeld, match="pid 123 on node-a"):
-            with file_lock(lock, blocking=False):
-                pass
-    with file_lock(lock, blocking=False):  # free again once released
-        pass
-    assert not lock.exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ version (or nothing) in place, and a failed write removes its temporary file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -69,6 +71,9 @@ def sha256_of_file(path: str | Path, block_bytes: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+_LOCKS_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
 class LockHeld(OSError):
     """A non-blocking ``file_lock`` found the lock held by another process."""
 
@@ -99,12 +104,26 @@ def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "") 
             holder = handle.read().strip()
             handle.close()
             raise LockHeld(f"{lock_path} is held by {holder or 'another process'}") from None
+        except OSError as exc:
+            handle.close()
+            if exc.errno not in _LOCKS_UNSUPPORTED:
+                raise
+            # A filesystem without locks (some NFS mounts): go on unprotected rather than fail.
+            warnings.warn(f"{lock_path.parent} does not support file locks ({exc.strerror}); going on without one", stacklevel=3)
+            handle = None
+            break
         try:
             if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
                 break  # we hold the lock of the file the path names
         except FileNotFoundError:
             pass  # removed by the previous holder while we waited
         handle.close()
+    if handle is None:
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+        return
     try:
         if owner:
             handle.truncate(0)

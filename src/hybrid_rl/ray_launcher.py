@@ -43,6 +43,8 @@ MARKER_PREFIX = ".ray_driver_"
 # How long a task waits for the driver's marker to appear (shared filesystems such as NFS
 # may show a new file on another node a moment late).
 MARKER_WAIT_S = 10.0
+# How long a task waits for a run locked by another process (NFSv4 leases last ~90 s).
+RUN_LOCK_WAIT_S = 180.0
 
 
 def require_ray():
@@ -94,7 +96,12 @@ def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, ma
     """
     import hybrid_rl
 
+    from . import train as train_module
     from .grid import train_unit_safely
+
+    # A retry after a node died may find the run's lock still held by the dead node on a
+    # network filesystem until its lease expires: wait for it (train.RUN_LOCK_WAIT_S).
+    train_module.RUN_LOCK_WAIT_S = RUN_LOCK_WAIT_S
 
     node = _this_node()
     try:

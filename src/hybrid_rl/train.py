@@ -245,19 +245,33 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
 
 
 RUN_LOCK_NAME = ".run.lock"
+# How long to wait for a busy run's lock before giving up. 0 locally (a busy run means a
+# second grid); Ray tasks wait longer, because a network filesystem keeps the lock of a node
+# that died until its lease runs out (about 90 s on NFSv4), and the retried task must
+# still resume the run.
+RUN_LOCK_WAIT_S = 0.0
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock while training it: never two writers of one run (a
     second grid on the same results, a worker left over from a killed grid). Raises
-    RunBusyError at once if another process holds it; released when the holder exits."""
+    RunBusyError if another process still holds it after RUN_LOCK_WAIT_S seconds; a lock is
+    released when its holder exits."""
     owner = f"pid {os.getpid()} on {platform.node()}"
-    try:
-        with file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner):
-            yield
-    except LockHeld as exc:
-        raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
+    deadline = time.monotonic() + RUN_LOCK_WAIT_S
+    while True:
+        try:
+            lock = file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner)
+            lock.__enter__()
+            break
+        except LockHeld as exc:
+            if time.monotonic() >= deadline:
+                raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    with contextlib.ExitStack() as release:
+        release.push(lock)
+        yield
 
 
 class RunBusyError(HybridRLError):

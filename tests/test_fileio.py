@@ -1,0 +1,102 @@
+"""Atomic writes and file locks (fileio.py)."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import pytest
+
+from hybrid_rl import train as train_module
+from hybrid_rl.fileio import LockHeld, atomic_write_text, file_lock
+
+
+def test_lock_file_is_removed_and_waiters_relock(tmp_path):
+    """The download lock leaves no file behind, and a process that waited on a lock file
+    its holder removed takes the lock again on the path's current file."""
+    lock = tmp_path / "f.hdf5.lock"
+    order: list[str] = []
+    inside = threading.Event()
+
+    def second() -> None:
+        inside.wait()
+        with file_lock(lock):
+            order.append("second in")
+            assert (tmp_path / "f.hdf5.lock").exists()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with file_lock(lock):
+        inside.set()
+        time_waited = 0.0
+        while time_waited < 0.3:  # the second thread is now blocked on our lock
+            threading.Event().wait(0.05)
+            time_waited += 0.05
+        order.append("first out")
+    thread.join(timeout=10)
+    assert order == ["first out", "second in"]
+    assert not (tmp_path / "f.hdf5.lock").exists()
+
+
+def test_nonblocking_lock_names_its_holder(tmp_path):
+    lock = tmp_path / "run.lock"
+    with file_lock(lock, owner="pid 123 on node-a"):
+        with pytest.raises(LockHeld, match="pid 123 on node-a"):
+            with file_lock(lock, blocking=False):
+                pass
+    with file_lock(lock, blocking=False):  # free again once released
+        pass
+    assert not lock.exists()
+
+
+def test_filesystem_without_locks_goes_on_unlocked(tmp_path, monkeypatch):
+    import fcntl
+
+    def unsupported(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match="does not support file locks"):
+        with file_lock(tmp_path / "x.lock", blocking=False):
+            pass
+    assert not (tmp_path / "x.lock").exists()
+
+
+def test_run_lock_waits_for_a_holder_that_lets_go(tmp_path, monkeypatch):
+    """A Ray retry waits for the lock a dead node's lease still holds (RUN_LOCK_WAIT_S)."""
+    monkeypatch.setattr(train_module, "RUN_LOCK_WAIT_S", 10.0)
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with file_lock(tmp_path / train_module.RUN_LOCK_NAME, owner="the old attempt"):
+            taken.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait(5)
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    with train_module.run_lock(tmp_path):
+        waited = time.monotonic() - started
+    thread.join(5)
+    assert 0.4 < waited < 9
+    monkeypatch.setattr(train_module, "RUN_LOCK_WAIT_S", 0.0)
+    with file_lock(tmp_path / train_module.RUN_LOCK_NAME, owner="pid 9"):
+        with pytest.raises(train_module.RunBusyError, match="pid 9"):
+            with train_module.run_lock(tmp_path):
+                pass
+
+
+def test_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
