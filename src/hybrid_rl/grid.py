@@ -284,82 +284,83 @@ def run_grid(
     configs = spec.expand()
     preflight(configs, log)
     Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
-    states = {config.run_id: run_state(config) for config in configs}
-    todo = [config for config in configs if states[config.run_id] != "complete"]
-    counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}
-    log(
-        f"grid: {len(configs)} runs = {len(spec.algos)} algos x {len(spec.datasets)} datasets x "
-        f"{len(spec.remove_top_k)} top-k levels x {len(spec.reward_noise_std)} noise levels x {len(spec.seeds)} seeds, "
-        f"{spec.total_steps:,} steps each"
-    )
-    log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
-        + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
-    for state, label in (("complete", "complete, skipped"), ("partial", "interrupted, resume")):
-        names = [run_id for run_id, s in states.items() if s == state]
-        if names:
-            log(f"      {label}: {_name_list(names)}")
-    estimate = estimate_seconds(todo, workers, device.type, threads_per_run(workers)) if device is not None else None
-    if estimate is not None and todo:
-        log(f"      rough estimate: {format_duration(estimate)} of training on this CPU if it is otherwise idle "
-            "(datasets not yet generated come on top; the progress bar's ETA is measured)")
-    # On Ray, 'auto' groups runs when each task holds a GPU share (the nodes decide the rest).
-    unit_device = device.type if device is not None else ("cuda" if gpus_per_run > 0 else "cpu")
-    units = plan_units(todo, population, unit_device, max_population)
-    grouped = [unit for unit in units if len(unit) > 1]
-    if grouped:
-        where = "one process each" if launcher == "local" else "one Ray task each"
-        log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, {where})"
-            + (", compiled" if compile else ""))
-    results: dict[str, Any] = {}
-    started = time.time()
-    threads = threads_per_run(workers)
-    if launcher == "ray":  # reports each run itself, as it finishes
-        from .ray_launcher import run_units_on_ray
+    # One grid per results directory from here on (run states, training, grid_status.json).
+    with grid_lock(spec.results_dir):
+        states = {config.run_id: run_state(config) for config in configs}
+        todo = [config for config in configs if states[config.run_id] != "complete"]
+        counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}
+        log(
+            f"grid: {len(configs)} runs = {len(spec.algos)} algos x {len(spec.datasets)} datasets x "
+            f"{len(spec.remove_top_k)} top-k levels x {len(spec.reward_noise_std)} noise levels x {len(spec.seeds)} seeds, "
+            f"{spec.total_steps:,} steps each"
+        )
+        log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
+            + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
+        for state, label in (("complete", "complete, skipped"), ("partial", "interrupted, resume")):
+            names = [run_id for run_id, s in states.items() if s == state]
+            if names:
+                log(f"      {label}: {_name_list(names)}")
+        estimate = estimate_seconds(todo, workers, device.type, threads_per_run(workers)) if device is not None else None
+        if estimate is not None and todo:
+            log(f"      rough estimate: {format_duration(estimate)} of training on this CPU if it is otherwise idle "
+                "(datasets not yet generated come on top; the progress bar's ETA is measured)")
+        # On Ray, 'auto' groups runs when each task holds a GPU share (the nodes decide the rest).
+        unit_device = device.type if device is not None else ("cuda" if gpus_per_run > 0 else "cpu")
+        units = plan_units(todo, population, unit_device, max_population)
+        grouped = [unit for unit in units if len(unit) > 1]
+        if grouped:
+            where = "one process each" if launcher == "local" else "one Ray task each"
+            log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, {where})"
+                + (", compiled" if compile else ""))
+        results: dict[str, Any] = {}
+        started = time.time()
+        threads = threads_per_run(workers)
+        if launcher == "ray":  # reports each run itself, as it finishes
+            from .ray_launcher import run_units_on_ray
 
-        with grid_lock(spec.results_dir):
             results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
-    else:
-        with grid_lock(spec.results_dir), StepProgress(configs, states, enabled=progress) as bar:
+        else:
+            with StepProgress(configs, states, enabled=progress) as bar:
+                say = bar.write if progress and log is print else log  # printed lines must not break the bar
 
-            def finished(unit_results: list[dict[str, Any]]) -> None:
-                for result in unit_results:
-                    results[result["run_id"]] = result
-                    bar.run_finished(result["run_id"])
-                    _report(result, log, bar.write)
+                def finished(unit_results: list[dict[str, Any]]) -> None:
+                    for result in unit_results:
+                        results[result["run_id"]] = result
+                        bar.run_finished(result["run_id"])
+                        _report(result, say)
 
-            if workers <= 1:
-                set_progress_hook(bar.step)
-                try:
-                    for unit in units:
-                        finished(train_unit_safely(unit, threads, compile))
-                finally:
-                    set_progress_hook(None)
-            else:
-                run_on_local_workers(units, workers, threads, compile, finished, bar, log)
-    failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
-    status = {
-        "runs": len(configs),
-        "skipped_complete": counts["complete"],
-        "ran": len(todo),
-        "failed": failed,
-        "wall_time_s": time.time() - started,
-    }
-    atomic_write_text(Path(spec.results_dir) / "grid_status.json", json.dumps(status, indent=2))
-    if failed:
-        log(f"{len(failed)} run(s) failed (details in {spec.results_dir}/<run>/summary.json):")
-        for run_id, error in failed.items():
-            log(f"  {run_id}: {error}")
-    return status
+                if workers <= 1:
+                    set_progress_hook(bar.step)
+                    try:
+                        for unit in units:
+                            finished(train_unit_safely(unit, threads, compile))
+                    finally:
+                        set_progress_hook(None)
+                else:
+                    run_on_local_workers(units, workers, threads, compile, finished, bar, log)
+        failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
+        status = {
+            "runs": len(configs),
+            "skipped_complete": counts["complete"],
+            "ran": len(todo),
+            "failed": failed,
+            "wall_time_s": time.time() - started,
+        }
+        atomic_write_text(Path(spec.results_dir) / "grid_status.json", json.dumps(status, indent=2))
+        if failed:
+            log(f"{len(failed)} run(s) failed (details in {spec.results_dir}/<run>/summary.json):")
+            for run_id, error in failed.items():
+                log(f"  {run_id}: {error}")
+        return status
 
 
-def _report(result: dict[str, Any], log: Callable[[str], None], write: Callable[[str], None] | None = None) -> None:
-    """One line per finished run (through the progress bar's `write` when it is shown)."""
-    out = write or log
+def _report(result: dict[str, Any], log: Callable[[str], None]) -> None:
+    """One line per finished run."""
     if result["ok"]:
         summary = result["summary"]
-        out(f"done {result['run_id']}: {summary['status']}, final normalized return {summary.get('final_normalized_return', float('nan')):.1f}")
+        log(f"done {result['run_id']}: {summary['status']}, final normalized return {summary.get('final_normalized_return', float('nan')):.1f}")
     else:
-        out(f"FAILED {result['run_id']}: {result['error']}")
+        log(f"FAILED {result['run_id']}: {result['error']}")
         if os.environ.get("HYBRID_RL_DEBUG"):
             print(result.get("traceback", ""), file=sys.stderr)
 
