@@ -55,6 +55,24 @@ def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cac
         assert state == ("complete" if config.algo == "bc" else "new")
 
 
+def test_grid_where_every_run_fails_still_writes_the_summary(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from hybrid_rl.algos.iql import IQL
+
+    def crash(self, batch):
+        raise RuntimeError("simulated crash inside IQL.update")
+
+    monkeypatch.setattr(IQL, "update", crash)
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "results"
+    code = phase1_main(["--algo", "iql", "--env", DATASET, "--remove_top_k", "0", "--seed", "0", "--total_steps", "50", "--workers", "1",
+                        "--eval_every", "25", "--eval_episodes", "1", "--results", str(results), "--plots", str(tmp_path / "plots")])
+    assert code == 1  # runs failed: not the bad-input status 2
+    summary = (results / "summary.md").read_text()
+    assert "simulated crash" in summary and "iql__" in summary
+    assert "FAILED" in capsys.readouterr().out
+
+
 def test_plan_units_groups_population_runs(tmp_path: Path) -> None:
     configs = small_spec(tmp_path / "r", tmp_path / "c", algos=("bc", "iql", "cql"), seeds=(0, 1, 2)).expand()
     assert plan_units(configs, "auto", "cpu") == [[c] for c in configs]  # populations do not pay on a CPU
