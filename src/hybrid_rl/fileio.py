@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -79,13 +80,13 @@ class LockHeld(OSError):
 
 
 @contextlib.contextmanager
-def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "") -> Iterator[None]:
+def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "", wait_s: float = 0.0) -> Iterator[None]:
     """Exclusive inter-process lock on the file `lock_path` (fcntl.flock; a no-op where
     fcntl is missing). The lock is released when the holder exits, however it exits, so a
     killed process never leaves a stale lock.
 
-    blocking=False raises LockHeld at once if another process holds it (its message is the
-    `owner` text the holder wrote into the file). The lock file is removed on release, so it
+    blocking=False raises LockHeld if another process still holds it after `wait_s` seconds
+    (polled; its message is the `owner` text the holder wrote into the file). The lock file is removed on release, so it
     never stays behind; a waiter that then holds a lock on the removed file sees that the
     path no longer names it and locks again.
     """
@@ -95,6 +96,7 @@ def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "") 
         yield
         return
     lock_path = Path(lock_path)
+    deadline = time.monotonic() + wait_s
     while True:
         handle = open(lock_path, "a+")
         try:
@@ -103,6 +105,9 @@ def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "") 
             handle.seek(0)
             holder = handle.read().strip()
             handle.close()
+            if time.monotonic() < deadline:
+                time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
+                continue
             raise LockHeld(f"{lock_path} is held by {holder or 'another process'}") from None
         except OSError as exc:
             handle.close()

@@ -259,19 +259,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     RunBusyError if another process still holds it after RUN_LOCK_WAIT_S seconds; a lock is
     released when its holder exits."""
     owner = f"pid {os.getpid()} on {platform.node()}"
-    deadline = time.monotonic() + RUN_LOCK_WAIT_S
-    while True:
-        try:
-            lock = file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner)
-            lock.__enter__()
-            break
-        except LockHeld as exc:
-            if time.monotonic() >= deadline:
-                raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
-            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-    with contextlib.ExitStack() as release:
-        release.push(lock)
-        yield
+    acquired = False
+    try:
+        with file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner, wait_s=RUN_LOCK_WAIT_S):
+            acquired = True
+            yield
+    except LockHeld as exc:
+        if acquired:  # raised by the caller's block, not by taking this lock
+            raise
+        raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
 
 
 class RunBusyError(HybridRLError):
