@@ -86,7 +86,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
     parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
     parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
-    from .grid import DEFAULT_MAX_POPULATION, POPULATION_MODES
+    from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 
     parser.add_argument("--population", choices=POPULATION_MODES, default="auto",
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
@@ -102,7 +102,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
     """The grid's default datasets and a sentence saying why they were chosen."""
     from .data.loader import d4rl_cached_path
-    from .grid import D4RL_DEFAULT_ENVS
+    from .grid_options import D4RL_DEFAULT_ENVS
 
     if all(d4rl_cached_path(name, cache_dir) is not None for name in D4RL_DEFAULT_ENVS):
         return D4RL_DEFAULT_ENVS, "D4RL files found in the local cache"
@@ -133,7 +133,8 @@ def resolve_workers(text: str, device: str, runs: int) -> int:
 @guarded
 def grid_command(args: argparse.Namespace) -> int:
     from .eval.report import build_report
-    from .grid import QUICK_STEPS, GridSpec, check_writable_dir, run_grid
+    from .grid import GridSpec, check_writable_dir, run_grid
+    from .grid_options import QUICK_STEPS
 
     check_writable_dir(args.plots, "--plots")  # found now, not after hours of training
     if args.plot_only:

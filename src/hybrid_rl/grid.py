@@ -26,11 +26,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HybridRLError
 from .fileio import LockHeld, atomic_write_text, file_lock
+from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, POPULATION_MODES
 from .train import (TrainConfig, algorithm_overrides, check_compatible, checkpoint_step, population_key, record_failure,
                     set_progress_hook, train, train_population)
 
-D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
-QUICK_STEPS = 20_000
 
 # Rough single-run throughput on a 2-core CPU (updates/s), used only for the time estimate
 # printed before a grid starts. IQL and CQL: the eager updates measured with 2 threads in
@@ -195,8 +194,6 @@ def threads_per_run(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-POPULATION_MODES = ("auto", "on", "off")
-DEFAULT_MAX_POPULATION = 36
 
 
 def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str, max_size: int = DEFAULT_MAX_POPULATION) -> list[list[TrainConfig]]:
