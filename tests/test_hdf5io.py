@@ -129,3 +129,17 @@ def test_built_next_observations_never_mark_a_terminal_as_timeout(make_dataset, 
 def test_read_without_validation_of_a_copy(hopper_file, tmp_path):
     copy = Path(shutil.copy(hopper_file, tmp_path / "copy.hdf5"))
     assert len(read_hdf5(copy, validate=False, name="x")) == validate_hdf5(copy)["rows"]
+
+
+def test_file_whose_rebuilt_transitions_would_all_be_dropped_says_why(tmp_path):
+    """Without next_observations, d4rl's rule drops every timeout row and the last row: a
+    file of one-step timed-out episodes has nothing left, and the error must say why."""
+    n = 3
+    with h5py.File(tmp_path / "f.hdf5", "w") as handle:
+        handle["observations"] = np.zeros((n, 2), np.float32)
+        handle["actions"] = np.zeros((n, 1), np.float32)
+        handle["rewards"] = np.zeros(n, np.float32)
+        handle["terminals"] = np.zeros(n, bool)
+        handle["timeouts"] = np.ones(n, bool)
+    with pytest.raises(DatasetFileError, match="drops every one of its 3 transitions"):
+        read_hdf5(tmp_path / "f.hdf5")
