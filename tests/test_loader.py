@@ -615,3 +615,19 @@ def test_dimension_mismatch_is_a_clear_error(make_dataset):
     ds = make_dataset([[1, 2]], obs_dim=5, act_dim=3).replace(metadata={"gym_env_id": "Hopper-v4"})
     with pytest.raises(DatasetEnvMismatchError, match=r"\(5,\)"):
         make_env(ds)
+
+
+def test_a_locked_cached_file_is_reported_not_deleted(hopper_file, tmp_path, monkeypatch):
+    """HDF5 file locking held by another process is not damage: the valid file stays."""
+    path = Path(shutil.copy(hopper_file, tmp_path / "hopper_medium-v2.hdf5"))
+
+    def locked(p):
+        try:
+            raise OSError("Unable to synchronously open file (unable to lock file, errno = 11)")
+        except OSError as exc:
+            raise DatasetFileError(f"{p} is not a readable HDF5 file ({exc})") from exc
+
+    monkeypatch.setattr(loader, "validate_hdf5", locked)
+    with pytest.raises(DatasetUnavailableError, match="locked by another process"):
+        load_dataset("hopper-medium-v2", cache_dir=tmp_path)
+    assert path.exists()
