@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import platform
 import tempfile
 import time
 import warnings
@@ -139,3 +140,20 @@ def file_lock(lock_path: str | Path, *, blocking: bool = True, owner: str = "", 
         lock_path.unlink(missing_ok=True)  # before unlocking: waiters then retry on a new file
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+@contextlib.contextmanager
+def held_exclusively(lock_path: str | Path, busy: Callable[[LockHeld], Exception], *, role: str = "", wait_s: float = 0.0) -> Iterator[None]:
+    """Hold ``file_lock(lock_path)`` without blocking, naming this process (``role pid N on
+    HOST``) as its holder; if another process still holds it after `wait_s` seconds, raise
+    ``busy(LockHeld)`` instead (a one-line error that says what to do)."""
+    owner = f"{role + ' ' if role else ''}pid {os.getpid()} on {platform.node()}"
+    acquired = False
+    try:
+        with file_lock(lock_path, blocking=False, owner=owner, wait_s=wait_s):
+            acquired = True
+            yield
+    except LockHeld as exc:
+        if acquired:  # raised by the caller's block, not by taking this lock
+            raise
+        raise busy(exc) from None

@@ -13,7 +13,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import signal
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HybridRLError
-from .fileio import LockHeld, atomic_write_text, file_lock
+from .fileio import LockHeld, atomic_write_text, held_exclusively
 from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, POPULATION_MODES
 from .train import (TrainConfig, algorithm_overrides, check_compatible, checkpoint_step, population_key, record_failure,
                     set_progress_hook, train, train_population)
@@ -465,12 +464,11 @@ def _relay_steps(steps, bar: "StepProgress") -> None:
 def grid_lock(results_dir: str) -> Iterator[None]:
     """Only one grid at a time per results directory: two would train the same unfinished
     runs. Released when the grid's process exits, however it exits."""
-    owner = f"grid pid {os.getpid()} on {platform.node()}"
-    try:
-        with file_lock(Path(results_dir) / ".grid.lock", blocking=False, owner=owner):
-            yield
-    except LockHeld as exc:
-        raise HybridRLError(f"another grid is running on {results_dir} ({exc}); wait for it, or use another --results DIR") from None
+    def busy(exc: LockHeld) -> Exception:
+        return HybridRLError(f"another grid is running on {results_dir} ({exc}); wait for it, or use another --results DIR")
+
+    with held_exclusively(Path(results_dir) / ".grid.lock", busy, role="grid"):
+        yield
 
 
 class StepProgress:
@@ -512,7 +510,7 @@ class StepProgress:
         self.bar.set_postfix_str(f"runs {self.runs_done}/{len(self.total_steps)}")
 
     def write(self, line: str) -> None:
-        self.bar.write(line) if not self.bar.disable else print(line)
+        self.bar.write(line)
 
     def __enter__(self) -> "StepProgress":
         return self

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
 from .errors import HybridRLError
-from .fileio import LockHeld, atomic_torch_save, atomic_write_text, file_lock
+from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 from .eval.stats import final_score
 from .rollouts import episode_returns
 
@@ -258,16 +257,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     second grid on the same results, a worker left over from a killed grid). Raises
     RunBusyError if another process still holds it after RUN_LOCK_WAIT_S seconds; a lock is
     released when its holder exits."""
-    owner = f"pid {os.getpid()} on {platform.node()}"
-    acquired = False
-    try:
-        with file_lock(run_dir / RUN_LOCK_NAME, blocking=False, owner=owner, wait_s=RUN_LOCK_WAIT_S):
-            acquired = True
-            yield
-    except LockHeld as exc:
-        if acquired:  # raised by the caller's block, not by taking this lock
-            raise
-        raise RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it") from None
+    def busy(exc: LockHeld) -> Exception:
+        return RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it")
+
+    with held_exclusively(run_dir / RUN_LOCK_NAME, busy, wait_s=RUN_LOCK_WAIT_S):
+        yield
 
 
 class RunBusyError(HybridRLError):
