@@ -1,0 +1,249 @@
+"""A fixed set of training scenarios whose outputs must not change when the engine is restructured.
+
+The one-engine redesign promised "nothing changes for users": the same commands give
+byte-identical files. This module runs the scenarios that cover every path through the
+trainer and records what they write:
+
+- single runs of IQL, CQL, BC and TD3+BC through ``hybrid-rl train`` (with evaluations);
+- an IQL and a CQL population of 3 with corrupted members (``train_population``);
+- an IQL run killed by SIGKILL mid-way (as soon as its first checkpoint exists) and rerun:
+  it must equal the uninterrupted IQL run;
+- a grid of 4 IQL runs on 2 local worker processes.
+
+Recorded per run: ``metrics.jsonl`` (verbatim), ``summary.json`` without wall times,
+``config.json`` without host, versions and paths, and a digest of every tensor and value
+in the final ``checkpoint.pt``. ``tests/test_engine_equivalence.py`` compares a fresh
+recording with ``tests/fixtures/engine_outputs.json``, which was written on the code
+before the redesign:
+
+    python tests/engine_scenarios.py --record tests/fixtures/engine_outputs.json
+
+Floating-point results depend on the PyTorch build and the CPU's vector unit, so the
+recording names both and the comparison runs only where they match.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TINY_DATASET = "gen-hopper-random-v0@3000"  # generated from a uniform-random policy: needs no policy file
+SMALL_NETS = {
+    "iql": {"hidden": [32, 32], "batch_size": 64},
+    "cql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
+    "bc": {"hidden": [32, 32], "batch_size": 64},
+    "td3bc": {"hidden": [32, 32], "batch_size": 64},
+}
+STEPS, EVAL_EVERY, LOG_EVERY, CHECKPOINT_EVERY, EVAL_EPISODES = 120, 60, 20, 40, 2
+VOLATILE_CONFIG_KEYS = ("hostname", "versions", "results_dir", "cache_dir", "device_resolved")
+
+
+def platform_key() -> dict[str, str]:
+    """What floating-point results depend on: the PyTorch build and the CPU kernels it picks."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+
+
+def _digest_leaf(value: Any) -> str:
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().contiguous()
+        payload = array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
+        return hashlib.sha256(payload + f"{array.dtype}{tuple(array.shape)}".encode()).hexdigest()[:16]
+    if isinstance(value, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(value).tobytes() + f"{value.dtype}{value.shape}".encode()).hexdigest()[:16]
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def checkpoint_digests(path: Path) -> dict[str, str]:
+    """``{"algorithm/modules/actor/net.0.weight": digest, ...}`` for every leaf of a checkpoint."""
+    import torch
+
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, (dict, list, tuple, torch.Tensor)) for item in value):
+            for index, item in enumerate(value):
+                walk(f"{prefix}/{index}", item)
+        else:
+            out[prefix] = _digest_leaf(value)
+
+    walk("", torch.load(path, map_location="cpu", weights_only=False))
+    return out
+
+
+def run_outputs(run_dir: Path, root: Path) -> dict[str, Any]:
+    """What one run directory holds, in comparable form."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("wall_time_s", None)
+    config = json.loads((run_dir / "config.json").read_text().replace(str(root), "<ROOT>"))
+    for key in VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    return {
+        "metrics.jsonl": (run_dir / "metrics.jsonl").read_text(),
+        "summary.json": summary,
+        "config.json": config,
+        "checkpoint.pt": checkpoint_digests(run_dir / "checkpoint.pt"),
+    }
+
+
+def _train_args(algo: str, results: Path, cache: Path, seed: int = 0, **extra: Any) -> list[str]:
+    args = [
+        "train", "--algo", algo, "--env", TINY_DATASET, "--seed", str(seed), "--total_steps", str(STEPS),
+        "--eval_every", str(EVAL_EVERY), "--eval_episodes", str(EVAL_EPISODES), "--log_every", str(LOG_EVERY),
+        "--checkpoint_every", str(CHECKPOINT_EVERY), "--device", "cpu", "--threads", "1", "--results", str(results),
+        "--cache_dir", str(cache), "--algo_overrides", json.dumps(SMALL_NETS[algo]),
+    ]
+    for key, value in extra.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _cli(args: list[str], **popen: Any) -> subprocess.Popen:
+    env = {**os.environ, "HYBRID_RL_DATA_DIR": popen.pop("data_dir"), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.Popen([sys.executable, "-m", "hybrid_rl.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def _check(process: subprocess.Popen, what: str) -> None:
+    _, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} exited {process.returncode}: {err.decode()[-2000:]}")
+
+
+def _population_configs(algo: str, results: Path, cache: Path) -> list:
+    from dataclasses import replace
+
+    from hybrid_rl.train import TrainConfig
+
+    base = TrainConfig(
+        algo=algo, dataset=TINY_DATASET, seed=0, total_steps=STEPS, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES,
+        log_every=LOG_EVERY, checkpoint_every=CHECKPOINT_EVERY, device="cpu", threads=1, progress=False,
+        results_dir=str(results), cache_dir=str(cache), algo_overrides=dict(SMALL_NETS[algo]),
+    )
+    return [base, replace(base, seed=1, remove_top_k=30.0), replace(base, seed=2, reward_noise_std=0.1)]
+
+
+def run_scenarios(root: Path) -> dict[str, Any]:
+    """Run every scenario under ``root``; returns ``{scenario: {run_id: outputs}}``."""
+    import torch
+
+    cache = root / "cache"
+    data_dir = str(cache)
+    os.environ["HYBRID_RL_DATA_DIR"] = data_dir
+    out: dict[str, Any] = {}
+    cwd = os.getcwd()
+    os.chdir(root)  # MuJoCo's MUJOCO_LOG.TXT lands here, not in the repository
+    try:
+        from hybrid_rl.data.loader import load_dataset
+
+        load_dataset(TINY_DATASET, cache_dir=data_dir)  # generated once, before processes share the cache
+        # Single runs, through the command line in their own processes (two at a time).
+        singles = root / "single"
+        for pair in (("iql", "cql"), ("bc", "td3bc")):
+            processes = [(algo, _cli(_train_args(algo, singles, cache), data_dir=data_dir)) for algo in pair]
+            for algo, process in processes:
+                _check(process, f"hybrid-rl train --algo {algo}")
+        out["single"] = {path.name: run_outputs(path, root) for path in sorted(singles.iterdir()) if path.is_dir()}
+
+        # Killed with SIGKILL once its first checkpoint exists, then rerun: equals the IQL single run.
+        killed = root / "killed"
+        process = _cli(_train_args("iql", killed, cache), data_dir=data_dir)
+        run_id = next(name for name in out["single"] if name.startswith("iql"))
+        deadline = time.time() + 300
+        while not (killed / run_id / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        killed_mid_way = process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not killed_mid_way:
+            raise RuntimeError("the run to kill finished before its first checkpoint")
+        _check(_cli(_train_args("iql", killed, cache), data_dir=data_dir), "the resumed run")
+        out["killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
+
+        # Populations of 3 (one member with top-k removal, one with reward noise).
+        from hybrid_rl.train import train_population
+
+        torch.set_num_threads(1)
+        for algo in ("iql", "cql"):
+            results = root / f"population_{algo}"
+            train_population(_population_configs(algo, results, cache))
+            out[f"population_{algo}"] = {path.name: run_outputs(path, root) for path in sorted(results.iterdir()) if path.is_dir()}
+
+        # A grid of 4 IQL runs on 2 worker processes.
+        from hybrid_rl.grid import GridSpec, run_grid
+
+        results = root / "grid"
+        spec = GridSpec(
+            algos=("iql",), datasets=(TINY_DATASET,), remove_top_k=(0.0, 30.0), seeds=(0, 1), total_steps=STEPS, eval_every=EVAL_EVERY,
+            eval_episodes=EVAL_EPISODES, log_every=LOG_EVERY, checkpoint_every=CHECKPOINT_EVERY, device="cpu", results_dir=str(results),
+            algo_overrides={"iql": dict(SMALL_NETS["iql"])}, cache_dir=str(cache),
+        )
+        status = run_grid(spec, workers=2, log=lambda line: None, progress=False, population="off")
+        if status["failed"]:
+            raise RuntimeError(f"grid runs failed: {status['failed']}")
+        out["grid_2_workers"] = {path.name: run_outputs(path, root) for path in sorted(results.iterdir()) if path.is_dir()}
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
+    """Human-readable differences between two recordings (first differing line of a text)."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found = []
+        for key in sorted(set(expected) | set(actual)):
+            where = f"{path}/{key}" if path else key
+            if key not in actual:
+                found.append(f"{where}: missing")
+            elif key not in expected:
+                found.append(f"{where}: unexpected")
+            else:
+                found.extend(differences(expected[key], actual[key], where))
+        return found
+    if isinstance(expected, str) and isinstance(actual, str) and "\n" in expected:
+        for number, (a, b) in enumerate(zip(expected.splitlines(), actual.splitlines()), 1):
+            if a != b:
+                return [f"{path} line {number}:\n  expected {a[:300]}\n  actual   {b[:300]}"]
+        if expected != actual:
+            return [f"{path}: {len(expected.splitlines())} lines expected, {len(actual.splitlines())} written"]
+        return []
+    return [] if expected == actual else [f"{path}: expected {expected!r}, got {actual!r}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--record", metavar="FILE", help="write the outputs of this code to FILE")
+    group.add_argument("--compare", metavar="FILE", help="compare the outputs of this code with FILE")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="engine_scenarios_") as tmp:
+        started = time.time()
+        outputs = run_scenarios(Path(tmp))
+        elapsed = time.time() - started
+    if args.record:
+        Path(args.record).write_text(json.dumps({"platform": platform_key(), "scenarios": outputs}, indent=1, sort_keys=True) + "\n")
+        print(f"recorded {sum(len(runs) for runs in outputs.values())} runs of {len(outputs)} scenarios in {elapsed:.0f} s to {args.record}")
+        return 0
+    recorded = json.loads(Path(args.compare).read_text())
+    found = differences(recorded["scenarios"], outputs)
+    print("\n".join(found) if found else f"identical: {sum(len(runs) for runs in outputs.values())} runs of {len(outputs)} scenarios ({elapsed:.0f} s)")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
