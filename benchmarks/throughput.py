@@ -4,7 +4,7 @@ What is compared, in one process, on the same synthetic MuJoCo-sized data:
 
 ``eager``     the straightforward PyTorch implementation: ``TransitionSampler.sample`` +
               ``IQL.update`` / ``CQL.update`` (``algos/``), exactly the trainer's hot loop.
-``vmap``      ``hybrid_rl.population`` without compilation: P agents per update through
+``vmap``      ``hybrid_rl.engine.population`` without compilation: P agents per update through
               ``torch.func.vmap`` over stacked parameters, batches gathered from one base
               dataset.
 ``compiled``  the same step wrapped in ``torch.compile`` (CUDA graphs on a GPU).
@@ -48,7 +48,8 @@ from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
 from hybrid_rl.grid import GridSpec
-from hybrid_rl.population import CQLPopulation, DatasetView, IQLPopulation, PopulationSampler
+from hybrid_rl.data.views import DatasetView, PopulationSampler
+from hybrid_rl.engine.population import CQLPopulation, IQLPopulation
 
 # observation / action sizes of the D4RL locomotion robots
 MUJOCO_SIZES = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "ant": (27, 8)}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hybrid_rl.algos import bc, cql, iql, td3bc
-from hybrid_rl.algos.networks import TanhGaussianPolicy
+from hybrid_rl.networks import TanhGaussianPolicy
 from hybrid_rl.algos.registry import ALGORITHMS, available_algorithms, make_algorithm, make_config, reference_overrides
 from hybrid_rl.algos.sac import sac_target, temperature_loss
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_rl.data.dataset import OfflineDataset, ReplayBuffer, TransitionSampler, concatenate_datasets
+from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler, concatenate_datasets
+from hybrid_rl.data.replay import ReplayBuffer
 
 
 # --- trajectories ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hybrid_rl.algos.networks import TanhGaussianPolicy
+from hybrid_rl.networks import TanhGaussianPolicy
 from hybrid_rl.data import factory
 from hybrid_rl.fileio import atomic_torch_save
 from hybrid_rl.data.hdf5io import read_hdf5, validate_hdf5

@@ -10,6 +10,7 @@ import pytest
 
 from hybrid_rl import train as train_module
 from hybrid_rl.fileio import LockHeld, atomic_write_text, file_lock
+from hybrid_rl.run_format import RUN_LOCK_FILE
 
 
 def test_lock_file_is_removed_and_waiters_relock(tmp_path):
@@ -64,12 +65,11 @@ def test_filesystem_without_locks_goes_on_unlocked(tmp_path, monkeypatch):
 
 
 def test_run_lock_waits_for_a_holder_that_lets_go(tmp_path, monkeypatch):
-    """A Ray retry waits for the lock a dead node's lease still holds (RUN_LOCK_WAIT_S)."""
-    monkeypatch.setattr(train_module, "RUN_LOCK_WAIT_S", 10.0)
+    """A Ray retry waits for the lock a dead node's lease still holds (ray_launcher.RUN_LOCK_WAIT_S)."""
     taken, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with file_lock(tmp_path / train_module.RUN_LOCK_NAME, owner="the old attempt"):
+        with file_lock(tmp_path / RUN_LOCK_FILE, owner="the old attempt"):
             taken.set()
             release.wait(10)
 
@@ -78,12 +78,11 @@ def test_run_lock_waits_for_a_holder_that_lets_go(tmp_path, monkeypatch):
     taken.wait(5)
     threading.Timer(0.5, release.set).start()
     started = time.monotonic()
-    with train_module.run_lock(tmp_path):
+    with train_module.run_lock(tmp_path, wait_s=10.0):
         waited = time.monotonic() - started
     thread.join(5)
     assert 0.4 < waited < 9
-    monkeypatch.setattr(train_module, "RUN_LOCK_WAIT_S", 0.0)
-    with file_lock(tmp_path / train_module.RUN_LOCK_NAME, owner="pid 9"):
+    with file_lock(tmp_path / RUN_LOCK_FILE, owner="pid 9"):
         with pytest.raises(train_module.RunBusyError, match="pid 9"):
             with train_module.run_lock(tmp_path):
                 pass

@@ -14,7 +14,9 @@ import pytest
 from hybrid_rl.cli import main as cli_main
 from hybrid_rl.cli import phase1_main
 from hybrid_rl.errors import HybridRLError
-from hybrid_rl.grid import GridSpec, plan_units, run_grid, run_state
+from hybrid_rl import units
+from hybrid_rl.grid import GridSpec, run_grid
+from hybrid_rl.units import plan_units, run_state
 
 DATASET = "gen-hopper-random-v0@3000"
 
@@ -112,11 +114,9 @@ def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cach
 def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from hybrid_rl import grid
-
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     sizes: list[int] = []
-    real = grid.train_population
+    real = units.train_population
 
     def limited(configs, **kwargs):  # a device with room for two agents
         sizes.append(len(configs))
@@ -124,25 +124,23 @@ def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(configs, **kwargs)
 
-    monkeypatch.setattr(grid, "train_population", limited)
+    monkeypatch.setattr(units, "train_population", limited)
     configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1, 2), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
-    results = grid.train_unit_safely(configs, threads=1)
+    results = units.train_unit_safely(configs, threads=1)
     assert sizes == [3, 2] and [r["run_id"] for r in results] == [c.run_id for c in configs]  # 3 -> 1 alone + 2 together
     assert all(r["ok"] and r["summary"]["status"] == "completed" for r in results)
 
 
 def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybrid_rl import grid
-
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
 
-    def first_finishes_then_crash(unit, compile):
-        grid.train(unit[0])
+    def first_finishes_then_crash(unit, compile, options):
+        units.train(unit[0])
         raise RuntimeError("the device fell off the bus")
 
-    monkeypatch.setattr(grid, "_train_unit", first_finishes_then_crash)
-    first, second = grid.train_unit_safely(configs, threads=1)
+    monkeypatch.setattr(units, "_train_unit", first_finishes_then_crash)
+    first, second = units.train_unit_safely(configs, threads=1)
     assert first["ok"] and first["summary"]["status"] == "completed"
     assert not second["ok"] and "fell off the bus" in second["error"]
 

@@ -1,4 +1,4 @@
-"""Populations (hybrid_rl.population): per-run dataset views, the shared-base sampler, and
+"""Populations (hybrid_rl.engine.population, hybrid_rl.data.views): per-run dataset views, the shared-base sampler, and
 the equivalence of a vmapped population with separate single runs.
 
 Tiny networks (2x32) and batches (16) on a 300-transition hand-made dataset; the whole file
@@ -19,7 +19,9 @@ from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.data.corruption import apply_corruptions
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
-from hybrid_rl.population import CQLPopulation, DatasetView, IQLPopulation, PopulationSampler, cosine_lr_table
+from hybrid_rl.data.views import DatasetView, PopulationSampler
+from hybrid_rl.engine.functional import cosine_lr_table
+from hybrid_rl.engine.population import CQLPopulation, IQLPopulation
 
 OBS_DIM, ACT_DIM, NUM_TRANSITIONS = 5, 2, 300
 IQL_TINY = IQLConfig(hidden=(32, 32), batch_size=16, max_steps=15, reward_scaling="iql")

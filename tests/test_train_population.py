@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_rl import population as population_module
+from hybrid_rl.data import views as views_module
 from hybrid_rl import train as train_module
 from hybrid_rl.train import TrainConfig, population_key, train, train_population
 
@@ -24,7 +24,7 @@ def members(base: TrainConfig) -> list[TrainConfig]:
 
 def interrupt_population_at(monkeypatch: pytest.MonkeyPatch, configs: list[TrainConfig], step: int) -> None:
     """Train ``configs`` as a population and kill it (no summaries) after ``step`` steps."""
-    run_killed(monkeypatch, population_module.PopulationSampler, "sample_indices", step, lambda: train_population(configs))
+    run_killed(monkeypatch, views_module.PopulationSampler, "sample_indices", step, lambda: train_population(configs))
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -281,7 +281,7 @@ def dataset_command(args: argparse.Namespace) -> int:
     if args.dataset_action == "train-policy":
         import torch
 
-        from .data.behavior import BehaviorTrainingConfig, train_behavior_policy
+        from .engine.behavior import BehaviorTrainingConfig, train_behavior_policy
 
         torch.set_num_threads(args.threads)
         out = train_behavior_policy(BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed), args.out or f"behavior_training/{args.robot}")

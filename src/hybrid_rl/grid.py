@@ -18,16 +18,16 @@ import tempfile
 import threading
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HybridRLError
 from .fileio import LockHeld, atomic_write_text, held_exclusively
-from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, POPULATION_MODES
-from .train import (TrainConfig, algorithm_overrides, check_compatible, checkpoint_step, population_key, record_failure,
-                    set_progress_hook, train, train_population)
+from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION
+from .run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_NEW, STATE_PARTIAL, checkpoint_step
+from .train import TrainConfig, algorithm_overrides, check_compatible, record_failure
+from .units import plan_units, run_state, train_unit_safely, unit_result
 
 
 # Rough single-run throughput on a 2-core CPU (updates/s), used only for the time estimate
@@ -72,19 +72,6 @@ class GridSpec:
                                 )
                             )
         return configs
-
-
-def run_state(config: TrainConfig) -> str:
-    """'complete' (summary with a final status), 'partial' (checkpoint) or 'new'."""
-    run_dir = Path(config.results_dir) / config.run_id
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            if json.loads(summary.read_text()).get("status") in ("completed", "diverged"):
-                return "complete"
-        except json.JSONDecodeError:
-            pass
-    return "partial" if (run_dir / "checkpoint.pt").exists() else "new"
 
 
 def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: str, threads: int = 1) -> float | None:
@@ -195,66 +182,6 @@ def threads_per_run(workers: int) -> int:
 
 
 
-def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str, max_size: int = DEFAULT_MAX_POPULATION) -> list[list[TrainConfig]]:
-    """Group runs into work units: populations of runs that differ only in seed and
-    corruption (``train.population_key``), at most ``max_size`` each, and single runs.
-
-    ``population``: "off" never groups; "on" groups wherever possible; "auto" groups on
-    accelerators only: on a GPU a population turns P small kernels into one wide one, while
-    on a CPU the grid already keeps every core busy with one run per core (populations on
-    CPUs are measured in docs/performance.md).
-    """
-    if population not in POPULATION_MODES:
-        raise HybridRLError(f"unknown population mode {population!r}; use one of {', '.join(POPULATION_MODES)}")
-    if max_size < 1:
-        raise HybridRLError(f"the largest population must be at least 1, got {max_size}")
-    if population == "off" or (population == "auto" and device_type == "cpu"):
-        return [[config] for config in configs]
-    groups: dict[str, list[TrainConfig]] = {}
-    units: list[list[TrainConfig]] = []
-    for config in configs:
-        key = population_key(config)
-        if key is None:
-            units.append([config])
-        else:
-            groups.setdefault(key, []).append(config)
-    for members in groups.values():
-        units.extend(members[i:i + max_size] for i in range(0, len(members), max_size))
-    return units
-
-
-def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False) -> list[dict[str, Any]]:
-    """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
-    never raises: a failure is returned for every run of the unit that did not finish
-    (members that finished before it keep their result)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    configs = [replace(config, threads=threads, progress=False) for config in unit]
-    try:
-        summaries = _train_unit(configs, compile)
-        return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
-    except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
-        error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-        return [{**_unit_result(config, error), "traceback": trace} for config in configs]
-
-
-def _train_unit(configs: Sequence[TrainConfig], compile: bool) -> dict[str, dict[str, Any]]:
-    """Train a unit; a population that does not fit in GPU memory is split in halves (each
-    resumes from the checkpoints the larger one left), down to single runs."""
-    import torch
-
-    if len(configs) == 1:
-        return {configs[0].run_id: train(configs[0])}
-    try:
-        return train_population(list(configs), compile=compile)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        half = len(configs) // 2
-        print(f"population of {len(configs)} ran out of GPU memory: continuing as two of {half} and {len(configs) - half}", file=sys.stderr)
-        return {**_train_unit(configs[:half], compile), **_train_unit(configs[half:], compile)}
-
-
 def run_grid(
     spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True,
     launcher: str = "local", ray_address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
@@ -283,16 +210,16 @@ def run_grid(
     # One grid per results directory from here on (run states, training, grid_status.json).
     with grid_lock(spec.results_dir):
         states = {config.run_id: run_state(config) for config in configs}
-        todo = [config for config in configs if states[config.run_id] != "complete"]
-        counts = {state: sum(1 for s in states.values() if s == state) for state in ("complete", "partial", "new")}
+        todo = [config for config in configs if states[config.run_id] != STATE_COMPLETE]
+        counts = {state: sum(1 for s in states.values() if s == state) for state in (STATE_COMPLETE, STATE_PARTIAL, STATE_NEW)}
         log(
             f"grid: {len(configs)} runs = {len(spec.algos)} algos x {len(spec.datasets)} datasets x "
             f"{len(spec.remove_top_k)} top-k levels x {len(spec.reward_noise_std)} noise levels x {len(spec.seeds)} seeds, "
             f"{spec.total_steps:,} steps each"
         )
-        log(f"      {counts['complete']} complete (skipped), {counts['partial']} interrupted (resume), {counts['new']} new; "
+        log(f"      {counts[STATE_COMPLETE]} complete (skipped), {counts[STATE_PARTIAL]} interrupted (resume), {counts[STATE_NEW]} new; "
             + (f"device {device}, {workers} worker(s)" if device is not None else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"))
-        for state, label in (("complete", "complete, skipped"), ("partial", "interrupted, resume")):
+        for state, label in ((STATE_COMPLETE, "complete, skipped"), (STATE_PARTIAL, "interrupted, resume")):
             names = [run_id for run_id, s in states.items() if s == state]
             if names:
                 log(f"      {label}: {_name_list(names)}")
@@ -326,23 +253,19 @@ def run_grid(
                         _report(result, say)
 
                 if workers <= 1:
-                    set_progress_hook(bar.step)
-                    try:
-                        for unit in units:
-                            finished(train_unit_safely(unit, threads, compile))
-                    finally:
-                        set_progress_hook(None)
+                    for unit in units:
+                        finished(train_unit_safely(unit, threads, compile, on_progress=bar.step))
                 else:
                     run_on_local_workers(units, workers, threads, compile, finished, bar, log)
         failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
         status = {
             "runs": len(configs),
-            "skipped_complete": counts["complete"],
+            "skipped_complete": counts[STATE_COMPLETE],
             "ran": len(todo),
             "failed": failed,
             "wall_time_s": time.time() - started,
         }
-        atomic_write_text(Path(spec.results_dir) / "grid_status.json", json.dumps(status, indent=2))
+        atomic_write_text(Path(spec.results_dir) / GRID_STATUS_FILE, json.dumps(status, indent=2))
         if failed:
             log(f"{len(failed)} run(s) failed (details in {spec.results_dir}/<run>/summary.json):")
             for run_id, error in failed.items():
@@ -392,7 +315,7 @@ def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, t
             reason = ""
             with futures.ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=context,
                                              initializer=_init_worker, initargs=(os.getpid(), steps)) as pool:
-                pending = {pool.submit(train_unit_safely, units[index], threads, compile): index for index in remaining}
+                pending = {pool.submit(_train_unit_in_worker, units[index], threads, compile): index for index in remaining}
                 for future in futures.as_completed(pending):
                     try:
                         finished(future.result())
@@ -405,9 +328,9 @@ def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, t
                 if restarts[index] > WORKER_RESTARTS:
                     error = f"worker process died {restarts[index]} times while training this unit ({reason})"
                     for config in units[index]:
-                        if run_state(config) != "complete":
+                        if run_state(config) != STATE_COMPLETE:
                             record_failure(Path(config.results_dir) / config.run_id, config, error)
-                    finished([_unit_result(config, error) for config in units[index]])
+                    finished([unit_result(config, error) for config in units[index]])
                 else:
                     remaining.append(index)
             if remaining:
@@ -418,18 +341,22 @@ def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, t
         listener.join(timeout=5)
 
 
-def _unit_result(config: TrainConfig, error: str) -> dict[str, Any]:
-    """A run's result after its unit failed: its summary if it finished before, else the error."""
-    if run_state(config) == "complete":
-        summary = json.loads((Path(config.results_dir) / config.run_id / "summary.json").read_text())
-        return {"run_id": config.run_id, "ok": True, "summary": summary}
-    return {"run_id": config.run_id, "ok": False, "error": error}
+# In a worker process: the queue its runs' step progress goes to (set by _init_worker;
+# a multiprocessing queue reaches a worker only through the pool's initializer).
+_worker_steps = None
 
 
 def _init_worker(parent_pid: int, steps) -> None:
-    """Worker process set-up: die with the grid, and send step progress to it."""
+    """Worker process set-up: die with the grid, and keep the queue for step progress."""
+    global _worker_steps
     _die_with_parent(parent_pid)
-    set_progress_hook(lambda run_id, step: steps.put((run_id, step)))
+    _worker_steps = steps
+
+
+def _train_unit_in_worker(unit: Sequence[TrainConfig], threads: int, compile: bool) -> list[dict[str, Any]]:
+    """``train_unit_safely`` in a worker process, its progress sent to the grid's bar."""
+    steps = _worker_steps
+    return train_unit_safely(unit, threads, compile, on_progress=None if steps is None else lambda run_id, step: steps.put((run_id, step)))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -467,7 +394,7 @@ def grid_lock(results_dir: str) -> Iterator[None]:
     def busy(exc: LockHeld) -> Exception:
         return HybridRLError(f"another grid is running on {results_dir} ({exc}); wait for it, or use another --results DIR")
 
-    with held_exclusively(Path(results_dir) / ".grid.lock", busy, role="grid"):
+    with held_exclusively(Path(results_dir) / GRID_LOCK_FILE, busy, role="grid"):
         yield
 
 
@@ -480,7 +407,7 @@ class StepProgress:
 
         self.total_steps = {config.run_id: config.total_steps for config in configs}
         self.done = {config.run_id: self._steps_done(config, states[config.run_id]) for config in configs}
-        self.runs_done = sum(state == "complete" for state in states.values())
+        self.runs_done = sum(state == STATE_COMPLETE for state in states.values())
         self.lock = threading.Lock()
         self.bar = tqdm(total=sum(self.total_steps.values()), initial=sum(self.done.values()), desc="grid", unit="step",
                         unit_scale=True, disable=not enabled, smoothing=0.05)
@@ -488,9 +415,9 @@ class StepProgress:
 
     @staticmethod
     def _steps_done(config: TrainConfig, state: str) -> int:
-        if state == "complete":
+        if state == STATE_COMPLETE:
             return config.total_steps
-        if state == "partial":  # it resumes from its checkpoint
+        if state == STATE_PARTIAL:  # it resumes from its checkpoint
             return checkpoint_step(Path(config.results_dir) / config.run_id) or 0
         return 0
 

@@ -1,12 +1,12 @@
 """Run the grid's runs as Ray tasks, on one machine or a multi-node Ray cluster (``--launcher ray``).
 
 Ray does the scheduling: each work unit of the grid (a run, or a population of runs that
-differ only in seed and corruption, see ``grid.plan_units``) is one task that declares its
+differ only in seed and corruption, see ``units.plan_units``) is one task that declares its
 resources (CPUs, a GPU fraction), so Ray packs units onto nodes, and re-executes a task
 whose worker process or node dies (``max_retries``). This module adds only what Ray cannot
 know:
 
-- a retried task trains its unit again (``grid.train_unit``), which skips completed runs
+- a retried task trains its unit again (``units.train_unit_safely``), which skips completed runs
   and resumes interrupted ones from their checkpoints (atomic writes, ``metrics.jsonl`` cut
   back to the checkpoint), so a retry neither duplicates nor half-writes a result;
 - an exception raised by the run itself (bad config, diverged data ...) is a result, not a
@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError, MissingDependencyError
-from .train import TrainConfig, checkpoint_step
+from .run_format import checkpoint_step
+from .train import TrainConfig
+from .units import train_unit_safely
 
 INSTALL_HINT = "pip install 'hybrid-rl[ray]'"
 # Driver environment variables that tell a run where data lives; passed on to every task
@@ -96,13 +98,6 @@ def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, ma
     """
     import hybrid_rl
 
-    from . import train as train_module
-    from .grid import train_unit_safely
-
-    # A retry after a node died may find the run's lock still held by the dead node on a
-    # network filesystem until its lease expires: wait for it (train.RUN_LOCK_WAIT_S).
-    train_module.RUN_LOCK_WAIT_S = RUN_LOCK_WAIT_S
-
     node = _this_node()
     try:
         if os.path.isdir(driver_cwd):
@@ -121,7 +116,9 @@ def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, ma
         # Ray did not give this task a GPU: don't let 'auto' take one that another task owns.
         unit = [replace(config, device="cpu") if config.device == "auto" else config for config in unit]
     resumed_from = {config.run_id: checkpoint_step(Path(config.results_dir) / config.run_id) for config in unit}
-    results = train_unit_safely(unit, threads, compile)
+    # A retry after a node died may find a run's lock still held by the dead node on a
+    # network filesystem until its lease expires: wait for it.
+    results = train_unit_safely(unit, threads, compile, lock_wait_s=RUN_LOCK_WAIT_S)
     for result in results:
         result.update(node=node, resumed_from_step=resumed_from.get(result["run_id"]))
     return results
@@ -212,7 +209,7 @@ def run_units_on_ray(
     heartbeat_s: float = 60.0,
     compile: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Run every work unit (a run, or a population of runs: see ``grid.plan_units``) as a
+    """Run every work unit (a run, or a population of runs: see ``units.plan_units``) as a
     Ray task; returns ``{run_id: result}`` in completion order.
 
     A result has the shape of the local launcher's: ``{"run_id", "ok": True, "summary"}`` or

@@ -9,6 +9,12 @@ The run directory is self-describing (see docs/run_format.md):
 - ``checkpoint.pt``: written atomically every ``checkpoint_every`` steps; ``resume``
   continues from it, and on CPU the resumed run's metrics equal an uninterrupted run's
   (RNG states are restored and metrics written after the checkpoint are discarded).
+
+File names and statuses come from ``run_format``. Here: a run's configuration, its set-up
+(data, algorithm, the ``RunBook`` that writes its directory) and the choice of learner: one
+agent, or several runs that differ only in seed and corruption as one vmapped population.
+The gradient steps themselves, and the schedule of logs, evaluations and checkpoints, are
+``engine.loop.fit``'s, the same loop for both.
 """
 from __future__ import annotations
 
@@ -20,19 +26,22 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
+from .data.views import is_view_corruption, run_preprocessing
+from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
-from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 from .eval.stats import final_score
-from .rollouts import episode_returns
+from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
+from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
+                         DIVERGED, finished_summary)
 
-RUN_FORMAT_VERSION = 1
+ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
 # Config fields that do not change what a run computes: a run may resume under new values.
 NON_IDENTITY_FIELDS = ("device", "threads", "tensorboard", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
 
@@ -160,21 +169,6 @@ def to_float(value: torch.Tensor | float) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------
-def evaluate(algorithm, envs: list, obs_mean: np.ndarray | None, obs_std: np.ndarray | None, seed: int) -> list[float]:
-    """Undiscounted returns of one episode per env with the deterministic policy."""
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return algorithm.act((obs - obs_mean) / obs_std if obs_mean is not None else obs, deterministic=True)
-
-    algorithm.train_mode(False)
-    returns = episode_returns(envs, policy, seed)
-    algorithm.train_mode(True)
-    return returns
-
-
-# ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
 def corruption_specs(config: TrainConfig) -> list[dict]:
@@ -219,48 +213,44 @@ def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.
     return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=algorithm_overrides(config))
 
 
-def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = True) -> dict[str, Any]:
+def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = True, lock_wait_s: float = 0.0,
+          on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run (or resume, or skip if finished) one training run; returns its summary.
 
     A run that is already complete (summary.json present) is returned as is. A failure
     writes summary.json with status "failed" and re-raises, so a grid can record it and
-    go on with the other runs.
+    go on with the other runs. ``lock_wait_s``: how long to wait for another process's
+    lock on the run (see ``run_lock``); ``on_progress(run_id, step)`` is called at every
+    train log.
     """
     run_dir = Path(run_dir or Path(config.results_dir) / config.run_id)
-    finished = _finished_summary(run_dir, config, resume)
+    finished = finished_summary_for(run_dir, config, resume)
     if finished is not None:
         return finished
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        finished = _finished_summary(run_dir, config, resume)  # finished while we waited for the lock
+    with run_lock(run_dir, lock_wait_s):
+        finished = finished_summary_for(run_dir, config, resume)  # finished while we waited for the lock
         if finished is not None:
             return finished
-        started = time.time()
-        try:
-            return _train(config, run_dir, resume=resume, started=started)
-        except Exception as exc:
-            record_failure(run_dir, config, exc, started)
-            raise
-
-
-RUN_LOCK_NAME = ".run.lock"
-# How long to wait for a busy run's lock before giving up. 0 locally (a busy run means a
-# second grid); Ray tasks wait longer, because a network filesystem keeps the lock of a node
-# that died until its lease runs out (about 90 s on NFSv4), and the retried task must
-# still resume the run.
-RUN_LOCK_WAIT_S = 0.0
+        return _train_locked([config], [run_dir], resume=resume, on_progress=on_progress)[config.run_id]
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, wait_s: float = 0.0) -> Iterator[None]:
     """Hold the run directory's lock while training it: never two writers of one run (a
     second grid on the same results, a worker left over from a killed grid). Raises
-    RunBusyError if another process still holds it after RUN_LOCK_WAIT_S seconds; a lock is
-    released when its holder exits."""
+    RunBusyError if another process still holds it after ``wait_s`` seconds; a lock is
+    released when its holder exits.
+
+    Locally a busy run means a second grid, so the default is not to wait. A Ray task
+    waits longer (``ray_launcher.RUN_LOCK_WAIT_S``): a network filesystem keeps the lock of
+    a node that died until its lease runs out (about 90 s on NFSv4), and the retried task
+    must still resume the run.
+    """
     def busy(exc: LockHeld) -> Exception:
         return RunBusyError(f"run {run_dir.name} is being trained by another process ({exc}); wait for it to finish or stop it")
 
-    with held_exclusively(run_dir / RUN_LOCK_NAME, busy, wait_s=RUN_LOCK_WAIT_S):
+    with held_exclusively(run_dir / RUN_LOCK_FILE, busy, wait_s=wait_s):
         yield
 
 
@@ -268,51 +258,24 @@ class RunBusyError(HybridRLError):
     """Another process is training this run directory right now."""
 
 
-# Where step progress goes (set by a grid for its workers): called as hook(run_id, step)
-# at every train log. None: nobody listens.
-_progress_hook: Callable[[str, int], None] | None = None
-
-
-def set_progress_hook(hook: Callable[[str, int], None] | None) -> None:
-    global _progress_hook
-    _progress_hook = hook
-
-
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step an unfinished run resumes from (its checkpoint's), or None: no checkpoint,
-    an unreadable one (``train`` reports that properly), or a run with a final summary."""
-    path = run_dir / "checkpoint.pt"
-    if not path.exists() or (run_dir / "summary.json").exists():
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
-    except Exception:
-        return None
-
-
-def _finished_summary(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+def finished_summary_for(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     """The summary of a finished run in ``run_dir`` (None if it must still run); raises
     ConfigMismatchError if the directory belongs to another configuration."""
     check_compatible(run_dir, config)
-    summary_path = run_dir / "summary.json"
-    if resume and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") in ("completed", "diverged"):
-            return summary
-    return None
+    return finished_summary(run_dir) if resume else None
 
 
 def record_failure(run_dir: Path, config: TrainConfig, exc: BaseException | str, started: float | None = None) -> None:
     """summary.json with status "failed" and the error, so reports list the run."""
     error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    summary = {"status": "failed", "error": error, "run_id": config.run_id, "wall_time_s": time.time() - started if started else None}
+    summary = {"status": FAILED, "error": error, "run_id": config.run_id, "wall_time_s": time.time() - started if started else None}
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
 def check_compatible(run_dir: Path, config: TrainConfig) -> None:
     """Raise ConfigMismatchError if run_dir holds a run of another configuration."""
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     if not path.exists():
         return
     try:
@@ -340,17 +303,17 @@ class RunBook:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, original: OfflineDataset,
-                 dataset: OfflineDataset, records: list[dict], algo_config: Any, started: float) -> None:
+                 dataset: OfflineDataset, records: list[dict], algo_config: Any, started: float,
+                 on_progress: ProgressCallback | None = None) -> None:
         from .data.loader import make_env
 
         self.config, self.run_dir, self.device = config, run_dir, device
         self.original, self.dataset, self.records, self.algo_config = original, dataset, records, algo_config
         self.started = started
+        self.on_progress = on_progress
         self.discount = float(getattr(algo_config, "discount", 0.99))
-        self.obs_mean = self.obs_std = None
-        if getattr(algo_config, "normalize_observations", False):
-            self.obs_mean, self.obs_std = dataset.observation_stats()
-        self.reward_scale = dataset.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
+        preprocessing = run_preprocessing(dataset, algo_config)
+        self.obs_mean, self.obs_std, self.reward_scale = preprocessing.obs_mean, preprocessing.obs_std, preprocessing.reward_scale
 
         # Fixed diagnostic batch: Q(s, a) against the discounted Monte-Carlo return (scaled rewards).
         mc_returns = discounted_returns_to_go(dataset.rewards * self.reward_scale, dataset.trajectory_bounds(), self.discount)
@@ -370,13 +333,13 @@ class RunBook:
         self.envs = [make_env(dataset) for _ in range(config.eval_episodes)]
         self.eval_seed = 1_000_000 + 10_000 * config.seed
         self.dataset_checksum = original.checksum()
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.checkpoint_path = run_dir / "checkpoint.pt"
+        self.metrics_path = run_dir / METRICS_FILE
+        self.checkpoint_path = run_dir / CHECKPOINT_FILE
         self.loss_window = torch.zeros(config.loss_variance_window, device=device)
         self.step = 0
         self.evals: list[float] = []
         self.best = -math.inf
-        self.status, self.diverged_at = "completed", None
+        self.status, self.diverged_at = COMPLETED, None
         self.done = False
         self._metrics_file = None
         self._writer = None
@@ -422,7 +385,7 @@ class RunBook:
             "hostname": platform.node(),
             **_jsonable(extra),
         }
-        atomic_write_text(self.run_dir / "config.json", json.dumps(full_config, indent=2))
+        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(full_config, indent=2))
 
     def open_log(self) -> None:
         self._metrics_file = open(self.metrics_path, "a")
@@ -447,8 +410,8 @@ class RunBook:
         """Write a "train" record (losses, rolling critic-loss statistics, Q against the MC
         return); True if the run diverged, in which case it is marked so."""
         record = {"step": self.step, "kind": "train", **values}
-        if _progress_hook is not None:
-            _progress_hook(self.config.run_id, self.step)
+        if self.on_progress is not None:
+            self.on_progress(self.config.run_id, self.step)
         if "critic_loss" in values:
             filled = min(self.step, self.config.loss_variance_window)
             record["critic_loss_rolling_var"] = to_float(loss_window[:filled].var()) if filled > 1 else 0.0
@@ -460,7 +423,7 @@ class RunBook:
         self.log(record)
         reason = _divergence_reason(record, self.q_bound)
         if reason:
-            self.status, self.diverged_at = "diverged", self.step
+            self.status, self.diverged_at = DIVERGED, self.step
             self.log({"step": self.step, "kind": "event", "event": "diverged", "reason": reason})
         return reason is not None
 
@@ -476,12 +439,18 @@ class RunBook:
         })
         return score
 
-    def save_checkpoint(self, algorithm_state: dict[str, Any], sampler_state: dict[str, Any], loss_window: torch.Tensor) -> None:
-        """Atomically write checkpoint.pt (single-run format, whichever trainer wrote it)."""
+    def save_checkpoint(self, algorithm_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> None:
+        """Atomically write checkpoint.pt (the single-run format, whichever learner trained it).
+
+        The first stage's state (the offline sampler's) is stored under "sampler", as in
+        the format's first version; the states of later stages, if the schedule has any,
+        under "stages".
+        """
         self._metrics_file.flush()
         state = {
             "algorithm": algorithm_state,
-            "sampler": sampler_state,
+            "sampler": stage_states[0],
+            **({"stages": list(stage_states[1:])} if len(stage_states) > 1 else {}),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "loss_window": loss_window,
@@ -493,9 +462,9 @@ class RunBook:
         atomic_torch_save(state, self.checkpoint_path)
 
     # --- end ---------------------------------------------------------------------------------
-    def finish(self, algorithm_state: dict[str, Any], sampler_state: dict[str, Any], loss_window: torch.Tensor) -> dict[str, Any]:
+    def finish(self, algorithm_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> dict[str, Any]:
         """Final checkpoint (the finished run's weights stay available), then summary.json."""
-        self.save_checkpoint(algorithm_state, sampler_state, loss_window)
+        self.save_checkpoint(algorithm_state, stage_states, loss_window)
         self.close()
         summary = {
             "status": self.status,
@@ -509,7 +478,7 @@ class RunBook:
             "dataset_normalized_return": self.dataset.summary().get("normalized_return_mean"),
             "wall_time_s": time.time() - self.started,
         }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         self.done = True
         return summary
 
@@ -525,52 +494,83 @@ class RunBook:
         self.envs = []
 
 
-def _train(config: TrainConfig, run_dir: Path, *, resume: bool, started: float) -> dict[str, Any]:
-    from tqdm import tqdm
+def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, resume: bool, compile: bool | str = False,
+                  on_progress: ProgressCallback | None = None) -> dict[str, dict[str, Any]] | None:
+    """Train runs whose run locks are held: one run alone, several as one population.
 
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    original, dataset, records = prepare_dataset(config)
-    algorithm = build_algorithm(config, dataset, device)
-    book = RunBook(config, run_dir, device, original, dataset, records, algorithm.config, started)
-    sampler = TransitionSampler(dataset, device, obs_mean=book.obs_mean, obs_std=book.obs_std, reward_scale=book.reward_scale, seed=config.seed)
-    state = book.resume_state(resume)
-    if state is not None:
-        algorithm.load_state_dict(state["algorithm"])
-        sampler.load_state_dict(state["sampler"])
-        _restore_rng(state, device)
-    book.write_config()
-    book.open_log()
-    batch_size = algorithm.config.batch_size
-
-    bar = tqdm(total=config.total_steps, initial=book.step, desc=config.run_id, disable=not config.progress, mininterval=2, leave=False)
+    Set-up is the same for every run (data, algorithm, RunBook, checkpoint); then the
+    learner is the single agent, or the population of all of them, and ``engine.loop.fit``
+    trains it. Returns ``{run_id: summary}``, or None (and writes nothing more) if the runs
+    of a population are not all at the same step. A failure marks every run that had not
+    finished as failed, then is raised.
+    """
+    first = configs[0]
+    started = time.time()
+    books: list[RunBook] = []
     try:
-        while book.step < config.total_steps:
-            metrics = algorithm.update(sampler.sample(batch_size))
-            if "critic_loss" in metrics:
-                book.loss_window[book.step % config.loss_variance_window] = metrics["critic_loss"].detach()
-            book.step += 1
-            bar.update(1)
+        device = resolve_device(first.device)
+        if first.threads:
+            torch.set_num_threads(first.threads)
+        agents, states, original = [], [], None
+        for config, run_dir in zip(configs, run_dirs):
+            original, dataset, records = prepare_dataset(config, original)  # the base dataset is loaded once
+            agent = build_algorithm(config, dataset, device)
+            book = RunBook(config, run_dir, device, original, dataset, records, agent.config, started, on_progress)
+            books.append(book)
+            state = book.resume_state(resume)
+            if state is not None:
+                agent.load_state_dict(state["algorithm"])
+            agents.append(agent)
+            states.append(state)
+        if len({book.step for book in books}) != 1:
+            for book in books:
+                book.close()
+            return None
 
-            if book.due(config.log_every):
-                q_mc = None
-                if "critic_loss" in metrics and book.mc_size:
-                    with torch.no_grad():
-                        q_mc = algorithm.q_values(book.mc_batch["observations"], book.mc_batch["actions"])
-                if book.log_train({k: to_float(v) for k, v in metrics.items()}, book.loss_window, q_mc):
-                    break
-
-            if book.due(config.eval_every):
-                score = book.log_eval(evaluate(algorithm, book.envs, book.obs_mean, book.obs_std, seed=book.eval_seed))
-                bar.set_postfix(score=f"{score:.1f}")
-
-            if book.step % config.checkpoint_every == 0 and book.step < config.total_steps:
-                book.save_checkpoint(algorithm.state_dict(), sampler.state_dict(), book.loss_window)
-        return book.finish(algorithm.state_dict(), sampler.state_dict(), book.loss_window)
+        learner, sampler, run_extra, desc = _learner(agents, books, original, compile)
+        schedule = build_schedule(sampler, agents[0].config.batch_size, first.total_steps)
+        for member, state in enumerate(states):
+            if state is not None:
+                load_stage_states(schedule, member, [state["sampler"], *state.get("stages", [])])
+        if states[0] is not None:
+            restore_rng(states[0], device)  # saved together: every member's copy is the same
+        for book in books:
+            book.write_config(**run_extra)
+            book.open_log()
+        return fit(learner, books, schedule, desc=desc, progress=first.progress)
+    except Exception as exc:
+        for index, (config, run_dir) in enumerate(zip(configs, run_dirs)):
+            if index >= len(books) or not books[index].done:
+                record_failure(run_dir, config, exc, started)
+        raise
     finally:
-        bar.close()
-        book.close()
+        for book in books:
+            book.close()
+
+
+def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compile: bool | str):
+    """(learner, offline sampler, extra config.json fields, progress-bar label) for the runs."""
+    from .engine.learners import AgentLearner, PopulationLearner
+
+    first = books[0]
+    if len(agents) == 1:
+        sampler = TransitionSampler(first.dataset, first.device, obs_mean=first.obs_mean, obs_std=first.obs_std,
+                                    reward_scale=first.reward_scale, seed=first.config.seed)
+        return AgentLearner(agents[0]), sampler, {}, first.config.run_id
+    from .data.views import DatasetView, PopulationSampler
+    from .engine.population import population_class
+
+    population = population_class(first.config.algo)(agents, compile=compile)
+    views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
+    sampler = PopulationSampler(original, views, [book.config.seed for book in books], first.device)
+    members = [book.config.run_id for book in books]
+    extra = {"population": {"size": len(books), "members": members, "compile": population.compile_mode}}
+    return PopulationLearner(population), sampler, extra, f"{first.config.algo} x{len(books)} {first.config.dataset}"
+
+
+def build_schedule(sampler: Any, batch_size: int, total_steps: int) -> Schedule:
+    """The stages of a run: today one, offline gradient steps from its sampler up to total_steps."""
+    return [(OfflineStage(sampler, batch_size), total_steps)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def population_key(config: TrainConfig) -> str | None:
     """Configs with equal keys can train as one population (``train_population``); None if
     this one cannot: its algorithm has no population, or a corruption is not a view of the
     base dataset (observation, action or dynamics corruptions)."""
-    from .population import is_view_corruption, population_class
+    from .engine.population import population_class
 
     if population_class(config.algo) is None or not all(is_view_corruption(spec) for spec in config.extra_corruptions):
         return None
@@ -592,9 +592,10 @@ def population_key(config: TrainConfig) -> str | None:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def train_population(configs: list[TrainConfig], *, compile: bool | str = False, resume: bool = True) -> dict[str, dict[str, Any]]:
+def train_population(configs: list[TrainConfig], *, compile: bool | str = False, resume: bool = True, lock_wait_s: float = 0.0,
+                     on_progress: ProgressCallback | None = None) -> dict[str, dict[str, Any]]:
     """Train runs that differ only in seed and corruption as ONE population (stacked,
-    vmapped parameters on one device-resident base dataset; see ``population.py``).
+    vmapped parameters on one device-resident base dataset; see ``engine.population``).
 
     Each member writes its own run directory exactly as ``train`` would (config.json,
     metrics.jsonl, checkpoints in the single-run format, summary.json), so a member can be
@@ -611,157 +612,29 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
                          f"{', '.join(POPULATION_FREE_FIELDS)} (and only view corruptions)")
     if len({config.run_id for config in configs}) != len(configs):
         raise ValueError("a population's configs must be distinct runs (two have the same run id)")
+    one_by_one = dict(resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
     summaries: dict[str, dict[str, Any]] = {}
     todo = []
     for config in configs:
-        finished = _finished_summary(Path(config.results_dir) / config.run_id, config, resume)
+        finished = finished_summary_for(Path(config.results_dir) / config.run_id, config, resume)
         if finished is not None:
             summaries[config.run_id] = finished
         else:
             todo.append(config)
     if len(todo) <= 1:
-        return {**summaries, **{config.run_id: train(config, resume=resume) for config in todo}}
+        return {**summaries, **{config.run_id: train(config, **one_by_one) for config in todo}}
+    run_dirs = [Path(config.results_dir) / config.run_id for config in todo]
     with contextlib.ExitStack() as locks:
-        for config in todo:
-            run_dir = Path(config.results_dir) / config.run_id
+        for run_dir in run_dirs:
             run_dir.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(run_lock(run_dir))
-        trained = _train_population_locked(todo, compile=compile, resume=resume)
+            locks.enter_context(run_lock(run_dir, lock_wait_s))
+        trained = _train_locked(todo, run_dirs, resume=resume, compile=compile, on_progress=on_progress)
     if trained is None:  # members at different steps: one by one (each takes its own lock)
-        trained = {config.run_id: train(config, resume=resume) for config in todo}
+        trained = {config.run_id: train(config, **one_by_one) for config in todo}
     return {**summaries, **trained}
 
 
-def _train_population_locked(todo: list[TrainConfig], *, compile: bool | str, resume: bool) -> dict[str, dict[str, Any]] | None:
-    """``train_population`` for unfinished members whose run locks are held; None if they
-    are not all at the same step."""
-    from .population import DatasetView, PopulationSampler, population_class
-
-    summaries: dict[str, dict[str, Any]] = {}
-    first = todo[0]
-    device = resolve_device(first.device)
-    if first.threads:
-        torch.set_num_threads(first.threads)
-    started = time.time()
-    books: list[RunBook] = []
-    try:
-        agents, states, original = [], [], None
-        for config in todo:
-            run_dir = Path(config.results_dir) / config.run_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            original, dataset, records = prepare_dataset(config, original)  # the base dataset is loaded once
-            agent = build_algorithm(config, dataset, device)
-            book = RunBook(config, run_dir, device, original, dataset, records, agent.config, started)
-            books.append(book)
-            state = book.resume_state(resume)
-            if state is not None:
-                agent.load_state_dict(state["algorithm"])
-            agents.append(agent)
-            states.append(state)
-        if len({book.step for book in books}) != 1:
-            for book in books:
-                book.close()
-            return None
-
-        population = population_class(first.algo)(agents, compile=compile)
-        del agents  # the population holds its own (stacked) copies
-        views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
-        sampler = PopulationSampler(original, views, [config.seed for config in todo], device)
-        for generator, state in zip(sampler.generators, states):
-            if state is not None:
-                generator.set_state(state["sampler"]["generator"])
-        if states[0] is not None:
-            _restore_rng(states[0], device)  # saved together: every member's copy is the same
-        members = [config.run_id for config in todo]
-        for book in books:
-            book.write_config(population={"size": len(books), "members": members, "compile": population.compile_mode})
-            book.open_log()
-        summaries.update(_population_loop(population, sampler, books, desc=f"{first.algo} x{len(books)} {first.dataset}", progress=first.progress))
-        return summaries
-    except Exception as exc:
-        for book in books:
-            if not book.done:
-                book.close()
-                record_failure(book.run_dir, book.config, exc, started)
-        raise
-
-
-def _population_loop(population, sampler, books: list[RunBook], *, desc: str, progress: bool) -> dict[str, dict[str, Any]]:
-    """The hot loop of ``train_population``: one vmapped step for all, bookkeeping per member."""
-    from tqdm import tqdm
-
-    config = books[0].config  # the schedule fields are shared by every member
-    window = config.loss_variance_window
-    loss_window = torch.stack([book.loss_window for book in books])  # (P, window)
-    has_critic_loss = "critic_loss" in population.metric_names
-    generator_state = lambda agent: {"generator": sampler.generators[agent].get_state()}  # noqa: E731 - TransitionSampler's format
-    active = list(range(len(books)))
-    summaries: dict[str, dict[str, Any]] = {}
-    step = books[0].step
-    bar = tqdm(total=config.total_steps, initial=step, desc=desc, disable=not progress, mininterval=2, leave=False)
-    try:
-        while step < config.total_steps and active:
-            metrics = population.train_step(sampler)
-            if has_critic_loss:
-                loss_window[:, step % window] = metrics["critic_loss"]
-            step += 1
-            for agent in active:
-                books[agent].step = step
-            bar.update(1)
-
-            if books[active[0]].due(config.log_every):
-                table = metrics.stacked.T.tolist()  # one host sync for every member's metrics
-                for agent in list(active):
-                    book = books[agent]
-                    q_mc = None
-                    if has_critic_loss and book.mc_size:
-                        q_mc = population.agent_q_values(agent, book.mc_batch["observations"], book.mc_batch["actions"])
-                    if book.log_train(dict(zip(metrics.names, table[agent])), loss_window[agent], q_mc):
-                        active.remove(agent)
-                        summaries[book.config.run_id] = book.finish(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
-            if not active:
-                break
-
-            if books[active[0]].due(config.eval_every):
-                for agent, returns in zip(active, evaluate_population(population, [books[a] for a in active], active)):
-                    books[agent].log_eval(returns)
-                bar.set_postfix(top=f"{max(books[a].evals[-1] for a in active):.1f}")
-
-            if step % config.checkpoint_every == 0 and step < config.total_steps:
-                for agent in active:
-                    books[agent].save_checkpoint(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
-        for agent in active:
-            summaries[books[agent].config.run_id] = books[agent].finish(population.member(agent).state_dict(), generator_state(agent), loss_window[agent].clone())
-        return summaries
-    finally:
-        bar.close()
-
-
-def evaluate_population(population, books: list[RunBook], agents: list[int]) -> list[list[float]]:
-    """Returns of ``agents``' deterministic policies, all their envs stepped together and
-    every agent's actions from one vmapped actor call per env step. Each agent sees its own
-    envs, reset seeds and observation normalisation, as in its single run."""
-    num_agents, obs_dim = population.num_agents, population.obs_dim
-    episodes = len(books[0].envs)
-    mean = np.zeros((num_agents, 1, obs_dim), dtype=np.float32)
-    std = np.ones((num_agents, 1, obs_dim), dtype=np.float32)
-    for agent, book in zip(agents, books):
-        if book.obs_mean is not None:
-            mean[agent, 0], std[agent, 0] = book.obs_mean, book.obs_std
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        full = np.zeros((num_agents, episodes, obs_dim), dtype=np.float32)  # agents not evaluated act on zeros
-        full[agents] = obs.reshape(len(agents), episodes, obs_dim)
-        actions = population.act((full - mean) / std)
-        return actions[agents].reshape(len(agents) * episodes, -1).cpu().numpy()
-
-    envs = [env for book in books for env in book.envs]
-    seeds = [book.eval_seed + i for book in books for i in range(episodes)]
-    returns = episode_returns(envs, policy, seeds)
-    return [returns[k * episodes:(k + 1) * episodes] for k in range(len(agents))]
-
-
-def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -770,7 +643,7 @@ def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
 def _check_same_data(run_dir: Path, dataset_checksum: str) -> None:
     """A checkpoint may only be resumed on the very data it was trained on: a dataset id can
     come to mean other data (a regenerated dataset, a replaced local file)."""
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     if not path.exists():
         return
     recorded = json.loads(path.read_text()).get("dataset_checksum")

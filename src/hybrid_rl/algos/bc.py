@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .networks import DeterministicPolicy
+from ..networks import DeterministicPolicy
 
 REWARD_SCALINGS = ("none", "iql")
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .sac import q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
@@ -196,6 +196,42 @@ def cql_critic_loss(
     }
 
 
+def cql_losses(
+    actor: TanhGaussianPolicy,
+    critic: QFunction,
+    target_critic: QFunction,
+    log_alpha: torch.Tensor,
+    batch: Batch,
+    cfg: CQLConfig,
+    target_entropy: float,
+    *,
+    critic_for_actor: QFunction | None = None,
+    actor_for_critic: TanhGaussianPolicy | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Metrics]:
+    """The three CQL losses of one step (temperature, actor, critic) and their diagnostics.
+
+    All use the parameters from the start of the step (as CORL does): the SAC actor loss
+    (eq. 7 of SAC) through the critic, the temperature loss from its log-probabilities, the
+    Bellman target from the target critics at pi(s'), and the CQL(H) critic loss with
+    proposals from the actor. Random draws happen in that order. ``critic_for_actor`` and
+    ``actor_for_critic`` (default: ``critic`` and ``actor``) are the copies the actor loss
+    and the critic loss see of the other network; a population passes detached copies so
+    that the gradient of the summed losses is each network's own. Shared by ``CQL.update``
+    and the vmapped population so the wiring exists once.
+    """
+    critic_for_actor = critic if critic_for_actor is None else critic_for_actor
+    actor_for_critic = actor if actor_for_critic is None else actor_for_critic
+    alpha = log_alpha.exp().detach()
+    actor_loss, actor_metrics = sac_actor_loss(critic_for_actor, actor, batch["observations"], alpha)
+    alpha_loss = temperature_loss(log_alpha, actor_metrics.pop("log_prob"), target_entropy)
+    target = sac_target(target_critic, actor_for_critic, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
+    critic_loss, critic_metrics = cql_critic_loss(
+        critic, actor_for_critic, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+    )
+    metrics = {**critic_metrics, **actor_metrics, "alpha": alpha, "alpha_loss": alpha_loss.detach()}
+    return alpha_loss, actor_loss, critic_loss, metrics
+
+
 # ---------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------
@@ -226,31 +262,18 @@ class CQL(Algorithm):
         }
 
     def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
-        alpha = self.log_alpha.exp().detach()
-        actor_loss, actor_metrics = sac_actor_loss(self.critic, self.actor, batch["observations"], alpha)
-        alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
-        target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
-        critic_loss, critic_metrics = cql_critic_loss(
-            self.critic, self.actor, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+        alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
+            self.actor, self.critic, self.target_critic, self.log_alpha, batch, self.config, self.target_entropy
         )
-
         step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
         # The actor step must come before the critic step: the actor loss backpropagates
         # through the critic, whose parameters the critic step changes in place. The critic
         # gradients this leaves behind are cleared by the critic step's zero_grad.
         actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
         critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-        soft_update(self.target_critic, self.critic, cfg.tau)
+        soft_update(self.target_critic, self.critic, self.config.tau)
         self.total_updates += 1
-        return {
-            **critic_metrics,
-            **actor_metrics,
-            "alpha": alpha,
-            "alpha_loss": alpha_loss.detach(),
-            "grad_norm_critic": critic_grad,
-            "grad_norm_actor": actor_grad,
-        }
+        return {**metrics, "grad_norm_critic": critic_grad, "grad_norm_actor": actor_grad}
 
     @torch.no_grad()
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
+from ..networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
 

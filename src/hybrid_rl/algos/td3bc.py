@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .networks import DeterministicPolicy, EnsembleCritic, soft_update
+from ..networks import DeterministicPolicy, EnsembleCritic, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)

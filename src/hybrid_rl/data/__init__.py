@@ -10,16 +10,18 @@ from .corruption import (
     replace_rewards,
     spec_from_record,
 )
-from .dataset import OfflineDataset, ReplayBuffer, TransitionSampler, concatenate_datasets
+from .dataset import OfflineDataset, TransitionSampler, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .loader import known_dataset_ids, load_dataset, make_env, make_vector_env
 from .refs import normalized_score
+from .replay import DeviceReplayBuffer, ReplayBuffer
 
 __all__ = [
     "CORRUPTION_KINDS",
     "DatasetEnvMismatchError",
     "DatasetFileError",
     "DatasetUnavailableError",
+    "DeviceReplayBuffer",
     "HybridRLError",
     "MissingDependencyError",
     "OfflineDataset",

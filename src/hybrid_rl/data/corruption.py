@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dataset import OfflineDataset
+from .dataset import OfflineDataset, trajectory_bounds, trajectory_rows
 
 # Beyond this many changed transitions a record stores the count and a hash of the index
 # array instead of the list (a 1M-transition dataset at rate 0.3 would be a 2 MB record).
@@ -159,6 +159,19 @@ def remove_top_k_trajectories(dataset: OfflineDataset, k: float) -> tuple[Offlin
         return _derive(dataset, record), record
     out = dataset.select_trajectories(kept)
     return _derive(out, record), record
+
+
+def kept_rows(terminals: np.ndarray, timeouts: np.ndarray, record: Mapping[str, Any]) -> np.ndarray:
+    """The rows of its input that a ``remove_top_k`` record keeps, in file order.
+
+    ``terminals``/``timeouts`` are the end flags of the dataset the removal was applied to;
+    the rows are those ``remove_top_k_trajectories`` keeps (whole trajectories, through
+    ``OfflineDataset.select_trajectories``' row selection). A population uses them to express
+    a member's dataset as rows of the shared base dataset (``data.views.DatasetView``).
+    """
+    bounds = trajectory_bounds(terminals, timeouts)
+    removed = np.asarray(record.get("removed_trajectory_indices", []), dtype=np.int64)
+    return trajectory_rows(bounds, np.setdiff1d(np.arange(len(bounds)), removed))
 
 
 # ---------------------------------------------------------------------------------------

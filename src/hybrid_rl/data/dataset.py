@@ -1,4 +1,4 @@
-"""OfflineDataset (D4RL-layout arrays + trajectory boundaries) and the online ReplayBuffer.
+"""OfflineDataset (D4RL-layout arrays + trajectory boundaries) and its device-resident sampler.
 
 Conventions (those of D4RL and its ``qlearning_dataset``):
 - Arrays are aligned by transition index ``i``: ``observations[i]``, ``actions[i]``,
@@ -19,6 +19,22 @@ import numpy as np
 import torch
 
 ARRAY_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+def trajectory_bounds(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """``(num_trajectories, 2)`` int64 [start, end) rows of the episodes that the end flags
+    delimit: an episode ends at a terminal or a timeout, and the rows after the last flag
+    form a trailing partial episode."""
+    ends = np.flatnonzero(np.logical_or(terminals, timeouts)) + 1
+    if len(ends) == 0 or ends[-1] != len(terminals):
+        ends = np.append(ends, len(terminals))
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.stack([starts, ends], axis=1).astype(np.int64)
+
+
+def trajectory_rows(bounds: np.ndarray, trajectory_indices: np.ndarray) -> np.ndarray:
+    """The rows of the given trajectories (``bounds`` as ``trajectory_bounds``), in the order given."""
+    return np.concatenate([np.arange(bounds[t, 0], bounds[t, 1]) for t in trajectory_indices]).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,11 +95,7 @@ class OfflineDataset:
     # --- trajectories ------------------------------------------------------------------
     def trajectory_bounds(self) -> np.ndarray:
         """``(num_trajectories, 2)`` int64 array of [start, end) transition index ranges."""
-        ends = np.flatnonzero(np.logical_or(self.terminals, self.timeouts)) + 1
-        if len(ends) == 0 or ends[-1] != len(self):
-            ends = np.append(ends, len(self))  # trailing partial trajectory
-        starts = np.concatenate([[0], ends[:-1]])
-        return np.stack([starts, ends], axis=1).astype(np.int64)
+        return trajectory_bounds(self.terminals, self.timeouts)
 
     @property
     def num_trajectories(self) -> int:
@@ -141,8 +153,7 @@ class OfflineDataset:
         keep = np.sort(np.asarray(trajectory_indices, dtype=np.int64))
         if len(keep) == 0:
             raise ValueError(f"selecting no trajectories from {self.name!r} leaves an empty dataset")
-        index = np.concatenate([np.arange(bounds[t, 0], bounds[t, 1]) for t in keep])
-        out = self.select_transitions(index, name=name)
+        out = self.select_transitions(trajectory_rows(bounds, keep), name=name)
         # Mark the end of every selected trajectory that had no end flag (only possible for
         # the original trailing partial one) unless it is still last.
         ends = np.cumsum(bounds[keep, 1] - bounds[keep, 0]) - 1
@@ -307,76 +318,9 @@ class TransitionSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
+    # The sampler of one run serves one member (the interface PopulationSampler shares).
+    def member_state_dict(self, member: int) -> dict[str, Any]:
+        return self.state_dict()
 
-# ---------------------------------------------------------------------------------------
-# Online data
-# ---------------------------------------------------------------------------------------
-class ReplayBuffer:
-    """Fixed-capacity FIFO buffer of transitions for online RL (SAC, Phase II fine-tuning).
-
-    Stores numpy arrays (cheap appends from vectorized envs); samples with a numpy Generator.
-    ``as_dataset()`` returns everything stored in insertion order as an OfflineDataset,
-    which is how the dataset factory turns SAC's buffer into a medium-replay dataset.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, *, seed: int = 0, info_dims: dict[str, int] | None = None) -> None:
-        if capacity <= 0:
-            raise ValueError(f"replay capacity must be positive, got {capacity}")
-        self.capacity = int(capacity)
-        self.observations = np.zeros((capacity, obs_dim), np.float32)
-        self.actions = np.zeros((capacity, act_dim), np.float32)
-        self.rewards = np.zeros(capacity, np.float32)
-        self.next_observations = np.zeros((capacity, obs_dim), np.float32)
-        self.terminals = np.zeros(capacity, bool)
-        self.timeouts = np.zeros(capacity, bool)
-        self.infos = {key: np.zeros((capacity, dim), np.float32) for key, dim in (info_dims or {}).items()}
-        self.position = 0  # next row to write
-        self.size = 0
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add_batch(self, obs, actions, rewards, next_obs, terminals, timeouts, infos: dict[str, np.ndarray] | None = None) -> None:
-        """Append a batch of transitions (e.g. one step of a vectorized env)."""
-        n = len(obs)
-        rows = (self.position + np.arange(n)) % self.capacity
-        self.observations[rows] = obs
-        self.actions[rows] = actions
-        self.rewards[rows] = rewards
-        self.next_observations[rows] = next_obs
-        self.terminals[rows] = terminals
-        self.timeouts[rows] = timeouts
-        for key, value in (infos or {}).items():
-            self.infos[key][rows] = value
-        self.position = int((self.position + n) % self.capacity)
-        self.size = int(min(self.size + n, self.capacity))
-
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        index = self.rng.integers(0, self.size, size=batch_size)
-        return {
-            "observations": self.observations[index],
-            "actions": self.actions[index],
-            "rewards": self.rewards[index],
-            "next_observations": self.next_observations[index],
-            "dones": self.terminals[index].astype(np.float32),
-        }
-
-    def _ordered_rows(self) -> np.ndarray:
-        if self.size < self.capacity:
-            return np.arange(self.size)
-        return (self.position + np.arange(self.capacity)) % self.capacity
-
-    def as_dataset(self, name: str, metadata: dict | None = None) -> OfflineDataset:
-        rows = self._ordered_rows()
-        return OfflineDataset(
-            observations=self.observations[rows],
-            actions=self.actions[rows],
-            rewards=self.rewards[rows],
-            next_observations=self.next_observations[rows],
-            terminals=self.terminals[rows],
-            timeouts=self.timeouts[rows],
-            name=name,
-            infos={key: value[rows] for key, value in self.infos.items()},
-            metadata=metadata or {},
-        )
+    def load_member_state_dict(self, member: int, state: dict[str, Any]) -> None:
+        self.load_state_dict(state)

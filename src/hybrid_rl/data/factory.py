@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_torch_save, sha256_of_file
-from .behavior import EPISODE_LIMIT, FACTORY_ROBOTS, make_robot_env, read_progress, MEDIUM_TARGET_RANGE
+from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, make_robot_env, read_progress
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .refs import GYM_ENV_IDS, normalized_score
-from ..algos.networks import TanhGaussianPolicy
+from ..networks import TanhGaussianPolicy
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 POLICY_VERSION = "v0"
@@ -216,7 +216,7 @@ def stochastic_actor_policy(actor: TanhGaussianPolicy, seed: int) -> PolicyFn:
         noise = torch.randn(mean.shape, generator=generator)
         pre_tanh = mean + log_std.exp() * noise
         log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(pre_tanh).sum(-1)
-        from ..algos.networks import tanh_log_det_jacobian
+        from ..networks import tanh_log_det_jacobian
 
         log_prob = log_prob - tanh_log_det_jacobian(pre_tanh).sum(-1)
         return torch.tanh(pre_tanh).numpy(), log_prob.numpy()

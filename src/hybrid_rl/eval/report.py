@@ -29,9 +29,9 @@ import numpy as np
 
 from ..data.refs import PUBLISHED_SCORES
 from ..fileio import atomic_write_text
+from ..run_format import FAILED, IN_PROGRESS
 from .plotting import algo_display_name, plot_all, safe_name
 from .runs import (
-    IN_PROGRESS,
     CorruptionLevel,
     ResultsDirError,
     RunRecord,
@@ -116,7 +116,7 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
             seeds=tuple(r.seed for r in results),
             n_diverged=sum(r.diverged for r in results),
             n_no_score=sum(not math.isfinite(s) for s in scores),
-            n_failed=sum(r.status == "failed" for r in group),
+            n_failed=sum(r.status == FAILED for r in group),
             n_in_progress=sum(r.status == IN_PROGRESS for r in group),
             mean=estimates["mean"],
             iqm=estimates["iqm"],
@@ -415,7 +415,7 @@ def _status_sections(runs: Sequence[RunRecord], early_failures: Sequence[Mapping
             total = f"/{r.total_steps}" if r.total_steps else ""
             lines.append(f"- `{r.run_id}`: step {r.last_step}{total}")
         lines.append("")
-    failed = [r for r in runs if r.status == "failed"]
+    failed = [r for r in runs if r.status == FAILED]
     if failed or early_failures:
         lines += ["## Failed", "",
                   "Crashed runs (errors, not results): never in the scores or figures; one that wrote its "
@@ -518,5 +518,5 @@ def build_report(results_dir: str | Path, plots_dir: str | Path, *, reps: int = 
         "files": [str(p) for p in files],
         "n_runs": len(runs) + len(early_failures),
         "in_progress": [r.run_id for r in runs if r.status == IN_PROGRESS],
-        "failed": sorted([r.run_id for r in runs if r.status == "failed"] + [f["run_id"] for f in early_failures]),
+        "failed": sorted([r.run_id for r in runs if r.status == FAILED] + [f["run_id"] for f in early_failures]),
     }

@@ -21,13 +21,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import HybridRLError
+from ..run_format import (COMPLETED, CONFIG_FILE, DIVERGED, FAILED, IN_PROGRESS, KNOWN_STATUSES, METRICS_FILE, RESULT_STATUSES,
+                          SUMMARY_FILE)
 from .stats import final_score
-
-RESULT_STATUSES = ("completed", "diverged")
-"""Statuses whose final score is a result (diverged runs are results, not errors)."""
-
-KNOWN_STATUSES = ("completed", "diverged", "failed")
-IN_PROGRESS = "in_progress"
 
 # Canonical order and label format of the built-in corruption parameters (top-level keys
 # of config["corruption"]); other numeric keys are shown as ``key=value`` after these.
@@ -200,7 +196,7 @@ class RunRecord:
     @property
     def diverged(self) -> bool:
         """True when the trainer stopped the run because it diverged."""
-        return self.status == "diverged"
+        return self.status == DIVERGED
 
     @property
     def diverged_at_step(self) -> int | None:
@@ -231,12 +227,12 @@ class RunRecord:
         finite evaluation at or before the divergence step, NaN if there was none. Failed
         and in-progress runs have no final score.
         """
-        if self.status == "diverged":
+        if self.status == DIVERGED:
             finite = np.isfinite(self.eval_scores)
             if self.diverged_at_step is not None:
                 finite &= self.eval_steps <= self.diverged_at_step
             return float(self.eval_scores[finite][-1]) if finite.any() else math.nan
-        if self.status == "completed":
+        if self.status == COMPLETED:
             value = (self.summary or {}).get("final_normalized_return")
             if _is_finite_number(value):
                 return float(value)
@@ -359,7 +355,7 @@ def _behavior_score(config: Mapping[str, Any], key: str) -> float:
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read one run directory (it must contain config.json)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise RunFormatError(f"{run_dir} has no config.json: it is not a run directory")
     config = read_json(config_path)
@@ -367,12 +363,12 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if missing:
         raise RunFormatError(f"{config_path} lacks required keys {missing}")
 
-    records, truncated = read_metrics(run_dir / "metrics.jsonl")
+    records, truncated = read_metrics(run_dir / METRICS_FILE)
     for record in records:
         if "step" not in record:
-            raise RunFormatError(f"{run_dir / 'metrics.jsonl'}: a record has no 'step': {record}")
+            raise RunFormatError(f"{run_dir / METRICS_FILE}: a record has no 'step': {record}")
 
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.exists() else None
     if summary is None:
         status = IN_PROGRESS
@@ -419,7 +415,7 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
     runs = [
         load_run(child)
         for child in sorted(results_dir.iterdir())
-        if child.is_dir() and (child / "config.json").exists()
+        if child.is_dir() and (child / CONFIG_FILE).exists()
     ]
     seen: dict[tuple, Path] = {}
     for run in runs:
@@ -457,11 +453,11 @@ def failed_before_start(results_dir: str | Path) -> list[dict[str, Any]]:
     results_dir = Path(results_dir)
     failures = []
     for child in sorted(results_dir.iterdir()) if results_dir.is_dir() else []:
-        summary_path = child / "summary.json"
-        if not child.is_dir() or (child / "config.json").exists() or not summary_path.exists():
+        summary_path = child / SUMMARY_FILE
+        if not child.is_dir() or (child / CONFIG_FILE).exists() or not summary_path.exists():
             continue
         summary = read_json(summary_path)
-        if summary.get("status") == "failed":
+        if summary.get("status") == FAILED:
             failures.append({"run_id": str(summary.get("run_id", child.name)),
                              "error": str(summary.get("error") or "no error message"),
                              "run_dir": child})

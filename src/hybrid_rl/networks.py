@@ -1,4 +1,7 @@
-"""Neural network building blocks shared by every algorithm.
+"""Neural network building blocks shared by every algorithm and by the dataset factory.
+
+Below both layers (it imports only torch), so ``data/`` can load and run the shipped
+behaviour policies without importing the algorithms.
 
 Shapes: observations ``(B, obs_dim)``, actions ``(B, act_dim)`` in [-1, 1], Q and V values
 ``(B,)``. Twin critics are an *ensemble* layer (one batched matmul for both heads) rather

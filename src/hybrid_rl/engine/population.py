@@ -6,25 +6,15 @@ processes each doing small matrix products, the P parameter sets are stacked alo
 leading agent dimension and every update is one vmapped call of the algorithm's pure loss
 functions (``torch.func``): the same math, P times wider kernels, one Python dispatch.
 
-Pieces:
+The data side (each run's view of the base dataset, the shared device-resident sampler) is
+``data.views``; the optimizer math on stacked tensors is ``engine.functional``. Here:
 
-``DatasetView``
-    One run's view of the base dataset: the base rows it keeps (in the order its own,
-    corrupted dataset has them), its reward array, its observation-normalisation statistics
-    and reward scale. Built from the corrupted dataset and its corruption records
-    (``DatasetView.from_corrupted``), which must be a view: only trajectory removal and
-    reward corruptions qualify.
-``PopulationSampler``
-    ONE device-resident copy of the base dataset plus per-run index sets and reward arrays
-    (concatenated, deduplicated). Each run draws its rows with its own ``torch.Generator``
-    seeded like the single-run ``TransitionSampler(seed=...)``, with the same call, so a
-    population member sees exactly the batches its single run would.
 ``IQLPopulation`` / ``CQLPopulation``
     Stacked parameters (``torch.func.stack_module_state``), the losses of ``algos/iql.py``
-    and ``algos/cql.py`` (reused, not rewritten) evaluated through ``functional_call`` +
-    ``grad`` + ``vmap`` over the agent dimension, one Adam over the stacked tensors (Adam is
-    elementwise, so agents stay independent), Polyak-averaged target critics and, for IQL,
-    the cosine actor-LR schedule of ``iql.IQL``. ``compile=True`` wraps the whole step
+    and ``algos/cql.py`` (``iql_losses`` / ``cql_losses``, the same wiring the single runs
+    use) evaluated through ``functional_call`` + ``grad`` + ``vmap`` over the agent
+    dimension, one Adam over the stacked tensors, Polyak-averaged target critics and, for
+    IQL, the cosine actor-LR schedule of ``iql.IQL``. ``compile=True`` wraps the whole step
     (batch gather, losses, gradients, Adam, Polyak) in ``torch.compile``, falling back to
     the eager vmapped step with a warning if compilation fails on this platform.
 
@@ -43,11 +33,8 @@ population is equivalent in distribution only (see ``CQLPopulation``).
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 import warnings
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -55,251 +42,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from .algos.base import Batch, Metrics
-from .algos.cql import CQL, CQLConfig, cql_critic_loss
-from .algos.iql import IQL, IQLConfig, iql_losses
-from .algos.sac import sac_actor_loss, sac_target, temperature_loss
-from .data.dataset import OfflineDataset
+from ..algos.base import Batch, Metrics
+from ..algos.cql import CQL, CQLConfig, cql_losses
+from ..algos.iql import IQL, IQLConfig, iql_losses
+from ..data.views import PopulationSampler
+from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
 
 Tensors = dict[str, torch.Tensor]
-
-BATCH_FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
-
-# Corruption kinds that only change rewards: the corrupted dataset is the base dataset's
-# rows with another reward array. corrupt_transitions is a view only with target "rewards".
-REWARD_ONLY_KINDS = ("reward_noise", "replace_rewards", "flip_reward_sign")
-
-
-def is_view_corruption(spec: Mapping[str, Any]) -> bool:
-    """Whether a corruption spec (or record) leaves a view of the base dataset: trajectory
-    removal or a change of rewards only. Others (observations, actions, dynamics) are not."""
-    kind = spec.get("kind")
-    return kind == "remove_top_k" or kind in REWARD_ONLY_KINDS or (kind == "corrupt_transitions" and spec.get("target") == "rewards")
-
-
-# ---------------------------------------------------------------------------------------
-# Data: one base dataset, per-run views
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class DatasetView:
-    """One run's dataset expressed as rows of a shared base dataset.
-
-    Attributes:
-        index: ``(n,)`` int64 rows of the base dataset, in the order the run's own dataset
-            holds them (sampling index ``i`` of the run means base row ``index[i]``).
-        rewards: ``(n,)`` float32 rewards of the run's dataset (corrupted, not yet scaled).
-        obs_mean, obs_std: ``(obs_dim,)`` float32 normalisation statistics of the run's own
-            dataset, or None for raw observations (as ``TransitionSampler``).
-        reward_scale, reward_bias: rewards enter the batch as ``rewards * scale + bias``.
-        name: for messages.
-    """
-
-    index: np.ndarray
-    rewards: np.ndarray
-    obs_mean: np.ndarray | None = None
-    obs_std: np.ndarray | None = None
-    reward_scale: float = 1.0
-    reward_bias: float = 0.0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.index.ndim != 1 or self.rewards.shape != self.index.shape:
-            raise ValueError(f"view {self.name!r}: index {self.index.shape} and rewards {self.rewards.shape} must both be (n,)")
-        if len(self.index) == 0:
-            raise ValueError(f"view {self.name!r} keeps no transitions")
-        if (self.obs_mean is None) != (self.obs_std is None):
-            raise ValueError(f"view {self.name!r}: give both obs_mean and obs_std, or neither")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @classmethod
-    def full(cls, base: OfflineDataset, *, normalize_observations: bool = False, reward_scale: float = 1.0, name: str = "") -> "DatasetView":
-        """The whole base dataset, uncorrupted."""
-        mean, std = base.observation_stats() if normalize_observations else (None, None)
-        return cls(np.arange(len(base), dtype=np.int64), base.rewards, mean, std, float(reward_scale), 0.0, name or base.name)
-
-    @classmethod
-    def from_corrupted(
-        cls,
-        base: OfflineDataset,
-        corrupted: OfflineDataset,
-        records: Sequence[Mapping[str, Any]],
-        *,
-        normalize_observations: bool = False,
-        reward_scale: float = 1.0,
-        verify: bool = True,
-        name: str = "",
-    ) -> "DatasetView":
-        """The view of ``base`` that ``corrupted`` is, from the corruption ``records``.
-
-        ``records`` are those of ``apply_corruptions(base, specs, seed)`` that produced
-        ``corrupted``. Top-k trajectory removal narrows the row index; reward corruptions
-        keep it (their rewards are taken from ``corrupted``). Corruptions of observations,
-        actions or dynamics are not views and raise ValueError. With ``verify`` the
-        non-reward fields of ``corrupted`` are compared with the base rows (a few
-        hundred ms for a 1M-transition dataset), so a wrong record can never pass silently.
-
-        Observation statistics (if ``normalize_observations``) come from ``corrupted``, as in
-        the trainer; ``reward_scale`` is the caller's (the trainer uses
-        ``corrupted.iql_reward_scale()`` when the config asks for "iql" scaling).
-        """
-        index = np.arange(len(base), dtype=np.int64)
-        ends = np.logical_or(base.terminals, base.timeouts)
-        for position, record in enumerate(records):
-            kind = record.get("kind")
-            if kind == "remove_top_k":
-                removed = np.asarray(record.get("removed_trajectory_indices", []), dtype=np.int64)
-                if len(removed) == 0:
-                    continue
-                # Trajectory bounds of the current view, as OfflineDataset.trajectory_bounds.
-                current_ends = np.flatnonzero(ends[index]) + 1
-                if len(current_ends) == 0 or current_ends[-1] != len(index):
-                    current_ends = np.append(current_ends, len(index))
-                starts = np.concatenate([[0], current_ends[:-1]])
-                keep = np.ones(len(index), dtype=bool)
-                for t in removed:
-                    keep[starts[t]:current_ends[t]] = False
-                index = index[keep]
-            elif is_view_corruption(record):
-                continue
-            else:
-                raise ValueError(
-                    f"corruption #{position} ({kind!r}{', target ' + repr(record.get('target')) if 'target' in record else ''}) "
-                    "changes more than rewards, so that run's dataset is not a view of the base dataset; "
-                    "train it with its own TransitionSampler"
-                )
-        label = name or corrupted.name
-        if len(index) != len(corrupted):
-            raise ValueError(f"view {label!r}: the records keep {len(index)} transitions but the corrupted dataset has {len(corrupted)}")
-        if verify:
-            for key in ("observations", "actions", "next_observations", "terminals"):
-                if not np.array_equal(getattr(base, key)[index], getattr(corrupted, key)):
-                    raise ValueError(f"view {label!r}: '{key}' of the corrupted dataset differs from the base rows the records select")
-        mean, std = corrupted.observation_stats() if normalize_observations else (None, None)
-        return cls(index, np.asarray(corrupted.rewards, dtype=np.float32), mean, std, float(reward_scale), 0.0, label)
-
-    @classmethod
-    def for_run(cls, base: OfflineDataset, corrupted: OfflineDataset, records: Sequence[Mapping[str, Any]], algo_config: Any, **kwargs: Any) -> "DatasetView":
-        """``from_corrupted`` with the preprocessing an algorithm config asks for (as ``train.py``)."""
-        scale = corrupted.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
-        return cls.from_corrupted(
-            base, corrupted, records, normalize_observations=bool(getattr(algo_config, "normalize_observations", False)), reward_scale=scale, **kwargs
-        )
-
-
-def _digest(array: np.ndarray) -> str:
-    array = np.ascontiguousarray(array)
-    return hashlib.blake2b(array.tobytes() + str((array.dtype, array.shape)).encode(), digest_size=16).hexdigest()
-
-
-class PopulationSampler:
-    """Uniform minibatches for P runs from one device-resident base dataset.
-
-    Device memory: the base arrays once (observations and next observations raw; each
-    run's normalisation is applied to the gathered batch, which gives the same float32
-    values as normalising the whole array first), plus one int64 index set and one float32
-    reward array per *distinct* view (runs with equal index sets or rewards share them).
-
-    Sampling for run k is ``torch.randint(n_k, (B,), generator=g_k)`` with ``g_k`` seeded
-    by ``seeds[k]``: the call ``TransitionSampler(dataset_k, seed=seeds[k]).sample(B)``
-    makes, so the batches are identical to the single run's.
-
-    ``sample_indices`` (eager: P generator calls) and ``gather`` (pure tensor code, safe to
-    compile) are separate so a compiled step can include the gather.
-    """
-
-    def __init__(self, base: OfflineDataset, views: Sequence[DatasetView], seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
-        if len(views) == 0 or len(views) != len(seeds):
-            raise ValueError(f"need one seed per view, got {len(views)} views and {len(seeds)} seeds")
-        self.device = torch.device(device)
-        self.num_agents = len(views)
-        self.base_size = len(base)
-        for view in views:
-            if view.index.min() < 0 or view.index.max() >= len(base):
-                raise ValueError(f"view {view.name!r} indexes rows outside the base dataset ({len(base)} rows)")
-        to = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa: E731
-        self.base: Tensors = {
-            "observations": to(base.observations),
-            "actions": to(base.actions),
-            "next_observations": to(base.next_observations),
-            "dones": to(base.terminals.astype(np.float32)),  # true terminals only, as TransitionSampler
-        }
-        # Deduplicated segments, concatenated: run k's index set is
-        # flat_index[index_offsets[k] : index_offsets[k] + sizes[k]].
-        index_segments: dict[str, int] = {}
-        reward_segments: dict[str, int] = {}
-        flat_index: list[np.ndarray] = []
-        flat_rewards: list[np.ndarray] = []
-        index_offsets, reward_offsets = [], []
-        for view in views:
-            key = _digest(view.index)
-            if key not in index_segments:
-                index_segments[key] = sum(len(a) for a in flat_index)
-                flat_index.append(view.index.astype(np.int64))
-            index_offsets.append(index_segments[key])
-            # Scaled on the host in float32, exactly as TransitionSampler does it.
-            rewards = np.asarray(view.rewards * view.reward_scale + view.reward_bias, dtype=np.float32)
-            key = _digest(rewards)
-            if key not in reward_segments:
-                reward_segments[key] = sum(len(a) for a in flat_rewards)
-                flat_rewards.append(rewards)
-            reward_offsets.append(reward_segments[key])
-        self.num_index_sets, self.num_reward_arrays = len(flat_index), len(flat_rewards)
-        self.flat_index = to(np.concatenate(flat_index), torch.int64)
-        self.flat_rewards = to(np.concatenate(flat_rewards))
-        self.index_offsets = to(index_offsets, torch.int64).unsqueeze(1)  # (P, 1)
-        self.reward_offsets = to(reward_offsets, torch.int64).unsqueeze(1)  # (P, 1)
-        self.sizes = [len(view) for view in views]
-        obs_dim = base.obs_dim
-        # Runs without normalisation get mean 0, std 1: (x - 0) / 1 == x exactly.
-        self.obs_mean = to(np.stack([view.obs_mean if view.obs_mean is not None else np.zeros(obs_dim, np.float32) for view in views])).unsqueeze(1)
-        self.obs_std = to(np.stack([view.obs_std if view.obs_std is not None else np.ones(obs_dim, np.float32) for view in views])).unsqueeze(1)
-        self.seeds = [int(seed) for seed in seeds]
-        self.generators = []
-        for seed in self.seeds:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
-            self.generators.append(generator)
-
-    def sample_indices(self, batch_size: int) -> torch.Tensor:
-        """``(P, batch_size)`` int64 rows of each run's own dataset (not base rows)."""
-        return torch.stack(
-            [torch.randint(size, (batch_size,), device=self.device, generator=generator) for size, generator in zip(self.sizes, self.generators)]
-        )
-
-    def gather(self, rows: torch.Tensor) -> Batch:
-        """The batch for ``rows`` ``(P, B)``: observations/next_observations ``(P, B, obs_dim)``
-        (normalised per run), actions ``(P, B, act_dim)``, rewards and dones ``(P, B)``."""
-        base_rows = self.flat_index[rows + self.index_offsets]
-        return {
-            "observations": (self.base["observations"][base_rows] - self.obs_mean) / self.obs_std,
-            "actions": self.base["actions"][base_rows],
-            "rewards": self.flat_rewards[rows + self.reward_offsets],
-            "next_observations": (self.base["next_observations"][base_rows] - self.obs_mean) / self.obs_std,
-            "dones": self.base["dones"][base_rows],
-        }
-
-    def sample(self, batch_size: int) -> Batch:
-        return self.gather(self.sample_indices(batch_size))
-
-    def static_tensors(self) -> list[torch.Tensor]:
-        """The tensors a compiled step reads every call (none of them changes address)."""
-        return [*self.base.values(), self.flat_index, self.flat_rewards, self.index_offsets, self.reward_offsets, self.obs_mean, self.obs_std]
-
-    def device_bytes(self) -> int:
-        """Bytes of device memory the sampler holds (base arrays + index sets + rewards + stats)."""
-        tensors = [*self.base.values(), self.flat_index, self.flat_rewards, self.obs_mean, self.obs_std]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generators": [generator.get_state() for generator in self.generators], "seeds": list(self.seeds)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["seeds"]) != self.seeds:
-            raise ValueError(f"sampler state was saved for seeds {state['seeds']}, this sampler has {self.seeds}")
-        for generator, generator_state in zip(self.generators, state["generators"]):
-            generator.set_state(generator_state)
 
 
 class PopulationMetrics(Mapping[str, torch.Tensor]):
@@ -327,52 +76,6 @@ class PopulationMetrics(Mapping[str, torch.Tensor]):
     def agent(self, index: int) -> dict[str, float]:
         """Agent ``index``'s metrics as Python floats (one host sync for all of them)."""
         return dict(zip(self.names, self.stacked[:, index].tolist()))
-
-
-# ---------------------------------------------------------------------------------------
-# Schedules and Adam as device-tensor math
-# ---------------------------------------------------------------------------------------
-def cosine_lr_table(base_lr: float, max_steps: int) -> np.ndarray:
-    """``(max_steps + 1,)`` float64: the LR ``CosineAnnealingLR(T_max=max_steps, eta_min=0)``
-    sets after 0, 1, ..., max_steps scheduler steps.
-
-    The scheduler computes each LR recursively from the previous one (its "chainable" form,
-    not the closed form); this loop repeats that arithmetic in the same order, so the values
-    are bit-identical to what ``iql.IQL``'s optimizer uses.
-    """
-    table = np.empty(max_steps + 1, dtype=np.float64)
-    lr = float(base_lr)
-    table[0] = lr
-    for epoch in range(1, max_steps + 1):
-        lr = (1 + math.cos(math.pi * epoch / max_steps)) / (1 + math.cos(math.pi * (epoch - 1) / max_steps)) * (lr - 0.0) + 0.0
-        table[epoch] = lr
-    return table
-
-
-@dataclass
-class _ParamGroup:
-    """Stacked parameters optimised by one Adam with one learning rate (a table or a constant)."""
-
-    name: str
-    keys: list[str]  # names in the stacked parameter dict, in the module's parameter order
-    lr: float
-    lr_table: torch.Tensor | None  # (T + 1,) float64, indexed by min(step, T); None: constant lr
-    betas: tuple[float, float]
-    eps: float
-
-
-def _adam_hyperparameters(optimizer: torch.optim.Optimizer, what: str) -> tuple[float, tuple[float, float], float]:
-    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
-        raise ValueError(f"{what}: populations implement plain Adam with one parameter group, got {optimizer!r}")
-    group = optimizer.param_groups[0]
-    if group["weight_decay"] or group["amsgrad"] or group.get("maximize") or group.get("decoupled_weight_decay"):
-        raise ValueError(f"{what}: weight decay, AMSGrad and maximize are not implemented for populations")
-    return float(group["initial_lr"] if "initial_lr" in group else group["lr"]), tuple(group["betas"]), float(group["eps"])
-
-
-def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L2 norm over all tensors, computed as ``networks.grad_norm`` does (norm of norms)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,7 +179,7 @@ class _Population:
     def _add_extra_state(self, agents: Sequence[Any]) -> None:
         """Trainable tensors that are not module parameters (CQL's log_alpha)."""
 
-    def _param_groups(self) -> list[_ParamGroup]:  # pragma: no cover - subclasses
+    def _param_groups(self) -> list[ParamGroup]:  # pragma: no cover - subclasses
         raise NotImplementedError
 
     def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
@@ -513,46 +216,15 @@ class _Population:
 
         grads, metrics = grad(loss, has_aux=True)(params)
         for group in self.groups:
-            metrics[f"grad_norm_{group.name}"] = _global_norm([grads[key] for key in group.keys])
+            metrics[f"grad_norm_{group.name}"] = global_norm([grads[key] for key in group.keys])
         return grads, metrics
 
-    @torch.no_grad()
     def _apply_adam(self, grads: Tensors) -> None:
-        """Adam (Kingma & Ba 2015, as torch.optim.Adam) on every stacked tensor, in place.
+        adam_step_(self.groups, self.params, grads, self.exp_avg, self.exp_avg_sq, self.step)
 
-        Elementwise, so each agent's slice follows exactly its own Adam. The step count and
-        learning rates are device tensors: nothing here waits for the host.
-        """
-        t = self.step.squeeze(0) + 1.0
-        for group in self.groups:
-            beta1, beta2 = group.betas
-            if group.lr_table is None:
-                lr: torch.Tensor | float = group.lr
-            else:
-                # index_select with a (1,) index tensor, not table[tensor]: a 0-d tensor used
-                # as an index is read back as a Python int (a host sync, a graph break).
-                position = torch.clamp(self.step, max=len(group.lr_table) - 1).long()
-                lr = group.lr_table.index_select(0, position).squeeze(0)
-            step_size = (lr / (1.0 - beta1**t)).float()
-            bias_correction2_sqrt = torch.sqrt(1.0 - beta2**t).float()
-            params = [self.params[key] for key in group.keys]
-            grad_list = [grads[key] for key in group.keys]
-            exp_avgs = [self.exp_avg[key] for key in group.keys]
-            exp_avg_sqs = [self.exp_avg_sq[key] for key in group.keys]
-            torch._foreach_lerp_(exp_avgs, grad_list, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grad_list, grad_list, value=1.0 - beta2)
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, bias_correction2_sqrt)
-            torch._foreach_add_(denom, group.eps)
-            updates = torch._foreach_div(exp_avgs, denom)
-            torch._foreach_mul_(updates, -step_size)
-            torch._foreach_add_(params, updates)
-
-    @torch.no_grad()
     def _apply_polyak(self) -> None:
         pairs = self._polyak_pairs()
-        torch._foreach_lerp_([self.frozen[t] for t, _ in pairs], [self.params[s] for _, s in pairs], self.config.tau)
+        polyak_([self.frozen[t] for t, _ in pairs], [self.params[s] for _, s in pairs], self.config.tau)
 
     def _update_impl(self, batch: Batch) -> torch.Tensor:
         """One update of every agent on ``batch`` (``(P, B, ...)`` tensors); returns the
@@ -833,15 +505,15 @@ class IQLPopulation(_Population):
     def _trainable_networks(self) -> list[str]:
         return ["value", "critic", "actor"]
 
-    def _param_groups(self) -> list[_ParamGroup]:
+    def _param_groups(self) -> list[ParamGroup]:
         template: IQL = self._template
         groups = []
         for network in ("value", "critic", "actor"):
-            lr, betas, eps = _adam_hyperparameters(template.optimizers[network], f"IQL {network} optimizer")
+            lr, betas, eps = adam_hyperparameters(template.optimizers[network], f"IQL {network} optimizer")
             table = None
             if network == "actor":
                 table = torch.as_tensor(cosine_lr_table(lr, self.config.max_steps), dtype=torch.float64, device=self.device)
-            groups.append(_ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
+            groups.append(ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
         return groups
 
     def _loss_module(self) -> _LossModule:
@@ -885,16 +557,10 @@ class _CQLLosses(_LossModule):
         self.frozen_critic = _meta_copy(template.critic)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        cfg = self.config
-        log_alpha = self.alpha.log_alpha
-        alpha = log_alpha.exp().detach()
-        actor_loss, actor_metrics = sac_actor_loss(self.frozen_critic, self.actor, batch["observations"], alpha)
-        alpha_loss = temperature_loss(log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
-        target = sac_target(self.target_critic, self.frozen_actor, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
-        critic_loss, critic_metrics = cql_critic_loss(
-            self.critic, self.frozen_actor, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+        alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
+            self.actor, self.critic, self.target_critic, self.alpha.log_alpha, batch, self.config, self.target_entropy,
+            critic_for_actor=self.frozen_critic, actor_for_critic=self.frozen_actor,
         )
-        metrics = {**critic_metrics, **actor_metrics, "alpha": alpha, "alpha_loss": alpha_loss.detach()}
         return alpha_loss + actor_loss + critic_loss, metrics
 
 
@@ -922,12 +588,12 @@ class CQLPopulation(_Population):
         self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
         self.network_keys["alpha"] = ["alpha.log_alpha"]
 
-    def _param_groups(self) -> list[_ParamGroup]:
+    def _param_groups(self) -> list[ParamGroup]:
         template: CQL = self._template
         groups = []
         for name in ("alpha", "actor", "critic"):
-            lr, betas, eps = _adam_hyperparameters(template.optimizers[name], f"CQL {name} optimizer")
-            groups.append(_ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
+            lr, betas, eps = adam_hyperparameters(template.optimizers[name], f"CQL {name} optimizer")
+            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
         return groups
 
     def _loss_module(self) -> _LossModule:
@@ -953,14 +619,4 @@ def population_class(algo: str) -> type[_Population] | None:
     return POPULATIONS.get(algo)
 
 
-__all__ = [
-    "CQLPopulation",
-    "DatasetView",
-    "IQLPopulation",
-    "PopulationMetrics",
-    "PopulationSampler",
-    "cosine_lr_table",
-    "is_view_corruption",
-    "population_class",
-]
-
+__all__ = ["CQLPopulation", "IQLPopulation", "PopulationMetrics", "population_class"]

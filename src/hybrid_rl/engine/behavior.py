@@ -6,7 +6,8 @@ agent stopped at roughly one third of expert return, "expert" a fully trained on
 that training with the project's SAC, evaluates the *stochastic* policy (the one the data
 is collected with) every ``eval_every`` steps, and keeps an actor snapshot at each
 evaluation so the medium / expert policies and the replay schedule can be chosen
-afterwards (``select_and_ship``).
+afterwards (``data.factory.select_and_ship``). Training is the engine's job, so it lives
+here and not in ``data/``, which never imports the algorithms.
 
 Training is checkpointed (SAC state, replay buffer, RNG states) and resumes after an
 interruption. An interrupted episode is restarted, so a resumed training is a valid SAC
@@ -18,28 +19,16 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from ..algos.sac import SAC, SACConfig
+from ..data.replay import ReplayBuffer
+from ..data.refs import GYM_ENV_IDS, normalized_score
+from ..data.robots import make_robot_env
 from ..fileio import atomic_torch_save, atomic_write_text
 from ..rollouts import episode_returns
-from .dataset import ReplayBuffer
-from .envs import register_envs
-from .refs import GYM_ENV_IDS, normalized_score
-
-# Normalized-score windows of D4RL's medium data that a generated medium dataset should
-# land in (from the dataset-factory spec).
-MEDIUM_TARGET_RANGE: dict[str, tuple[float, float]] = {
-    "halfcheetah": (38.0, 45.0),
-    "hopper": (40.0, 60.0),
-    "walker2d": (55.0, 75.0),
-}
-FACTORY_ROBOTS = tuple(MEDIUM_TARGET_RANGE)
-EPISODE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -54,14 +43,6 @@ class BehaviorTrainingConfig:
     # 2x128 rather than SAC's 2x256: a third of the compute per update on a 2-core CPU,
     # and these policies only need to reach medium-to-good locomotion levels.
     sac: SACConfig = SACConfig(hidden=(128, 128))
-
-
-def make_robot_env(robot: str, **kwargs: Any) -> gym.Env:
-    """The Gymnasium env D4RL data of this robot is evaluated in (v4, 1000-step limit)."""
-    if robot not in GYM_ENV_IDS:
-        raise ValueError(f"unknown robot {robot!r}; choose one of {sorted(GYM_ENV_IDS)}")
-    register_envs()
-    return gym.make(GYM_ENV_IDS[robot], max_episode_steps=EPISODE_LIMIT, **kwargs)
 
 
 @torch.no_grad()
@@ -171,19 +152,8 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     return out
 
 
-def read_progress(out_dir: str | Path) -> list[dict[str, Any]]:
-    """The evaluation records of a behaviour training, deduplicated by step (last wins)."""
-    records: dict[int, dict[str, Any]] = {}
-    path = Path(out_dir) / "progress.jsonl"
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["step"]] = record
-    return [records[step] for step in sorted(records)]
-
-
 def main(argv: list[str] | None = None) -> None:
-    """``python -m hybrid_rl.data.behavior --robot hopper --steps 300000 --out DIR``."""
+    """``python -m hybrid_rl.engine.behavior --robot hopper --steps 300000 --out DIR``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Train a SAC behaviour policy for the dataset factory (resumable).")

@@ -1,0 +1,95 @@
+"""Units of work: how the runs of a grid are grouped, and how one unit is trained safely.
+
+A unit is one run, or a population of runs that differ only in seed and corruption
+(``train.population_key``). The local launcher (``grid``: worker processes) and the Ray
+launcher (``ray_launcher``: one task per unit) both plan units here and train each with
+``train_unit_safely``, which never raises: a failure becomes a result. What differs
+between the launchers is passed in, not set as module state: how long to wait for a run's
+lock, and where step progress goes.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import HybridRLError
+from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
+from .run_format import STATE_COMPLETE, read_summary
+from .run_format import run_state as run_dir_state
+from .train import ProgressCallback, TrainConfig, population_key, train, train_population
+
+
+def run_state(config: TrainConfig) -> str:
+    """'complete' (summary with a final status), 'partial' (checkpoint) or 'new'."""
+    return run_dir_state(Path(config.results_dir) / config.run_id)
+
+
+def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str, max_size: int = DEFAULT_MAX_POPULATION) -> list[list[TrainConfig]]:
+    """Group runs into work units: populations of runs that differ only in seed and
+    corruption (``train.population_key``), at most ``max_size`` each, and single runs.
+
+    ``population``: "off" never groups; "on" groups wherever possible; "auto" groups on
+    accelerators only: on a GPU a population turns P small kernels into one wide one, while
+    on a CPU the grid already keeps every core busy with one run per core (populations on
+    CPUs are measured in docs/performance.md).
+    """
+    if population not in POPULATION_MODES:
+        raise HybridRLError(f"unknown population mode {population!r}; use one of {', '.join(POPULATION_MODES)}")
+    if max_size < 1:
+        raise HybridRLError(f"the largest population must be at least 1, got {max_size}")
+    if population == "off" or (population == "auto" and device_type == "cpu"):
+        return [[config] for config in configs]
+    groups: dict[str, list[TrainConfig]] = {}
+    units: list[list[TrainConfig]] = []
+    for config in configs:
+        key = population_key(config)
+        if key is None:
+            units.append([config])
+        else:
+            groups.setdefault(key, []).append(config)
+    for members in groups.values():
+        units.extend(members[i:i + max_size] for i in range(0, len(members), max_size))
+    return units
+
+
+def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False, *, lock_wait_s: float = 0.0,
+                      on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
+    """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
+    never raises: a failure is returned for every run of the unit that did not finish
+    (members that finished before it keep their result)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    configs = [replace(config, threads=threads, progress=False) for config in unit]
+    try:
+        summaries = _train_unit(configs, compile, dict(lock_wait_s=lock_wait_s, on_progress=on_progress))
+        return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
+    except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
+        error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        return [{**unit_result(config, error), "traceback": trace} for config in configs]
+
+
+def _train_unit(configs: Sequence[TrainConfig], compile: bool, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Train a unit; a population that does not fit in GPU memory is split in halves (each
+    resumes from the checkpoints the larger one left), down to single runs."""
+    import torch
+
+    if len(configs) == 1:
+        return {configs[0].run_id: train(configs[0], **options)}
+    try:
+        return train_population(list(configs), compile=compile, **options)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        half = len(configs) // 2
+        print(f"population of {len(configs)} ran out of GPU memory: continuing as two of {half} and {len(configs) - half}", file=sys.stderr)
+        return {**_train_unit(configs[:half], compile, options), **_train_unit(configs[half:], compile, options)}
+
+
+def unit_result(config: TrainConfig, error: str) -> dict[str, Any]:
+    """A run's result after its unit failed: its summary if it finished before, else the error."""
+    if run_state(config) == STATE_COMPLETE:
+        return {"run_id": config.run_id, "ok": True, "summary": read_summary(Path(config.results_dir) / config.run_id)}
+    return {"run_id": config.run_id, "ok": False, "error": error}
