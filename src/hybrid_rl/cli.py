@@ -226,6 +226,63 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# finetune (Phase II)
+# ---------------------------------------------------------------------------------------
+@guarded
+def finetune_command(args: argparse.Namespace) -> int:
+    from .finetune import SCRATCH, FinetuneConfig, finetune, with_parent
+    from .grid import check_writable_dir
+
+    config = FinetuneConfig(
+        method=args.method, parent=args.parent, dataset=args.env, online_steps=args.online_steps, utd=args.utd, sampling=args.sampling,
+        online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
+        exploration_noise=args.exploration_noise, seed=args.seed, eval_every=min(args.eval_every, args.online_steps),
+        eval_episodes=args.eval_episodes, log_every=min(args.log_every, args.online_steps), checkpoint_every=args.checkpoint_every,
+        algo_overrides=json.loads(args.algo_overrides) if args.algo_overrides else {}, device=args.device, threads=args.threads,
+        tensorboard=args.tensorboard, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
+    )
+    # Bad input fails here, before anything is written.
+    check_writable_dir(args.results)
+    if config.parent == SCRATCH:
+        from .data.loader import check_dataset_name
+
+        check_dataset_name(config.dataset)
+    elif args.env is not None:
+        raise HybridRLError("--env is only for --from scratch: a fine-tuning run uses its parent's dataset")
+    with_parent(config)
+    summary = finetune(config, resume=not args.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
+    parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
+    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql (from a run of that algorithm) or sac (from scratch); see docs/recovery.md")
+    parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment to use")
+    parser.add_argument("--online_steps", type=positive_int, default=250_000, help="online environment steps; default 250000")
+    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step; default: the method's")
+    parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")
+    parser.add_argument("--online_fraction", type=float, default=0.5, help="online share of a symmetric batch; default 0.5")
+    parser.add_argument("--warmup_steps", type=int, default=None, help="environment steps before the first update; default: the method's")
+    parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
+    parser.add_argument("--exploration_noise", type=float, default=None, help="Gaussian action noise; default 0.1 for a deterministic actor, else 0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_every", type=positive_int, default=5_000)
+    parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--log_every", type=positive_int, default=1_000)
+    parser.add_argument("--checkpoint_every", type=positive_int, default=10_000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tensorboard", action="store_true")
+    parser.add_argument("--results", default="results_phase2")
+    parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--algo_overrides", default=None, help="with --from scratch: JSON dict of the algorithm's settings")
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--mirror", default=None)
+
+
+# ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
 @guarded
@@ -307,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one run")
     add_train_arguments(train)
     train.set_defaults(func=train_command)
+    finetune = sub.add_parser("finetune", help="Phase II: fine-tune a Phase I run online (or train from scratch online)")
+    add_finetune_arguments(finetune)
+    finetune.set_defaults(func=finetune_command)
     report = sub.add_parser("report", help="rebuild tables and figures from a results directory")
     report.add_argument("--results", default="results")
     report.add_argument("--plots", default="plots")

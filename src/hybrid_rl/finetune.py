@@ -1,0 +1,348 @@
+"""Phase II: fine-tune online from a Phase I run (or from scratch) and record how it recovers.
+
+``finetune(config)`` starts from a finished Phase I run directory (its final checkpoint:
+networks, optimizer state, the normalisation of the damaged data it trained on, found again
+through its config and checked against its checksum), or from fresh networks
+(``parent="scratch"``), and trains online with ``engine.online.OnlineStage`` in the one
+training loop (``engine.loop.fit``). The new run directory has the Phase I format
+(docs/run_format.md); its step axis is online environment steps, its config.json names the
+parent (run id, checkpoint SHA-256, status and final score: the score at the switch), and
+its metrics.jsonl adds an ``"episode"`` record for every finished online episode.
+
+Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
+
+``iql``  IQL fine-tuning (Kostrikov et al. 2022): the same losses online, UTD 1, one buffer
+         (offline data plus online transitions, sampled uniformly). The actor's cosine LR
+         schedule ended with pretraining (it reaches 0 at the switch); online the actor LR is
+         the constant ``actor_lr`` again, as in the official fine-tuning configuration (no
+         decay) and d3rlpy, not CORL's periodic scheduler, which climbs back by accident.
+``cql``  CQL kept online with the offline alpha (CORL's fine-tuning), UTD 1, one buffer.
+``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
+         uniformly random warm-up steps, then UTD 1 on the online buffer alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.refs import normalized_score
+from .errors import HybridRLError
+from .fileio import sha256_of_file
+from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
+from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, prepare_dataset,
+                    record_failure, resolve_device, restore_rng, run_lock)
+
+SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning recipe: which parents it starts from and its online defaults."""
+
+    name: str
+    parent_algos: tuple[str, ...]  # () = starts from scratch
+    sampling: str
+    utd: int
+    warmup_steps: int
+    random_warmup: bool  # uniform random actions during the warm-up (else the policy acts)
+    source: str
+
+
+METHODS: dict[str, Method] = {
+    "iql": Method("iql", ("iql",), "uniform", 1, 0, False, "Kostrikov et al. 2022, IQL fine-tuning"),
+    "cql": Method("cql", ("cql",), "uniform", 1, 0, False, "Kumar et al. 2020; CORL's CQL fine-tuning"),
+    "sac": Method("sac", (), "online_only", 1, 5_000, True, "Haarnoja et al. 2018, SAC from scratch"),
+}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run. Steps are online environment steps."""
+
+    method: str = "iql"
+    parent: str = SCRATCH  # a Phase I run directory, or "scratch"
+    dataset: str | None = None  # with parent "scratch": the dataset whose env (and data) to use
+    online_steps: int = 250_000
+    utd: int | None = None  # gradient steps per env step; None: the method's
+    sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
+    online_fraction: float = 0.5  # share of online data in a symmetric batch
+    warmup_steps: int | None = None  # env steps before the first update; None: the method's
+    buffer_size: int | None = None  # online buffer capacity; None: online_steps
+    exploration_noise: float | None = None  # None: 0.1 for a deterministic actor, else 0
+    seed: int = 0
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    log_every: int = 1_000
+    checkpoint_every: int = 10_000
+    loss_variance_window: int = 1_000
+    q_divergence_factor: float = 100.0
+    algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
+    parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
+    device: str = "auto"
+    threads: int | None = None
+    tensorboard: bool = False
+    progress: bool = True
+    results_dir: str = "results_phase2"
+    cache_dir: str | None = None
+    mirror: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(METHODS)}")
+        for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
+            if getattr(self, name) <= 0:
+                raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
+        from .data.replay import SAMPLING_MODES
+
+        if self.sampling is not None and self.sampling not in SAMPLING_MODES:
+            raise HybridRLError(f"unknown sampling mode {self.sampling!r}; use one of {', '.join(SAMPLING_MODES)}")
+        if self.utd is not None and self.utd < 1:
+            raise HybridRLError(f"--utd must be at least 1, got {self.utd}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise HybridRLError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.buffer_size is not None and self.buffer_size <= 0:
+            raise HybridRLError(f"--buffer_size must be positive, got {self.buffer_size}")
+        if not 0.0 < self.online_fraction <= 1.0:
+            raise HybridRLError(f"--online_fraction must be in (0, 1], got {self.online_fraction}")
+        if self.parent == SCRATCH and not self.dataset:
+            raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
+
+    # --- the recipe with defaults filled in ---------------------------------------------------
+    @property
+    def recipe(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def resolved_utd(self) -> int:
+        return self.utd if self.utd is not None else self.recipe.utd
+
+    @property
+    def resolved_sampling(self) -> str:
+        return self.sampling or self.recipe.sampling
+
+    @property
+    def resolved_warmup_steps(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else self.recipe.warmup_steps
+
+    # --- what RunBook and the analysis read of a run's config ---------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.online_steps
+
+    @property
+    def algo(self) -> str:
+        """The pretraining algorithm (the parent's), or the method's own for scratch runs."""
+        return self.parent_identity.get("algo", self.method)
+
+    @property
+    def source_dataset(self) -> str:
+        return self.parent_identity.get("dataset", self.dataset or "")
+
+    @property
+    def remove_top_k(self) -> float:
+        return float(self.parent_identity.get("remove_top_k", 0.0))
+
+    @property
+    def reward_noise_std(self) -> float:
+        return float(self.parent_identity.get("reward_noise_std", 0.0))
+
+    @property
+    def extra_corruptions(self) -> tuple[dict, ...]:
+        return tuple(self.parent_identity.get("extra_corruptions", ()))
+
+    @property
+    def run_id(self) -> str:
+        start = f"from__{Path(self.parent).name}" if self.parent != SCRATCH else f"scratch__{self.source_dataset.replace('/', '_')}"
+        return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, f"s{self.seed}"])
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what a run computes (the parent by its identity, not its path)."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        for name in (*NON_IDENTITY_FIELDS, "parent"):
+            data.pop(name, None)
+        return data
+
+
+# ---------------------------------------------------------------------------------------
+# The parent run
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parent:
+    run_dir: Path
+    config: TrainConfig
+    summary: dict[str, Any]
+    checkpoint_sha256: str
+    dataset_checksum: str
+
+
+def train_config_from(recorded: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a Phase I run recorded in its config.json."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {key: value for key, value in recorded.items() if key in names}
+    values["extra_corruptions"] = tuple(dict(spec) for spec in values.get("extra_corruptions", ()))
+    return TrainConfig(**values)
+
+
+def load_parent(path: str | Path, method: str) -> Parent:
+    """A finished Phase I run to fine-tune from; one-line HybridRLError for anything else."""
+    run_dir = Path(path)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise HybridRLError(f"--from {run_dir}: no Phase I run directory there (no {CONFIG_FILE}); pass RESULTS/RUN_ID of a finished run")
+    recorded = json.loads((run_dir / CONFIG_FILE).read_text())
+    if "method" in recorded:
+        raise HybridRLError(f"--from {run_dir} is a fine-tuning run; fine-tune from a Phase I run directory")
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") not in RESULT_STATUSES:
+        status = "no summary yet" if summary is None else f"status {summary.get('status')!r}"
+        raise HybridRLError(f"--from {run_dir} is not finished ({status}); finish it first with hybrid-rl train (same flags) or the Phase I grid")
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        raise HybridRLError(f"--from {run_dir} has no {CHECKPOINT_FILE}; it cannot be fine-tuned")
+    config = train_config_from(recorded)
+    allowed = METHODS[method].parent_algos
+    if config.algo not in allowed:
+        raise HybridRLError(f"method {method} fine-tunes {', '.join(allowed) or 'nothing'} runs, but {run_dir.name} was trained with {config.algo}; "
+                            f"use --method {config.algo}" if config.algo in METHODS else f"method {method} cannot start from a {config.algo} run")
+    return Parent(run_dir, config, summary, sha256_of_file(run_dir / CHECKPOINT_FILE), str(recorded.get("dataset_checksum", "")))
+
+
+def with_parent(config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with ``parent_identity`` filled from its parent (checks the parent first)."""
+    if config.parent == SCRATCH:
+        if METHODS[config.method].parent_algos:
+            raise HybridRLError(f"method {config.method} fine-tunes a pretrained agent: pass --from RESULTS/RUN_ID")
+        return config
+    if not METHODS[config.method].parent_algos:
+        raise HybridRLError(f"method {config.method} starts from scratch: pass --from scratch --env DATASET")
+    parent = load_parent(config.parent, config.method)
+    return dataclasses.replace(config, parent_identity=parent.config.identity(), dataset=parent.config.dataset)
+
+
+def _finite(state: Any) -> bool:
+    if isinstance(state, torch.Tensor):
+        return bool(torch.isfinite(state).all()) if state.is_floating_point() else True
+    if isinstance(state, dict):
+        return all(_finite(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_finite(value) for value in state)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+def finetune(config: FinetuneConfig, *, resume: bool = True, lock_wait_s: float = 0.0, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) one fine-tuning run; returns its summary."""
+    config = with_parent(config)
+    run_dir = Path(config.results_dir) / config.run_id
+    finished = finished_summary_for(run_dir, config, resume)
+    if finished is not None:
+        return finished
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, lock_wait_s):
+        finished = finished_summary_for(run_dir, config, resume)
+        if finished is not None:
+            return finished
+        started = time.time()
+        book = None
+        try:
+            book, learner, schedule = _start(config, run_dir, resume, started, on_progress)
+            from .engine.loop import fit
+
+            return fit(learner, [book], schedule, desc=config.run_id, progress=config.progress)[config.run_id]
+        except Exception as exc:
+            if book is None or not book.done:
+                record_failure(run_dir, config, exc, started)
+            raise
+        finally:
+            if book is not None:
+                book.close()
+
+
+def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None):
+    """Data, agent, book, stage: everything fit needs, restored from the checkpoint if there is one."""
+    from .algos.iql import IQL
+    from .algos.sac import SAC, SACConfig
+    from .data.dataset import TransitionSampler
+    from .data.loader import load_dataset, make_env
+    from .data.replay import DeviceReplayBuffer, MixedSampler
+    from .data.robots import EPISODE_LIMIT
+    from .data.views import run_preprocessing
+    from .engine.learners import AgentLearner
+    from .engine.loop import load_stage_states
+    from .engine.online import OnlineStage
+    from .networks import DeterministicPolicy
+
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    parent_info: dict[str, Any] = {"run_id": None}
+    if config.parent == SCRATCH:
+        original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
+        dataset, records = original, []
+        torch.manual_seed(config.seed)
+        algorithm = SAC(dataset.obs_dim, dataset.act_dim, dataclasses.replace(SACConfig(), **config.algo_overrides), device)
+    else:
+        parent = load_parent(config.parent, config.method)
+        if parent.config.identity() != config.parent_identity:
+            raise HybridRLError(f"--from {parent.run_dir} now holds another run than this fine-tuning run started from; use another --results directory")
+        parent_config = dataclasses.replace(parent.config, cache_dir=config.cache_dir, mirror=config.mirror)
+        original, dataset, records = prepare_dataset(parent_config)
+        if original.checksum() != parent.dataset_checksum:
+            raise HybridRLError(f"the data of {parent.config.dataset} changed since {parent.run_dir.name} was trained on it (checksum differs); "
+                                "restore the original dataset file, or retrain the parent")
+        algorithm = build_algorithm(parent_config, dataset, device)
+        checkpoint = torch.load(parent.run_dir / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        if not _finite(checkpoint["algorithm"]):
+            raise HybridRLError(f"{parent.run_dir.name} diverged and its last checkpoint holds non-finite weights: there is no finite agent to fine-tune")
+        algorithm.load_state_dict(checkpoint["algorithm"])
+        if isinstance(algorithm, IQL):
+            # The cosine schedule ended with pretraining; online the actor LR is constant.
+            algorithm.config = dataclasses.replace(algorithm.config, max_steps=max(1, algorithm.total_updates))
+            algorithm.optimizers["actor"].param_groups[0]["lr"] = algorithm.config.actor_lr
+        parent_info = {
+            "run_id": parent.run_dir.name, "run_dir": str(parent.run_dir.resolve()), "checkpoint_sha256": parent.checkpoint_sha256,
+            "status": parent.summary.get("status"), "steps_done": parent.summary.get("steps_done"),
+            "switch_score": parent.summary.get("final_normalized_return"), "last_score": parent.summary.get("last_normalized_return"),
+        }
+        torch.manual_seed(config.seed)  # the online random stream (exploration, CQL's sampled actions)
+    book = RunBook(config, run_dir, device, original, dataset, records, algorithm.config, started, on_progress)
+    state = book.resume_state(resume)
+    if state is not None:
+        algorithm.load_state_dict(state["algorithm"])
+
+    preprocessing = run_preprocessing(dataset, algorithm.config)
+    sampling = config.resolved_sampling
+    offline = None
+    if sampling != "online_only":
+        offline = TransitionSampler(dataset, device, obs_mean=preprocessing.obs_mean, obs_std=preprocessing.obs_std,
+                                    reward_scale=preprocessing.reward_scale, seed=config.seed)
+    buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1)
+    noise = config.exploration_noise
+    if noise is None:
+        noise = 0.1 if isinstance(getattr(algorithm, "actor", None), DeterministicPolicy) else 0.0
+    stage = OnlineStage(
+        make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer, MixedSampler(offline, buffer, sampling, config.online_fraction, seed=config.seed + 2),
+        preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return),
+        utd=config.resolved_utd, batch_size=algorithm.config.batch_size, warmup_steps=config.resolved_warmup_steps,
+        random_warmup=config.recipe.random_warmup, exploration_noise=noise, seed=config.seed,
+    )
+    schedule = [(stage, config.online_steps)]
+    if state is not None:
+        load_stage_states(schedule, 0, [state["sampler"], *state.get("stages", [])])
+        restore_rng(state, device)
+    book.write_config(
+        algo=config.algo,
+        parent=parent_info,
+        online={"utd": config.resolved_utd, "sampling": sampling, "online_fraction": config.online_fraction,
+                "warmup_steps": config.resolved_warmup_steps, "random_warmup": config.recipe.random_warmup,
+                "exploration_noise": noise, "buffer_size": buffer.capacity, "episode_limit": EPISODE_LIMIT,
+                "method_source": config.recipe.source, "step_unit": "online environment steps"},
+    )
+    book.open_log()
+    return book, AgentLearner(algorithm), schedule

@@ -1,0 +1,195 @@
+"""Phase II fine-tuning runs: parents, the online stage, resume after a kill, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid_rl.cli import main as cli_main
+from hybrid_rl.data.refs import normalized_score
+from hybrid_rl.data.replay import DeviceReplayBuffer, MixedSampler
+from hybrid_rl.data.dataset import TransitionSampler
+from hybrid_rl.engine.online import OnlineStage
+from hybrid_rl.errors import HybridRLError
+from hybrid_rl.finetune import FinetuneConfig, finetune
+from hybrid_rl.train import TrainConfig, train
+
+from conftest import TINY_DATASET, build_dataset, run_killed
+
+SMALL = {
+    "iql": {"hidden": [32, 32], "batch_size": 64},
+    "cql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> dict[str, Path]:
+    """Finished tiny Phase I runs of IQL and CQL (k = 30: the fine-tuning starts from damaged data)."""
+    results = tmp_path_factory.mktemp("phase1")
+    out = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+        for algo in ("iql", "cql"):
+            config = TrainConfig(algo=algo, dataset=TINY_DATASET, remove_top_k=30.0, seed=1, total_steps=60, eval_every=60, eval_episodes=2,
+                                 log_every=20, checkpoint_every=60, device="cpu", progress=False, results_dir=str(results),
+                                 cache_dir=str(generated_cache), algo_overrides=SMALL[algo])
+            assert train(config)["status"] == "completed"
+            out[algo] = results / config.run_id
+    return out
+
+
+def ft_config(tmp_path: Path, generated_cache: Path, **changes) -> FinetuneConfig:
+    base = dict(online_steps=150, eval_every=50, eval_episodes=2, log_every=25, checkpoint_every=50, device="cpu", progress=False,
+                results_dir=str(tmp_path / "phase2"), cache_dir=str(generated_cache), seed=2)
+    return FinetuneConfig(**{**base, **changes})
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    config = ft_config(tmp_path, generated_cache, method="iql", parent=str(parents["iql"]))
+    summary = finetune(config)
+    assert summary["status"] == "completed" and summary["steps_done"] == 150 and summary["num_evaluations"] == 3
+    run_dir = tmp_path / "phase2" / summary["run_id"]
+    written = json.loads((run_dir / "config.json").read_text())
+    parent_summary = json.loads((parents["iql"] / "summary.json").read_text())
+    assert written["parent"]["run_id"] == parents["iql"].name and written["parent"]["switch_score"] == parent_summary["final_normalized_return"]
+    assert len(written["parent"]["checkpoint_sha256"]) == 64
+    assert written["algo"] == "iql" and written["method"] == "iql" and written["corruption"]["remove_top_k"] == 30.0
+    assert written["online"]["sampling"] == "uniform" and written["online"]["utd"] == 1
+    episodes = [r for r in read_records(run_dir) if r["kind"] == "episode"]
+    assert episodes and sum(r["length"] for r in episodes) <= 150
+    for record in episodes:
+        assert record["normalized_return"] == pytest.approx(normalized_score("hopper", record["return"]))
+    # The cosine schedule ended at the switch; online the actor learns at the constant actor_lr.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["algorithm"]["optimizers"]["actor"]["param_groups"][0]["lr"] == written["algo_config"]["actor_lr"] == 3e-4
+    assert checkpoint["algorithm"]["total_updates"] == 60 + 150  # UTD 1 from the parent's 60 updates on
+
+
+@pytest.mark.parametrize("method", ["iql", "cql", "sac"])
+def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    if method == "sac":
+        changes = dict(method="sac", parent="scratch", dataset=TINY_DATASET, warmup_steps=40, algo_overrides={"hidden": [32, 32], "batch_size": 64})
+    else:
+        changes = dict(method=method, parent=str(parents[method]))
+    reference = ft_config(tmp_path / "uninterrupted", generated_cache, **changes)
+    finetune(reference)
+    config = ft_config(tmp_path, generated_cache, **changes)
+    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune(config))  # killed at step 121, last checkpoint at 100
+    run_dir = Path(config.results_dir) / reference.run_id
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 100 and not (run_dir / "summary.json").exists()
+    finetune(config)
+    expected = (Path(reference.results_dir) / reference.run_id / "metrics.jsonl").read_text()
+    assert (run_dir / "metrics.jsonl").read_text() == expected
+    assert any(json.loads(line)["kind"] == "episode" for line in expected.splitlines())
+
+
+def test_bad_parents_get_one_line_and_write_nothing(parents, tmp_path, generated_cache, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "phase2"
+
+    def run(*args: str) -> str:
+        code = cli_main(["finetune", "--results", str(results), "--online_steps", "50", "--device", "cpu", "--cache_dir", str(generated_cache), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert not results.exists()
+        return err
+
+    assert "no Phase I run directory" in run("--from", str(tmp_path / "missing"), "--method", "iql")
+    assert "use --method cql" in run("--from", str(parents["cql"]), "--method", "iql")
+    assert "--from scratch --env" in run("--from", str(parents["iql"]), "--method", "sac")
+    assert "add --env DATASET" in run("--from", "scratch", "--method", "sac")
+    assert "pass --from RESULTS/RUN_ID" in run("--from", "scratch", "--method", "iql", "--env", TINY_DATASET)
+    assert "unknown fine-tuning method" in run("--from", str(parents["iql"]), "--method", "awac")
+    assert "unknown sampling mode" in run("--from", str(parents["iql"]), "--method", "iql", "--sampling", "mostly")
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(parents["iql"], unfinished)
+    (unfinished / "summary.json").unlink()
+    assert "is not finished" in run("--from", str(unfinished), "--method", "iql")
+
+
+def test_parent_data_that_changed_is_refused(parents, tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    parent = tmp_path / "parent"
+    shutil.copytree(parents["iql"], parent)
+    recorded = json.loads((parent / "config.json").read_text())
+    recorded["dataset_checksum"] = "0" * 64  # as if the id now named other data
+    (parent / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(HybridRLError, match="changed since"):
+        finetune(ft_config(tmp_path, generated_cache, method="iql", parent=str(parent)))
+
+
+def test_a_diverged_parent_is_fine_tuned_only_from_finite_weights(parents, tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    parent = tmp_path / "diverged"
+    shutil.copytree(parents["iql"], parent)
+    summary = json.loads((parent / "summary.json").read_text())
+    (parent / "summary.json").write_text(json.dumps({**summary, "status": "diverged", "diverged_at_step": 40}))
+    done = finetune(ft_config(tmp_path, generated_cache, method="iql", parent=str(parent), online_steps=50))
+    written = json.loads((tmp_path / "phase2" / done["run_id"] / "config.json").read_text())
+    assert done["status"] == "completed" and written["parent"]["status"] == "diverged"
+
+    checkpoint = torch.load(parent / "checkpoint.pt", weights_only=False)
+    checkpoint["algorithm"]["modules"]["actor"]["net.0.weight"][0, 0] = float("nan")
+    torch.save(checkpoint, parent / "checkpoint.pt")
+    with pytest.raises(HybridRLError, match="non-finite weights"):
+        finetune(ft_config(tmp_path / "again", generated_cache, method="iql", parent=str(parent), online_steps=50))
+
+
+# ---------------------------------------------------------------------------------------
+# The pieces: mixed sampling and the online stage
+# ---------------------------------------------------------------------------------------
+def two_sources(online_rows: int = 100) -> tuple[TransitionSampler, DeviceReplayBuffer]:
+    offline = TransitionSampler(build_dataset([[1.0] * 300], obs_dim=2, act_dim=1), seed=0)  # offline rewards 1
+    online = DeviceReplayBuffer(2, 1, 500, seed=0)
+    online.add({"observations": np.zeros((online_rows, 2)), "actions": np.zeros((online_rows, 1)), "rewards": -np.ones(online_rows),  # online rewards -1
+                "next_observations": np.zeros((online_rows, 2)), "terminals": np.zeros(online_rows), "timeouts": np.zeros(online_rows)})
+    return offline, online
+
+
+def test_mixed_sampler_modes() -> None:
+    offline, online = two_sources(100)
+    symmetric = MixedSampler(offline, online, "symmetric", 0.25).sample(64)["rewards"]
+    assert (symmetric == -1).sum() == 16 and (symmetric == 1).sum() == 48
+    uniform = torch.cat([MixedSampler(offline, online, "uniform", seed=s).sample(400)["rewards"] for s in range(5)])
+    assert abs(float((uniform == -1).float().mean()) - 100 / 400) < 0.03  # each of 300 + 100 rows equally likely
+    assert bool((MixedSampler(offline, online, "online_only").sample(64)["rewards"] == -1).all())
+    empty = DeviceReplayBuffer(2, 1, 10)
+    assert bool((MixedSampler(offline, empty, "symmetric").sample(8)["rewards"] == 1).all())  # no online data yet
+    with pytest.raises(ValueError, match="needs offline data"):
+        MixedSampler(None, online, "uniform")
+
+
+def test_online_stage_stores_truncations_as_timeouts_not_terminals() -> None:
+    import gymnasium as gym
+
+    from hybrid_rl.data.views import Preprocessing
+    from hybrid_rl.engine.learners import AgentLearner
+
+    env = gym.make("Pendulum-v1", max_episode_steps=7)  # never terminates: every episode ends by the time limit
+    buffer = DeviceReplayBuffer(3, 1, 100)
+
+    class Zero:
+        def act(self, obs, deterministic):
+            return np.zeros((len(obs), 1), np.float32)
+
+    stage = OnlineStage(env, buffer, MixedSampler(None, buffer, "online_only"), Preprocessing(None, None, 2.0), lambda r: r,
+                        utd=1, batch_size=4, warmup_steps=100, seed=0)
+    learner = AgentLearner(Zero())
+    for _ in range(15):
+        assert stage.train_step(learner) == {}  # still warming up: no update
+    data = buffer.as_dataset("online")
+    assert not data.terminals.any() and list(np.flatnonzero(data.timeouts)) == [6, 13]
+    episodes = stage.take_records(0)
+    assert [e["length"] for e in episodes] == [7, 7] and not any(e["terminated"] for e in episodes)
+    assert data.rewards[:7].sum() == pytest.approx(2.0 * episodes[0]["return"], rel=1e-5)  # rewards scaled as the offline data
