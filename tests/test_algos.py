@@ -23,6 +23,7 @@ OBS_DIM, ACT_DIM = 3, 2
 TINY: dict[str, dict] = {
     "iql": {"hidden": (16, 16), "max_steps": 10},
     "cql": {"critic_hidden": (16, 16), "actor_hidden": (16, 16), "num_sampled_actions": 3, "batch_size": 8},
+    "calql": {"critic_hidden": (16, 16), "actor_hidden": (16, 16), "num_sampled_actions": 3, "batch_size": 8},
     "bc": {"hidden": (16, 16)},
     "td3bc": {"hidden": (16, 16)},
 }
@@ -41,6 +42,7 @@ def make_batch(batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
         "rewards": torch.randn(batch_size, generator=gen),
         "next_observations": torch.randn(batch_size, OBS_DIM, generator=gen),
         "dones": (torch.arange(batch_size) % 4 == 0).float(),
+        "mc_returns": torch.randn(batch_size, generator=gen),  # read by Cal-QL only
     }
 
 
@@ -208,6 +210,69 @@ def test_cql_critic_loss_matches_a_direct_computation() -> None:
     assert metrics["q_random_mean"].item() == pytest.approx(q_samples[:n].mean(), rel=1e-5, abs=1e-6)
 
 
+def test_calql_floors_the_policy_proposals_q_at_the_mc_return() -> None:
+    """Cal-QL's penalty against numpy: policy proposals (pi(s), pi(s')) enter the
+    log-sum-exp as max(Q, MC return-to-go); uniform proposals and the TD term are CQL's."""
+    policy = TanhGaussianPolicy(OBS_DIM, ACT_DIM, (16, 16))
+    weights = torch.tensor([[0.5, -1.0, 0.3, 1.0, 2.0], [-0.2, 0.4, 1.0, -1.5, 0.7]])
+
+    def critic(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return weights @ torch.cat([obs, act], -1).T
+
+    batch = make_batch(4)
+    target = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    floor = torch.tensor([5.0, -50.0, 0.2, -50.0])  # above every Q for states 0 (and maybe 2), below for 1 and 3
+    n = 3
+    torch.manual_seed(7)
+    actions, log_density = cql.cql_sample_actions(policy, batch["observations"], batch["next_observations"], n)
+    torch.manual_seed(7)
+    plain, plain_metrics = cql.cql_critic_loss(critic, policy, batch, target, cql_alpha=10.0, num_actions=n)
+    torch.manual_seed(7)
+    loss, metrics = cql.cql_critic_loss(critic, policy, batch, target, cql_alpha=10.0, num_actions=n, q_floor=floor)
+
+    w = weights.numpy().astype(np.float64)
+    obs = batch["observations"].numpy().astype(np.float64)
+    q_data = np.concatenate([obs, batch["actions"].numpy()], -1) @ w.T  # (B, E)
+    sampled = actions.numpy().reshape(3 * n, 4, ACT_DIM).astype(np.float64)
+    q_samples = np.stack([np.concatenate([obs, sampled[k]], -1) @ w.T for k in range(3 * n)])  # (K, B, E)
+    below = (q_samples[n:] < floor.numpy()[None, :, None]).mean()
+    q_samples[n:] = np.maximum(q_samples[n:], floor.numpy()[None, :, None])  # policy proposals only
+    log_p = log_density.numpy().reshape(3 * n, 4, 1).astype(np.float64)
+    penalty = (np.log(np.mean(np.exp(q_samples - log_p), axis=0)) - q_data).mean(axis=0)
+    td = ((q_data - target.numpy()[:, None]) ** 2).mean(axis=0).sum()
+    assert loss.item() == pytest.approx(td + 10.0 * penalty.sum(), rel=1e-4)
+    assert metrics["calibration_bound_rate"].item() == pytest.approx(below)
+    assert 0 < below < 1 and metrics["cql_penalty"] > plain_metrics["cql_penalty"]  # the floor only raises the soft-max
+    assert "calibration_bound_rate" not in plain_metrics and metrics["td_loss"] == plain_metrics["td_loss"]
+
+
+def test_calql_keeps_policy_q_from_sinking_below_the_mc_floor_where_cql_does_not() -> None:
+    """The point of Cal-QL (Nakamoto et al. 2023, fig. 2): trained on the same data, CQL's
+    penalty drives Q at the policy's actions far below the data's Monte-Carlo return, while
+    Cal-QL's stops at that floor, so its policy Q ends near or above it."""
+    batch = make_batch(64, seed=3)
+    batch["rewards"] = torch.ones(64)
+    batch["dones"] = torch.zeros(64)
+    batch["mc_returns"] = torch.full((64,), 20.0)  # the data's value: Q starts near 0, far below it
+    results = {}
+    for name in ("cql", "calql"):
+        torch.manual_seed(0)
+        algo = make_algorithm(name, OBS_DIM, ACT_DIM, overrides={**TINY[name], "batch_size": 64, "critic_lr": 3e-3, "cql_alpha": 10.0})
+        for _ in range(300):
+            algo.update(batch)
+        with torch.no_grad():
+            policy_q = algo.q_values(batch["observations"], algo.actor.deterministic(batch["observations"]))
+        results[name] = float(policy_q.mean())
+    assert results["cql"] < 0.0 < 5.0 < results["calql"], results  # measured: CQL -1.3, Cal-QL 8.8 after 300 steps
+
+
+def test_calql_needs_mc_returns_in_its_batches() -> None:
+    batch = make_batch()
+    del batch["mc_returns"]
+    with pytest.raises(KeyError, match="mc_returns"):
+        tiny("calql").update(batch)
+
+
 def test_cql_penalty_pushes_data_q_up_and_sampled_q_down() -> None:
     q_data = torch.zeros(2, 3, requires_grad=True)
     q_samples = torch.zeros(2, 4, 3, requires_grad=True)
@@ -329,6 +394,8 @@ def test_update_metrics_are_detached_scalars(name: str) -> None:
         | {"actor_loss", "weight_mean", "weight_max", "weight_clipped_frac", "grad_norm_actor"},
         "cql": critic_keys | {"cql_penalty", "logsumexp_mean", "q_random_mean", "q_policy_sample_mean", "td_loss"}
         | {"actor_loss", "alpha", "entropy", "alpha_loss", "grad_norm_actor"},
+        "calql": critic_keys | {"cql_penalty", "logsumexp_mean", "q_random_mean", "q_policy_sample_mean", "td_loss", "calibration_bound_rate"}
+        | {"actor_loss", "alpha", "entropy", "alpha_loss", "grad_norm_actor"},
         "bc": {"actor_loss", "grad_norm_actor"},
         "td3bc": critic_keys | {"actor_loss", "bc_loss", "lambda", "grad_norm_actor"},
     }[name]
@@ -429,7 +496,7 @@ def test_state_dict_round_trip_gives_identical_next_updates(name: str) -> None:
 # Registry and configs
 # ---------------------------------------------------------------------------------------
 def test_registry_lists_and_builds_every_algorithm() -> None:
-    assert available_algorithms() == ["bc", "cql", "iql", "td3bc"]
+    assert available_algorithms() == ["bc", "calql", "cql", "iql", "td3bc"]
     for name in available_algorithms():
         algorithm_cls, config_cls = ALGORITHMS[name]
         algo = tiny(name)
@@ -438,7 +505,7 @@ def test_registry_lists_and_builds_every_algorithm() -> None:
 
 
 def test_registry_errors_name_the_valid_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown algorithm 'sacx'.*\['bc', 'cql', 'iql', 'td3bc'\]"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'sacx'.*\['bc', 'calql', 'cql', 'iql', 'td3bc'\]"):
         make_algorithm("sacx", OBS_DIM, ACT_DIM)
     with pytest.raises(ValueError, match=r"unknown IQLConfig field\(s\) \['expectil'\].*'expectile'"):
         make_config("iql", overrides={"expectil": 0.9})

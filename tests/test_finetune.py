@@ -23,17 +23,18 @@ from conftest import TINY_DATASET, build_dataset, run_killed
 SMALL = {
     "iql": {"hidden": [32, 32], "batch_size": 64},
     "cql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
+    "calql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
 }
 
 
 @pytest.fixture(scope="module")
 def parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> dict[str, Path]:
-    """Finished tiny Phase I runs of IQL and CQL (k = 30: the fine-tuning starts from damaged data)."""
+    """Finished tiny Phase I runs of IQL, CQL and Cal-QL (k = 30: the fine-tuning starts from damaged data)."""
     results = tmp_path_factory.mktemp("phase1")
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
-        for algo in ("iql", "cql"):
+        for algo in ("iql", "cql", "calql"):
             config = TrainConfig(algo=algo, dataset=TINY_DATASET, remove_top_k=30.0, seed=1, total_steps=60, eval_every=60, eval_episodes=2,
                                  log_every=20, checkpoint_every=60, device="cpu", progress=False, results_dir=str(results),
                                  cache_dir=str(generated_cache), algo_overrides=SMALL[algo])
@@ -74,7 +75,7 @@ def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_
     assert checkpoint["algorithm"]["total_updates"] == 60 + 150  # UTD 1 from the parent's 60 updates on
 
 
-@pytest.mark.parametrize("method", ["iql", "cql", "sac"])
+@pytest.mark.parametrize("method", ["iql", "cql", "calql", "sac"])
 def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, tmp_path, generated_cache, monkeypatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     if method == "sac":
@@ -91,6 +92,25 @@ def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, 
     expected = (Path(reference.results_dir) / reference.run_id / "metrics.jsonl").read_text()
     assert (run_dir / "metrics.jsonl").read_text() == expected
     assert any(json.loads(line)["kind"] == "episode" for line in expected.splitlines())
+
+
+def test_calql_fine_tuning_floors_online_transitions_at_their_episodes_returns(parents, tmp_path, generated_cache, monkeypatch) -> None:
+    """Cal-QL's online data carry Monte-Carlo returns-to-go of their finished episodes."""
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    config = ft_config(tmp_path, generated_cache, method="calql", parent=str(parents["calql"]), online_steps=80)
+    summary = finetune(config)
+    run_dir = tmp_path / "phase2" / summary["run_id"]
+    buffer = torch.load(run_dir / "checkpoint.pt", weights_only=False)["sampler"]["buffer"]
+    rewards, mc, ends = buffer["tensors"]["rewards"], buffer["tensors"]["mc_returns"], buffer["tensors"]["terminals"] + buffer["tensors"]["timeouts"]
+    assert len(rewards) > 0 and ends[-1] == 1  # only whole episodes enter the buffer
+    discount = json.loads((run_dir / "config.json").read_text())["algo_config"]["discount"]
+    expected, running = [], 0.0
+    for reward, end in zip(reversed(rewards.tolist()), reversed(ends.tolist())):
+        running = reward + discount * running * (1.0 - end)
+        expected.append(running)
+    np.testing.assert_allclose(mc.numpy(), expected[::-1], rtol=1e-5)
+    train_records = [r for r in read_records(run_dir) if r["kind"] == "train" and "calibration_bound_rate" in r]
+    assert train_records and all(0.0 <= r["calibration_bound_rate"] <= 1.0 for r in train_records)
 
 
 def test_bad_parents_get_one_line_and_write_nothing(parents, tmp_path, generated_cache, monkeypatch, capsys) -> None:

@@ -65,7 +65,7 @@ def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"), help="algorithms, comma-separated (cql, iql, bc, td3bc); default cql,iql")
+    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"), help="algorithms, comma-separated (cql, iql, calql, bc, td3bc); default cql,iql")
     parser.add_argument(
         "--env", type=comma_list(str), default=None,
         help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v0[@SIZE]), "
@@ -258,7 +258,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
-    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql (from a run of that algorithm) or sac (from scratch); see docs/recovery.md")
+    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm) or sac (from scratch); see docs/recovery.md")
     parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment to use")
     parser.add_argument("--online_steps", type=positive_int, default=250_000, help="online environment steps; default 250000")
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step; default: the method's")

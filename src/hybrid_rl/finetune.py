@@ -17,6 +17,10 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
          the constant ``actor_lr`` again, as in the official fine-tuning configuration (no
          decay) and d3rlpy, not CORL's periodic scheduler, which climbs back by accident.
 ``cql``  CQL kept online with the offline alpha (CORL's fine-tuning), UTD 1, one buffer.
+``calql`` Cal-QL (Nakamoto et al. 2023) from a Cal-QL run: CQL with the policy proposals' Q
+         floored at the Monte-Carlo return-to-go, online too (each finished online episode
+         enters the buffer with its returns-to-go; CORL switches the floor off online, the
+         paper does not), symmetric 50/50 batches, UTD 1.
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
 """
@@ -35,8 +39,8 @@ from .data.refs import normalized_score
 from .errors import HybridRLError
 from .fileio import sha256_of_file
 from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
-from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, prepare_dataset,
-                    record_failure, resolve_device, restore_rng, run_lock)
+from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
+                    prepare_dataset, record_failure, resolve_device, restore_rng, run_lock)
 
 SCRATCH = "scratch"
 
@@ -57,6 +61,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "iql": Method("iql", ("iql",), "uniform", 1, 0, False, "Kostrikov et al. 2022, IQL fine-tuning"),
     "cql": Method("cql", ("cql",), "uniform", 1, 0, False, "Kumar et al. 2020; CORL's CQL fine-tuning"),
+    "calql": Method("calql", ("calql",), "symmetric", 1, 0, False, "Nakamoto et al. 2023, Cal-QL"),
     "sac": Method("sac", (), "online_only", 1, 5_000, True, "Haarnoja et al. 2018, SAC from scratch"),
 }
 
@@ -321,8 +326,10 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
     offline = None
     if sampling != "online_only":
         offline = TransitionSampler(dataset, device, obs_mean=preprocessing.obs_mean, obs_std=preprocessing.obs_std,
-                                    reward_scale=preprocessing.reward_scale, seed=config.seed)
-    buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1)
+                                    reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(dataset, algorithm.config))
+    uses_mc = bool(getattr(algorithm.config, "uses_mc_returns", False))
+    buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1,
+                                extra_fields=("mc_returns",) if uses_mc else ())
     noise = config.exploration_noise
     if noise is None:
         noise = 0.1 if isinstance(getattr(algorithm, "actor", None), DeterministicPolicy) else 0.0
@@ -330,7 +337,7 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
         make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer, MixedSampler(offline, buffer, sampling, config.online_fraction, seed=config.seed + 2),
         preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return),
         utd=config.resolved_utd, batch_size=algorithm.config.batch_size, warmup_steps=config.resolved_warmup_steps,
-        random_warmup=config.recipe.random_warmup, exploration_noise=noise, seed=config.seed,
+        random_warmup=config.recipe.random_warmup, exploration_noise=noise, mc_discount=algorithm.config.discount if uses_mc else None, seed=config.seed,
     )
     schedule = [(stage, config.online_steps)]
     if state is not None:

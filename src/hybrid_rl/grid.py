@@ -32,8 +32,8 @@ from .units import plan_units, run_state, train_unit_safely, unit_result
 
 # Rough single-run throughput on a 2-core CPU (updates/s), used only for the time estimate
 # printed before a grid starts. IQL and CQL: the eager updates measured with 2 threads in
-# docs/performance.md (112.9 and 5.8 updates/s); BC and TD3+BC: rough guesses.
-CPU_UPDATES_PER_SECOND = {"iql": 113.0, "bc": 600.0, "td3bc": 250.0, "cql": 5.8}
+# docs/performance.md (112.9 and 5.8 updates/s; Cal-QL is CQL's update); BC and TD3+BC: rough guesses.
+CPU_UPDATES_PER_SECOND = {"iql": 113.0, "bc": 600.0, "td3bc": 250.0, "cql": 5.8, "calql": 5.8}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 
 from .data.dataset import OfflineDataset, TransitionSampler
 from .data.refs import normalized_score
-from .data.views import is_view_corruption, run_preprocessing
+from .data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
 from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
 from .eval.stats import final_score
@@ -122,17 +122,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested not in ("cpu", "mps") and not requested.startswith("cuda"):
         raise HybridRLError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(requested)
-
-
-def discounted_returns_to_go(rewards: np.ndarray, bounds: np.ndarray, discount: float) -> np.ndarray:
-    """Per transition, sum_t gamma^t r_t to its trajectory's end (float64), via lfilter."""
-    from scipy.signal import lfilter
-
-    out = np.empty(len(rewards), dtype=np.float64)
-    for start, end in bounds:
-        segment = rewards[start:end][::-1].astype(np.float64)
-        out[start:end] = lfilter([1.0], [1.0, -discount], segment)[::-1]
-    return out
 
 
 def mc_diagnostic_indices(dataset: OfflineDataset, discount: float, size: int, seed: int) -> np.ndarray:
@@ -316,7 +305,7 @@ class RunBook:
         self.obs_mean, self.obs_std, self.reward_scale = preprocessing.obs_mean, preprocessing.obs_std, preprocessing.reward_scale
 
         # Fixed diagnostic batch: Q(s, a) against the discounted Monte-Carlo return (scaled rewards).
-        mc_returns = discounted_returns_to_go(dataset.rewards * self.reward_scale, dataset.trajectory_bounds(), self.discount)
+        mc_returns = mc_returns_to_go(dataset, self.discount, self.reward_scale)
         mc_index = mc_diagnostic_indices(dataset, self.discount, size=2048, seed=config.seed)
         mc_obs = dataset.observations[mc_index]
         if self.obs_mean is not None:
@@ -555,7 +544,7 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compi
     first = books[0]
     if len(agents) == 1:
         sampler = TransitionSampler(first.dataset, first.device, obs_mean=first.obs_mean, obs_std=first.obs_std,
-                                    reward_scale=first.reward_scale, seed=first.config.seed)
+                                    reward_scale=first.reward_scale, seed=first.config.seed, extra=mc_extra(first.dataset, first.algo_config))
         return AgentLearner(agents[0]), sampler, {}, first.config.run_id
     from .data.views import DatasetView, PopulationSampler
     from .engine.population import population_class
@@ -566,6 +555,13 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compi
     members = [book.config.run_id for book in books]
     extra = {"population": {"size": len(books), "members": members, "compile": population.compile_mode}}
     return PopulationLearner(population), sampler, extra, f"{first.config.algo} x{len(books)} {first.config.dataset}"
+
+
+def mc_extra(dataset: OfflineDataset, algo_config: Any) -> dict[str, np.ndarray] | None:
+    """The Monte-Carlo returns-to-go batches must carry for algorithms that use them (Cal-QL)."""
+    if not getattr(algo_config, "uses_mc_returns", False):
+        return None
+    return {"mc_returns": mc_returns_to_go(dataset, algo_config.discount, run_preprocessing(dataset, algo_config).reward_scale)}
 
 
 def build_schedule(sampler: Any, batch_size: int, total_steps: int) -> Schedule:

@@ -159,12 +159,18 @@ def cql_critic_loss(
     cql_alpha: float,
     num_actions: int,
     temperature: float = 1.0,
+    q_floor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """CQL(H) critic loss (eq. 4): sum over critics of TD MSE + cql_alpha * penalty.
 
     ``target`` ``(B,)`` is the (detached) Bellman target; the proposal actions are drawn
     here. Dataset actions and the 3N proposals per state go through ``critic`` in a single
     call with the observations repeated: ``(1 + 3N) B`` rows.
+
+    ``q_floor`` ``(B,)`` (Cal-QL, Nakamoto et al. 2023, eq. 5.1): the Q-values of the
+    *policy* proposals (pi(s) and pi(s')) enter the log-sum-exp as ``max(Q, floor)``, so the
+    penalty stops pushing Q down where it is already below the floor (the Monte-Carlo
+    return-to-go of the data). Uniform proposals are not floored, as in the reference code.
     """
     obs, actions = batch["observations"], batch["actions"]
     batch_size = obs.shape[0]
@@ -176,6 +182,12 @@ def cql_critic_loss(
     ensemble = q_all.shape[0]
     q_data = q_all[:, :batch_size]
     q_samples = q_all[:, batch_size:].reshape(ensemble, num_samples, batch_size)
+    floored: Metrics = {}
+    if q_floor is not None:
+        policy_q = q_samples[:, num_actions:]
+        floor = q_floor.detach().reshape(1, 1, batch_size)
+        floored = {"calibration_bound_rate": (policy_q.detach() < floor).float().mean()}
+        q_samples = torch.cat([q_samples[:, :num_actions], torch.maximum(policy_q, floor)], dim=1)
 
     bellman = td_loss(q_data, target)
     logsumexp = cql_importance_sampled_logsumexp(q_samples, log_density.reshape(num_samples, batch_size), temperature)
@@ -193,6 +205,7 @@ def cql_critic_loss(
         "q_next_policy_sample_mean": q_by_source[:, 2].mean(),
         "target_q_mean": target.mean(),
         **q_statistics("q", q_data),
+        **floored,
     }
 
 
@@ -207,6 +220,7 @@ def cql_losses(
     *,
     critic_for_actor: QFunction | None = None,
     actor_for_critic: TanhGaussianPolicy | None = None,
+    q_floor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Metrics]:
     """The three CQL losses of one step (temperature, actor, critic) and their diagnostics.
 
@@ -216,8 +230,9 @@ def cql_losses(
     proposals from the actor. Random draws happen in that order. ``critic_for_actor`` and
     ``actor_for_critic`` (default: ``critic`` and ``actor``) are the copies the actor loss
     and the critic loss see of the other network; a population passes detached copies so
-    that the gradient of the summed losses is each network's own. Shared by ``CQL.update``
-    and the vmapped population so the wiring exists once.
+    that the gradient of the summed losses is each network's own. ``q_floor``: Cal-QL's
+    floor of the policy proposals' Q (see ``cql_critic_loss``). Shared by ``CQL.update``,
+    ``calql.CalQL`` and the vmapped population so the wiring exists once.
     """
     critic_for_actor = critic if critic_for_actor is None else critic_for_actor
     actor_for_critic = actor if actor_for_critic is None else actor_for_critic
@@ -226,7 +241,7 @@ def cql_losses(
     alpha_loss = temperature_loss(log_alpha, actor_metrics.pop("log_prob"), target_entropy)
     target = sac_target(target_critic, actor_for_critic, batch, alpha, cfg.discount, backup_entropy=cfg.backup_entropy)
     critic_loss, critic_metrics = cql_critic_loss(
-        critic, actor_for_critic, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature
+        critic, actor_for_critic, batch, target, cfg.cql_alpha, cfg.num_sampled_actions, cfg.cql_temperature, q_floor
     )
     metrics = {**critic_metrics, **actor_metrics, "alpha": alpha, "alpha_loss": alpha_loss.detach()}
     return alpha_loss, actor_loss, critic_loss, metrics
@@ -261,9 +276,13 @@ class CQL(Algorithm):
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
         }
 
+    def q_floor(self, batch: Batch) -> torch.Tensor | None:
+        """The floor of the policy proposals' Q in the penalty: none in CQL (see calql.CalQL)."""
+        return None
+
     def update(self, batch: Batch) -> Metrics:
         alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
-            self.actor, self.critic, self.target_critic, self.log_alpha, batch, self.config, self.target_entropy
+            self.actor, self.critic, self.target_critic, self.log_alpha, batch, self.config, self.target_entropy, q_floor=self.q_floor(batch)
         )
         step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
         # The actor step must come before the critic step: the actor loss backpropagates

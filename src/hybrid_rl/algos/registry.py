@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from . import bc, cql, iql, td3bc
+from . import bc, calql, cql, iql, td3bc
 from .base import Algorithm
 
 # name -> (Algorithm subclass, config dataclass, module with ``reference_overrides``)
 _REGISTRY: dict[str, tuple[type[Algorithm], type, ModuleType]] = {
     "iql": (iql.IQL, iql.IQLConfig, iql),
     "cql": (cql.CQL, cql.CQLConfig, cql),
+    "calql": (calql.CalQL, calql.CalQLConfig, calql),
     "bc": (bc.BC, bc.BCConfig, bc),
     "td3bc": (td3bc.TD3BC, td3bc.TD3BCConfig, td3bc),
 }

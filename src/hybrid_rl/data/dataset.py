@@ -37,6 +37,17 @@ def trajectory_rows(bounds: np.ndarray, trajectory_indices: np.ndarray) -> np.nd
     return np.concatenate([np.arange(bounds[t, 0], bounds[t, 1]) for t in trajectory_indices]).astype(np.int64)
 
 
+def discounted_returns_to_go(rewards: np.ndarray, bounds: np.ndarray, discount: float) -> np.ndarray:
+    """Per transition, sum_t gamma^t r_t to its trajectory's end (float64), via lfilter."""
+    from scipy.signal import lfilter
+
+    out = np.empty(len(rewards), dtype=np.float64)
+    for start, end in bounds:
+        segment = rewards[start:end][::-1].astype(np.float64)
+        out[start:end] = lfilter([1.0], [1.0, -discount], segment)[::-1]
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class OfflineDataset:
     """A D4RL-style dataset held as numpy arrays.
@@ -121,13 +132,7 @@ class OfflineDataset:
         Used to measure Q-value over/under-estimation against the data. For a trajectory cut
         by a timeout the tail is simply truncated, so this underestimates the true value there.
         """
-        out = np.zeros(len(self), dtype=np.float64)
-        for start, end in self.trajectory_bounds():
-            running = 0.0
-            for i in range(end - 1, start - 1, -1):
-                running = float(self.rewards[i]) + discount * running
-                out[i] = running
-        return out
+        return discounted_returns_to_go(self.rewards, self.trajectory_bounds(), discount)
 
     # --- derived datasets ---------------------------------------------------------------
     def replace(self, **changes: Any) -> "OfflineDataset":

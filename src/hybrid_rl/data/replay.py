@@ -34,12 +34,16 @@ class DeviceReplayBuffer:
     overwrite the oldest.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu", *, seed: int = 0) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu", *, seed: int = 0,
+                 extra_fields: tuple[str, ...] = ()) -> None:
         if capacity <= 0:
             raise ValueError(f"replay capacity must be positive, got {capacity}")
         self.obs_dim, self.act_dim, self.capacity = int(obs_dim), int(act_dim), int(capacity)
         self.device = torch.device(device)
-        shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,), "terminals": (), "timeouts": ()}
+        # extra_fields: per-transition scalars that batches carry too (Cal-QL's "mc_returns").
+        self.fields = (*FIELDS, *extra_fields)
+        shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,), "terminals": (), "timeouts": (),
+                  **{name: () for name in extra_fields}}
         self.tensors = {key: torch.zeros((self.capacity, *shape), dtype=torch.float32, device=self.device) for key, shape in shapes.items()}
         self.position = 0  # next row to write
         self.size = 0
@@ -52,11 +56,11 @@ class DeviceReplayBuffer:
     def add(self, transitions: Mapping[str, Any]) -> None:
         """Append ``n`` transitions: every field of ``FIELDS`` as an array or tensor with a
         leading dimension ``n`` (for example one step of ``n`` environments)."""
-        missing = [key for key in FIELDS if key not in transitions]
+        missing = [key for key in self.fields if key not in transitions]
         if missing:
-            raise ValueError(f"transitions lack {missing}; give all of {list(FIELDS)}")
+            raise ValueError(f"transitions lack {missing}; give all of {list(self.fields)}")
         values = {key: torch.as_tensor(np.asarray(transitions[key]) if not isinstance(transitions[key], torch.Tensor) else transitions[key],
-                                       dtype=torch.float32, device=self.device) for key in FIELDS}
+                                       dtype=torch.float32, device=self.device) for key in self.fields}
         n = len(values["rewards"])
         if n > self.capacity:
             raise ValueError(f"adding {n} transitions to a buffer of capacity {self.capacity}")
@@ -81,6 +85,8 @@ class DeviceReplayBuffer:
         """The batch of the given stored rows (``sample``'s fields)."""
         batch = {key: self.tensors[key][index] for key in ("observations", "actions", "rewards", "next_observations")}
         batch["dones"] = self.tensors["terminals"][index]
+        for key in self.fields[len(FIELDS):]:
+            batch[key] = self.tensors[key][index]
         return batch
 
     def _ordered_rows(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .corruption import kept_rows
-from .dataset import OfflineDataset
+from .dataset import OfflineDataset, discounted_returns_to_go
 
 Batch = dict[str, torch.Tensor]
 Tensors = dict[str, torch.Tensor]
@@ -55,6 +55,13 @@ def run_preprocessing(dataset: OfflineDataset, algo_config: Any) -> Preprocessin
     mean, std = dataset.observation_stats() if getattr(algo_config, "normalize_observations", False) else (None, None)
     scale = dataset.iql_reward_scale() if getattr(algo_config, "reward_scaling", "none") == "iql" else 1.0
     return Preprocessing(mean, std, float(scale))
+
+
+def mc_returns_to_go(dataset: OfflineDataset, discount: float, reward_scale: float = 1.0) -> np.ndarray:
+    """``(n,)`` float64 Monte-Carlo discounted return-to-go of every transition, in the run's
+    (scaled) reward units, each trajectory summed to its end. A trajectory cut by a time limit
+    is summed to the cut: near it the value is underestimated (the tail is unknown)."""
+    return discounted_returns_to_go(dataset.rewards * reward_scale, dataset.trajectory_bounds(), discount)
 
 
 @dataclass(frozen=True, eq=False)

@@ -75,6 +75,7 @@ class OnlineStage:
         warmup_steps: int = 0,
         random_warmup: bool = False,
         exploration_noise: float = 0.0,
+        mc_discount: float | None = None,
         seed: int = 0,
     ) -> None:
         if utd < 1 or warmup_steps < 0 or exploration_noise < 0:
@@ -82,6 +83,11 @@ class OnlineStage:
         self.env, self.buffer, self.sampler, self.preprocessing, self.score = env, buffer, sampler, preprocessing, score
         self.utd, self.batch_size, self.warmup_steps, self.random_warmup = int(utd), int(batch_size), int(warmup_steps), bool(random_warmup)
         self.exploration_noise = float(exploration_noise)
+        # With mc_discount (Cal-QL), an episode's transitions enter the buffer when it ends,
+        # each with its Monte-Carlo return-to-go ("mc_returns"), as the reference code does;
+        # a time-limit cut is summed to the cut, like the offline data's.
+        self.mc_discount = mc_discount
+        self.pending: list[dict[str, np.ndarray]] = []
         self.rng = np.random.default_rng(seed)
         self.act_low, self.act_high = -1.0, 1.0
         self.act_dim = int(np.prod(env.action_space.shape))
@@ -107,11 +113,17 @@ class OnlineStage:
         obs = self._normalize(self.obs)
         action = self._action(learner, obs)
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        self.buffer.add({
+        transition = {
             "observations": obs[None], "actions": action[None], "rewards": np.array([reward * self.preprocessing.reward_scale], np.float32),
             "next_observations": self._normalize(next_obs)[None], "terminals": np.array([float(terminated)], np.float32),
             "timeouts": np.array([float(truncated and not terminated)], np.float32),
-        })
+        }
+        if self.mc_discount is None:
+            self.buffer.add(transition)
+        else:
+            self.pending.append(transition)
+            if terminated or truncated:
+                self._add_episode()
         self.env_steps += 1
         self.episode_return += float(reward)
         self.episode_length += 1
@@ -131,6 +143,14 @@ class OnlineStage:
                 metrics = learner.train_step(self.sampler, self.batch_size)
         return metrics
 
+    def _add_episode(self) -> None:
+        from ..data.dataset import discounted_returns_to_go
+
+        episode = {key: np.concatenate([t[key] for t in self.pending]) for key in self.pending[0]}
+        episode["mc_returns"] = discounted_returns_to_go(episode["rewards"], np.array([[0, len(self.pending)]]), self.mc_discount).astype(np.float32)
+        self.buffer.add(episode)
+        self.pending = []
+
     def take_records(self, member: int) -> list[dict[str, Any]]:
         records, self.records = self.records, []
         return records
@@ -145,6 +165,7 @@ class OnlineStage:
             "env_steps": self.env_steps,
             "rng": self.rng.bit_generator.state,
             "records": list(self.records),
+            "pending": list(self.pending),
         }
 
     def load_member_state(self, member: int, state: dict[str, Any]) -> None:
@@ -157,3 +178,4 @@ class OnlineStage:
         self.env_steps = int(state["env_steps"])
         self.rng.bit_generator.state = state["rng"]
         self.records = list(state["records"])
+        self.pending = list(state["pending"])

@@ -1,0 +1,63 @@
+"""Calibrated Q-Learning (Nakamoto, Zhai, Singh, Sodhani Mark, Ma, Finn, Kumar & Levine 2023,
+"Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online Fine-Tuning", NeurIPS;
+arXiv:2303.05479).
+
+CQL learns a conservative Q, which can sit far below the true value of the behaviour
+policy; when fine-tuning starts, the first online returns look better than Q says, the
+policy chases them and "unlearns" (the dip at the switch). Cal-QL keeps CQL's objective but
+calibrates it: in the conservative penalty, the Q-value of each action proposed by the
+policy is replaced by max(Q(s, a), V^mu(s)), where V^mu(s) is a reference value of the
+behaviour policy, the Monte-Carlo discounted return-to-go of the state in the data (eq. 5.1).
+The penalty then pushes Q down only where it is above that reference, so the learned Q stays
+a lower bound of the policy's value but not below the behaviour's.
+
+Everything else is CQL (``cql.py``): SAC actor and temperature, twin critics, the
+importance-sampled log-sum-exp with 3N proposals. The batch must carry ``mc_returns`` ``(B,)``
+in the same (possibly scaled) reward units as ``rewards``: the trainer adds them for
+``uses_mc_returns`` configs (``data.views.mc_returns_to_go``). Episodes cut by a time limit
+have no known tail: their return-to-go is summed to the cut, which underestimates near it,
+so the floor stays conservative there (docs/algorithms.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import cql
+from .base import Batch
+from .cql import CQL, CQLConfig
+
+
+@dataclass(frozen=True)
+class CalQLConfig(CQLConfig):
+    """CQL's settings (CORL's MuJoCo defaults); the calibration needs no parameter of its own."""
+
+    @property
+    def uses_mc_returns(self) -> bool:
+        """Batches must carry ``mc_returns`` (the trainer reads this)."""
+        return True
+
+
+def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+    """CQL's per-dataset settings (Cal-QL publishes no locomotion configuration of its own)."""
+    return cql.reference_overrides(dataset_name)
+
+
+class CalQL(CQL):
+    """CQL with the policy proposals' Q floored at the Monte-Carlo return-to-go of the data.
+
+    ``update`` metrics: CQL's, plus ``calibration_bound_rate``, the fraction of policy
+    proposals whose Q was below the floor (and was raised to it in the penalty).
+    """
+
+    name = "calql"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: CalQLConfig = CalQLConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+
+    def q_floor(self, batch: Batch) -> torch.Tensor:
+        if "mc_returns" not in batch:
+            raise KeyError("Cal-QL needs batches with 'mc_returns' (the Monte-Carlo return-to-go of each transition)")
+        return batch["mc_returns"]
