@@ -380,6 +380,40 @@ def test_bc_loss_is_action_mse_and_bc_has_no_critic() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# RLPD
+# ---------------------------------------------------------------------------------------
+def test_rlpd_target_is_the_min_over_the_chosen_subset_with_entropy() -> None:
+    from hybrid_rl.algos.rlpd import rlpd_target
+    from hybrid_rl.networks import EnsembleCritic
+
+    critic = EnsembleCritic(OBS_DIM, ACT_DIM, (8,), ensemble_size=5, layer_norm=True)
+    policy = TanhGaussianPolicy(OBS_DIM, ACT_DIM, (8,))
+    batch = make_batch(6)
+    alpha = torch.tensor(0.3)
+    torch.manual_seed(5)
+    next_actions, next_log_prob = policy.rsample(batch["next_observations"])
+    q = critic(batch["next_observations"], next_actions).detach()  # (5, B)
+    torch.manual_seed(5)
+    target = rlpd_target(critic, policy, batch, alpha, torch.tensor([1, 3]), discount=0.9)
+    expected = batch["rewards"] + 0.9 * (1 - batch["dones"]) * (torch.minimum(q[1], q[3]) - 0.3 * next_log_prob.detach())
+    torch.testing.assert_close(target, expected)
+
+
+def test_rlpd_critics_are_layer_normed_and_the_actor_steps_once_per_env_step() -> None:
+    from hybrid_rl.algos.rlpd import RLPD, RLPDConfig
+
+    algo = RLPD(OBS_DIM, ACT_DIM, RLPDConfig(hidden=(8, 8), ensemble_size=4, actor_every=3, batch_size=8))
+    assert len(algo.critic.norms) == 2 and algo.critic(torch.zeros(2, OBS_DIM), torch.zeros(2, ACT_DIM)).shape == (4, 2)
+    actor_before = [p.clone() for p in algo.actor.parameters()]
+    updates = [algo.update(make_batch()) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(actor_before, algo.actor.parameters()))  # critics only so far
+    updates.append(algo.update(make_batch()))
+    assert ["actor_loss" in m for m in updates] == [False, False, True]  # UTD 3: the actor steps on the third
+    assert not all(torch.equal(a, b) for a, b in zip(actor_before, algo.actor.parameters()))
+    assert algo.target_entropy == -ACT_DIM / 2
+
+
+# ---------------------------------------------------------------------------------------
 # Every algorithm: metrics, acting, host syncs, checkpoints
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(TINY))

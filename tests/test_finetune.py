@@ -75,11 +75,14 @@ def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_
     assert checkpoint["algorithm"]["total_updates"] == 60 + 150  # UTD 1 from the parent's 60 updates on
 
 
-@pytest.mark.parametrize("method", ["iql", "cql", "calql", "sac"])
+@pytest.mark.parametrize("method", ["iql", "cql", "calql", "rlpd", "sac"])
 def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, tmp_path, generated_cache, monkeypatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     if method == "sac":
         changes = dict(method="sac", parent="scratch", dataset=TINY_DATASET, warmup_steps=40, algo_overrides={"hidden": [32, 32], "batch_size": 64})
+    elif method == "rlpd":  # from scratch on damaged data, UTD 3
+        changes = dict(method="rlpd", parent="scratch", dataset=TINY_DATASET, remove_top_k=30.0, warmup_steps=40, utd=3,
+                       algo_overrides={"hidden": [32, 32], "batch_size": 64, "ensemble_size": 4})
     else:
         changes = dict(method=method, parent=str(parents[method]))
     reference = ft_config(tmp_path / "uninterrupted", generated_cache, **changes)
@@ -113,6 +116,21 @@ def test_calql_fine_tuning_floors_online_transitions_at_their_episodes_returns(p
     assert train_records and all(0.0 <= r["calibration_bound_rate"] <= 1.0 for r in train_records)
 
 
+def test_rlpd_from_scratch_uses_the_damaged_data_of_the_same_seed(tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    config = ft_config(tmp_path, generated_cache, method="rlpd", parent="scratch", dataset=TINY_DATASET, remove_top_k=30.0, online_steps=60,
+                       warmup_steps=50, utd=2, algo_overrides={"hidden": [16, 16], "batch_size": 32, "ensemble_size": 3})
+    summary = finetune(config)
+    run_dir = tmp_path / "phase2" / summary["run_id"]
+    written = json.loads((run_dir / "config.json").read_text())
+    assert summary["run_id"].startswith("ft-rlpd__scratch__gen-hopper-random-v0@3000__k30__noise0__utd2__symmetric")
+    assert written["corruption_records"][0]["kind"] == "remove_top_k" and written["corruption"]["remove_top_k"] == 30.0
+    assert written["algo_config"]["actor_every"] == 2 and written["algo_config"]["layer_norm"] is True
+    assert written["parent"]["run_id"] is None and written["online"]["warmup_steps"] == 50
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["algorithm"]["total_updates"] == 2 * (60 - 50)  # UTD 2 after the warm-up
+
+
 def test_bad_parents_get_one_line_and_write_nothing(parents, tmp_path, generated_cache, monkeypatch, capsys) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     results = tmp_path / "phase2"
@@ -127,6 +145,7 @@ def test_bad_parents_get_one_line_and_write_nothing(parents, tmp_path, generated
     assert "no Phase I run directory" in run("--from", str(tmp_path / "missing"), "--method", "iql")
     assert "use --method cql" in run("--from", str(parents["cql"]), "--method", "iql")
     assert "--from scratch --env" in run("--from", str(parents["iql"]), "--method", "sac")
+    assert "corruption flags are for --from scratch" in run("--from", str(parents["iql"]), "--method", "iql", "--remove_top_k", "10")
     assert "add --env DATASET" in run("--from", "scratch", "--method", "sac")
     assert "pass --from RESULTS/RUN_ID" in run("--from", "scratch", "--method", "iql", "--env", TINY_DATASET)
     assert "unknown fine-tuning method" in run("--from", str(parents["iql"]), "--method", "awac")

@@ -234,7 +234,8 @@ def finetune_command(args: argparse.Namespace) -> int:
     from .grid import check_writable_dir
 
     config = FinetuneConfig(
-        method=args.method, parent=args.parent, dataset=args.env, online_steps=args.online_steps, utd=args.utd, sampling=args.sampling,
+        method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
+        online_steps=args.online_steps, utd=args.utd, sampling=args.sampling,
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
         exploration_noise=args.exploration_noise, seed=args.seed, eval_every=min(args.eval_every, args.online_steps),
         eval_episodes=args.eval_episodes, log_every=min(args.log_every, args.online_steps), checkpoint_every=args.checkpoint_every,
@@ -258,8 +259,10 @@ def finetune_command(args: argparse.Namespace) -> int:
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
-    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm) or sac (from scratch); see docs/recovery.md")
-    parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment to use")
+    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm) or rlpd, sac (from scratch); see docs/recovery.md")
+    parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
+    parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
+    parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
     parser.add_argument("--online_steps", type=positive_int, default=250_000, help="online environment steps; default 250000")
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step; default: the method's")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")

@@ -21,6 +21,9 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
          floored at the Monte-Carlo return-to-go, online too (each finished online episode
          enters the buffer with its returns-to-go; CORL switches the floor off online, the
          paper does not), symmetric 50/50 batches, UTD 1.
+``rlpd`` RLPD (Ball et al. 2023) from scratch with the (damaged) offline data: SAC with 10
+         LayerNorm critics, target = min over a random 2, symmetric 50/50 batches, UTD 20
+         (the paper's; pass a lower --utd on a CPU), 5,000 random warm-up steps.
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
 """
@@ -62,6 +65,7 @@ METHODS: dict[str, Method] = {
     "iql": Method("iql", ("iql",), "uniform", 1, 0, False, "Kostrikov et al. 2022, IQL fine-tuning"),
     "cql": Method("cql", ("cql",), "uniform", 1, 0, False, "Kumar et al. 2020; CORL's CQL fine-tuning"),
     "calql": Method("calql", ("calql",), "symmetric", 1, 0, False, "Nakamoto et al. 2023, Cal-QL"),
+    "rlpd": Method("rlpd", (), "symmetric", 20, 5_000, True, "Ball et al. 2023, RLPD"),
     "sac": Method("sac", (), "online_only", 1, 5_000, True, "Haarnoja et al. 2018, SAC from scratch"),
 }
 
@@ -72,7 +76,12 @@ class FinetuneConfig:
 
     method: str = "iql"
     parent: str = SCRATCH  # a Phase I run directory, or "scratch"
-    dataset: str | None = None  # with parent "scratch": the dataset whose env (and data) to use
+    # The data: the parent's (filled in by with_parent), or for "scratch" the dataset whose
+    # environment (and, for rlpd, offline data) the run uses, with these corruptions.
+    dataset: str | None = None
+    remove_top_k: float = 0.0
+    reward_noise_std: float = 0.0
+    extra_corruptions: tuple[dict, ...] = ()
     online_steps: int = 250_000
     utd: int | None = None  # gradient steps per env step; None: the method's
     sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
@@ -146,24 +155,12 @@ class FinetuneConfig:
         return self.parent_identity.get("algo", self.method)
 
     @property
-    def source_dataset(self) -> str:
-        return self.parent_identity.get("dataset", self.dataset or "")
-
-    @property
-    def remove_top_k(self) -> float:
-        return float(self.parent_identity.get("remove_top_k", 0.0))
-
-    @property
-    def reward_noise_std(self) -> float:
-        return float(self.parent_identity.get("reward_noise_std", 0.0))
-
-    @property
-    def extra_corruptions(self) -> tuple[dict, ...]:
-        return tuple(self.parent_identity.get("extra_corruptions", ()))
-
-    @property
     def run_id(self) -> str:
-        start = f"from__{Path(self.parent).name}" if self.parent != SCRATCH else f"scratch__{self.source_dataset.replace('/', '_')}"
+        if self.parent != SCRATCH:
+            start = f"from__{Path(self.parent).name}"
+        else:  # the Phase I run-id parts of the data: dataset, k, noise
+            start = "__".join(["scratch", (self.dataset or "").replace("/", "_"), f"k{self.remove_top_k:g}", f"noise{self.reward_noise_std:g}"]
+                              + ["-".join(f"{v}" for k, v in sorted(spec.items()) if k != "seed") for spec in self.extra_corruptions])
         return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, f"s{self.seed}"])
 
     def identity(self) -> dict[str, Any]:
@@ -225,7 +222,14 @@ def with_parent(config: FinetuneConfig) -> FinetuneConfig:
     if not METHODS[config.method].parent_algos:
         raise HybridRLError(f"method {config.method} starts from scratch: pass --from scratch --env DATASET")
     parent = load_parent(config.parent, config.method)
-    return dataclasses.replace(config, parent_identity=parent.config.identity(), dataset=parent.config.dataset)
+    if config.parent_identity:  # filled in before
+        if config.parent_identity != parent.config.identity():
+            raise HybridRLError(f"--from {parent.run_dir} now holds another run than this fine-tuning run started from; use another --results directory")
+        return config
+    if config.remove_top_k or config.reward_noise_std or config.extra_corruptions:
+        raise HybridRLError("corruption flags are for --from scratch runs: a fine-tuning run uses its parent's (damaged) data")
+    return dataclasses.replace(config, parent_identity=parent.config.identity(), dataset=parent.config.dataset, remove_top_k=parent.config.remove_top_k,
+                               reward_noise_std=parent.config.reward_noise_std, extra_corruptions=parent.config.extra_corruptions)
 
 
 def _finite(state: Any) -> bool:
@@ -269,12 +273,22 @@ def finetune(config: FinetuneConfig, *, resume: bool = True, lock_wait_s: float 
                 book.close()
 
 
+def scratch_algorithm(config: FinetuneConfig, obs_dim: int, act_dim: int, device: torch.device):
+    """Fresh networks for a from-scratch method, its config's defaults under ``algo_overrides``."""
+    from .algos.registry import apply_overrides
+    from .algos.rlpd import RLPD, RLPDConfig
+    from .algos.sac import SAC, SACConfig
+
+    if config.method == "rlpd":  # the actor steps once per environment step
+        return RLPD(obs_dim, act_dim, apply_overrides(RLPDConfig(actor_every=config.resolved_utd), dict(config.algo_overrides), "--algo_overrides"), device)
+    return SAC(obs_dim, act_dim, apply_overrides(SACConfig(), dict(config.algo_overrides), "--algo_overrides"), device)
+
+
 def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None):
     """Data, agent, book, stage: everything fit needs, restored from the checkpoint if there is one."""
     from .algos.iql import IQL
-    from .algos.sac import SAC, SACConfig
     from .data.dataset import TransitionSampler
-    from .data.loader import load_dataset, make_env
+    from .data.loader import make_env
     from .data.replay import DeviceReplayBuffer, MixedSampler
     from .data.robots import EPISODE_LIMIT
     from .data.views import run_preprocessing
@@ -288,14 +302,13 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
         torch.set_num_threads(config.threads)
     parent_info: dict[str, Any] = {"run_id": None}
     if config.parent == SCRATCH:
-        original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
-        dataset, records = original, []
+        data = TrainConfig(algo=config.method, dataset=config.dataset, remove_top_k=config.remove_top_k, reward_noise_std=config.reward_noise_std,
+                           extra_corruptions=config.extra_corruptions, seed=config.seed, cache_dir=config.cache_dir, mirror=config.mirror)
+        original, dataset, records = prepare_dataset(data)  # the corruption of a Phase I run with this seed
         torch.manual_seed(config.seed)
-        algorithm = SAC(dataset.obs_dim, dataset.act_dim, dataclasses.replace(SACConfig(), **config.algo_overrides), device)
+        algorithm = scratch_algorithm(config, dataset.obs_dim, dataset.act_dim, device)
     else:
         parent = load_parent(config.parent, config.method)
-        if parent.config.identity() != config.parent_identity:
-            raise HybridRLError(f"--from {parent.run_dir} now holds another run than this fine-tuning run started from; use another --results directory")
         parent_config = dataclasses.replace(parent.config, cache_dir=config.cache_dir, mirror=config.mirror)
         original, dataset, records = prepare_dataset(parent_config)
         if original.checksum() != parent.dataset_checksum:

@@ -77,11 +77,24 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the features of each of E members, with each member's own gain and bias."""
+
+    def __init__(self, ensemble_size: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, width))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
 class EnsembleCritic(nn.Module):
     """E Q-functions Q_e(s, a) evaluated together; ``forward`` returns ``(E, B)``.
 
     Inputs may carry extra leading dims as long as the batch is flattened: pass
-    ``(B, obs_dim)`` and ``(B, act_dim)``.
+    ``(B, obs_dim)`` and ``(B, act_dim)``. ``layer_norm``: LayerNorm after every hidden
+    linear layer (RLPD's critics, Ball et al. 2023, sec. 3.2: it bounds Q's extrapolation).
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class EnsembleCritic(nn.Module):
         *,
         ensemble_size: int = 2,
         orthogonal_init: bool = False,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.ensemble_size = ensemble_size
@@ -99,13 +113,17 @@ class EnsembleCritic(nn.Module):
         self.hidden_layers = nn.ModuleList(
             EnsembleLinear(ensemble_size, d_in, d_out, orthogonal_init=orthogonal_init) for d_in, d_out in zip(dims[:-1], dims[1:])
         )
+        self.norms = nn.ModuleList(EnsembleLayerNorm(ensemble_size, width) for width in hidden) if layer_norm else None
         self.head = EnsembleLinear(ensemble_size, dims[-1], 1, orthogonal_init=orthogonal_init, gain=1.0)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
-        for layer in self.hidden_layers:
-            x = torch.relu(layer(x))
+        for index, layer in enumerate(self.hidden_layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[index](x)
+            x = torch.relu(x)
         return self.head(x).squeeze(-1)
 
 

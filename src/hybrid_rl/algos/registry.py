@@ -53,7 +53,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
     return value
 
 
-def _apply(config: Any, changes: dict[str, Any], source: str) -> Any:
+def apply_overrides(config: Any, changes: dict[str, Any], source: str) -> Any:
+    """``config`` with ``changes`` (ValueError naming the valid fields for an unknown one)."""
     if not changes:
         return config
     hints = typing.get_type_hints(type(config))
@@ -76,8 +77,8 @@ def make_config(name: str, dataset_name: str | None = None, overrides: dict[str,
     """
     _, config_cls, module = _lookup(name)
     config = config_cls()
-    config = _apply(config, module.reference_overrides(dataset_name), f"reference overrides for {dataset_name!r}")
-    return _apply(config, dict(overrides or {}), "overrides")
+    config = apply_overrides(config, module.reference_overrides(dataset_name), f"reference overrides for {dataset_name!r}")
+    return apply_overrides(config, dict(overrides or {}), "overrides")
 
 
 def make_algorithm(

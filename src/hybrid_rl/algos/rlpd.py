@@ -1,0 +1,134 @@
+"""RLPD: Reinforcement Learning with Prior Data (Ball, Smith, Kostrikov & Levine 2023,
+"Efficient Online Reinforcement Learning with Offline Data", ICML; arXiv:2302.02948).
+
+No pretraining: SAC trained online from scratch, with three changes that let it use offline
+data from the first step (sec. 3):
+
+- symmetric sampling: half of every batch from the offline data, half from the online
+  buffer (the trainer's ``MixedSampler`` in ``symmetric`` mode);
+- LayerNorm in the critics, which bounds how far Q extrapolates beyond the data;
+- a large ensemble with a random-subset target (REDQ, Chen et al. 2021): E = 10 critics,
+  the Bellman target is the minimum over a random subset of 2 target critics, with SAC's
+  entropy term (on for locomotion), and a high update-to-data ratio (UTD 20).
+
+As in the reference code, every ``update`` is a critic update, and the actor and the
+temperature take one step per environment step (on every ``actor_every``-th update; the
+fine-tuning run sets it to its UTD). The actor maximises the mean over the ensemble.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from .base import Algorithm, Batch, Metrics, step_optimizer
+from .sac import q_statistics, td_loss, temperature_loss
+
+
+@dataclass(frozen=True)
+class RLPDConfig:
+    """RLPD's locomotion settings (Ball et al. 2023, table 4)."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    ensemble_size: int = 10
+    target_subset: int = 2  # critics in the min of the target (REDQ's M)
+    layer_norm: bool = True
+    discount: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    batch_size: int = 256  # RLPD: 256, half offline and half online
+    init_alpha: float = 1.0
+    target_entropy: float | None = None  # None: -|A| / 2, RLPD's choice
+    backup_entropy: bool = True
+    actor_every: int = 1  # actor and temperature step on every n-th update (the run's UTD)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_subset <= self.ensemble_size:
+            raise ValueError(f"RLPD needs 1 <= target_subset <= ensemble_size, got {self.target_subset} of {self.ensemble_size}")
+        if self.actor_every < 1:
+            raise ValueError(f"actor_every must be at least 1, got {self.actor_every}")
+
+
+def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+    return {}
+
+
+def rlpd_target(target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor, subset: torch.Tensor,
+                discount: float, backup_entropy: bool = True) -> torch.Tensor:
+    """y = r + gamma (1 - d) (min_{j in subset} Qbar_j(s', a') - alpha log pi(a'|s')), a' ~ pi(s'): ``(B,)``.
+
+    ``subset`` ``(M,)`` holds the indices of the target critics whose minimum is taken.
+    """
+    with torch.no_grad():
+        next_actions, next_log_prob = policy.rsample(batch["next_observations"])
+        next_q = target_critic(batch["next_observations"], next_actions).index_select(0, subset).min(dim=0).values
+        if backup_entropy:
+            next_q = next_q - alpha * next_log_prob
+        return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
+
+
+def rlpd_actor_loss(critic: EnsembleCritic, policy: TanhGaussianPolicy, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """J_pi = E[alpha log pi(a|s) - mean_e Q_e(s, a)], a ~ pi(s) reparameterised (mean over the ensemble)."""
+    actions, log_prob = policy.rsample(obs)
+    q_pi = critic(obs, actions).mean(dim=0)
+    loss = (alpha.detach() * log_prob - q_pi).mean()
+    return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach(), "q_policy_mean": q_pi.mean().detach(), "log_prob": log_prob.detach()}
+
+
+class RLPD(Algorithm):
+    """SAC with a LayerNorm critic ensemble and a random-subset target (RLPD)."""
+
+    name = "rlpd"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: RLPDConfig = RLPDConfig(), device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, config, device)
+        self.register(
+            actor=TanhGaussianPolicy(obs_dim, act_dim, config.hidden),
+            critic=EnsembleCritic(obs_dim, act_dim, config.hidden, ensemble_size=config.ensemble_size, layer_norm=config.layer_norm),
+        )
+        self.register(target_critic=copy.deepcopy(self.critic).requires_grad_(False))
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
+        self.target_entropy = float(-act_dim / 2 if config.target_entropy is None else config.target_entropy)
+        self.optimizers = {
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
+        }
+
+    def update(self, batch: Batch) -> Metrics:
+        cfg = self.config
+        alpha = self.log_alpha.exp().detach()
+        # The subset is drawn on the device from the global generator (no host sync).
+        subset = torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset]
+        target = rlpd_target(self.target_critic, self.actor, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
+        q_pred = self.critic(batch["observations"], batch["actions"])
+        critic_loss = td_loss(q_pred, target)
+        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        self.total_updates += 1
+        metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "grad_norm_critic": critic_grad, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+        if self.total_updates % cfg.actor_every == 0:  # the last update of an environment step
+            actor_loss, actor_metrics = rlpd_actor_loss(self.critic, self.actor, batch["observations"], alpha)
+            actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
+            alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
+            step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
+            metrics.update(actor_metrics, alpha_loss=alpha_loss.detach(), grad_norm_actor=actor_grad)
+        return metrics
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Mean over the ensemble, ``(B,)`` (what the actor maximises)."""
+        return self.critic(obs, actions).mean(dim=0)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"log_alpha": self.log_alpha.detach().clone()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
