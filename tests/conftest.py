@@ -129,6 +129,32 @@ def build_dataset(
     )
 
 
+# D4RL's reference returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE of the v2 locomotion
+# datasets), written out here so tests check hybrid_rl.data.refs against the published numbers.
+D4RL_REFERENCE_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def d4rl_normalized(robot: str, episode_return: float) -> float:
+    """D4RL normalized score, 100 * (return - random) / (expert - random)."""
+    random_return, expert_return = D4RL_REFERENCE_RETURNS[robot]
+    return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+
+def returns_by_hand(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """Undiscounted return of every trajectory: rewards summed up to each terminal or timeout
+    flag, plus a trailing trajectory without a flag (written out, not OfflineDataset's code)."""
+    returns, total, open_trajectory = [], 0.0, False
+    for reward, terminal, timeout in zip(rewards.astype(np.float64), terminals, timeouts):
+        total += reward
+        open_trajectory = True
+        if terminal or timeout:
+            returns.append(total)
+            total, open_trajectory = 0.0, False
+    if open_trajectory:
+        returns.append(total)
+    return np.asarray(returns)
+
+
 @pytest.fixture
 def make_dataset() -> DatasetBuilder:
     """The `build_dataset` builder, as a fixture (tests are not a package)."""

@@ -190,8 +190,12 @@ def test_corrupt_transitions_edge_rates(make_dataset):
 def test_large_index_sets_are_stored_as_count_and_hash(make_dataset, monkeypatch):
     monkeypatch.setattr(corruption, "INDEX_LIST_LIMIT", 5)
     ds = make_dataset([[1.0] * 20])
-    _, record = flip_reward_sign(ds, 0.5, seed=0)
+    out, record = flip_reward_sign(ds, 0.5, seed=0)
     assert "indices" not in record and record["num_changed"] == 10 and len(record["indices_sha256"]) == 64
+    # The hash describes the rows that really changed: SHA-256 of their sorted int64 indices.
+    changed = np.flatnonzero(out.rewards != ds.rewards)
+    assert len(changed) == 10 and np.all(out.rewards[changed] == -1.0)
+    assert record["indices_sha256"] == hashlib.sha256(changed.astype(np.int64).tobytes()).hexdigest()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ import torch
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler, concatenate_datasets
 from hybrid_rl.data.replay import ReplayBuffer
 
+from conftest import d4rl_normalized, returns_by_hand
+
 
 # --- trajectories ----------------------------------------------------------------------
 def test_bounds_and_returns_with_trailing_partial_trajectory(make_dataset):
@@ -74,7 +76,11 @@ def test_summary_and_checksum(make_dataset):
     ds = make_dataset([[1, 2], [10]]).replace(metadata={"env_name": "hopper-medium-v2"})
     info = ds.summary()
     assert info["trajectories"] == 2 and info["return_max"] == 10.0
-    assert "normalized_return_mean" in info
+    # Returns 3 and 10: D4RL's normalization of their mean with hopper's reference returns.
+    assert info["return_mean"] == pytest.approx(6.5)
+    assert info["normalized_return_mean"] == pytest.approx(d4rl_normalized("hopper", 6.5), rel=1e-9)
+    assert info["normalized_return_mean"] == pytest.approx(100.0 * (6.5 + 20.272305) / (3234.3 + 20.272305), rel=1e-9)
+    assert "normalized_return_mean" not in make_dataset([[1, 2], [10]], name="pendulum-swingup").summary()  # no reference scores
     changed = ds.replace(rewards=ds.rewards + 1)
     assert ds.checksum() != changed.checksum()
     assert ds.checksum() == make_dataset([[1, 2], [10]]).checksum()
@@ -165,6 +171,17 @@ def test_concatenate_separates_partial_trajectories(make_dataset):
     assert not first.timeouts[2]  # inputs untouched
     with pytest.raises(ValueError):
         concatenate_datasets([], name="none")
+
+
+def test_summary_normalizes_the_mean_trajectory_return_of_real_data(hopper_dataset: OfflineDataset):
+    returns = returns_by_hand(hopper_dataset.rewards, hopper_dataset.terminals, hopper_dataset.timeouts)
+    info = hopper_dataset.summary()  # named hopper-random-rollout: hopper's reference returns
+    assert info["trajectories"] == len(returns) > 2
+    assert info["return_mean"] == pytest.approx(returns.mean(), rel=1e-6)
+    assert info["normalized_return_mean"] == pytest.approx(d4rl_normalized("hopper", returns.mean()), rel=1e-6)
+    # The environment name in the metadata decides the robot, not the dataset's name.
+    as_walker = hopper_dataset.replace(metadata={**hopper_dataset.metadata, "env_name": "walker2d-medium-v2"}).summary()
+    assert as_walker["normalized_return_mean"] == pytest.approx(d4rl_normalized("walker2d", returns.mean()), rel=1e-6)
 
 
 def test_offline_dataset_shapes(hopper_dataset: OfflineDataset):

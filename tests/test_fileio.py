@@ -18,13 +18,18 @@ def test_lock_file_is_removed_and_waiters_relock(tmp_path):
     its holder removed takes the lock again on the path's current file."""
     lock = tmp_path / "f.hdf5.lock"
     order: list[str] = []
+    lock_file_seen_by_second: list[bool] = []  # asserted in the main thread: a failed assert
+    errors: list[BaseException] = []  # inside a thread would only print a warning
     inside = threading.Event()
 
     def second() -> None:
-        inside.wait()
-        with file_lock(lock):
-            order.append("second in")
-            assert (tmp_path / "f.hdf5.lock").exists()
+        try:
+            inside.wait()
+            with file_lock(lock):
+                order.append("second in")
+                lock_file_seen_by_second.append((tmp_path / "f.hdf5.lock").exists())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
 
     thread = threading.Thread(target=second)
     thread.start()
@@ -36,7 +41,10 @@ def test_lock_file_is_removed_and_waiters_relock(tmp_path):
             time_waited += 0.05
         order.append("first out")
     thread.join(timeout=10)
+    assert not thread.is_alive(), "the waiting thread never got the lock"
+    assert not errors, errors
     assert order == ["first out", "second in"]
+    assert lock_file_seen_by_second == [True], "the second holder did not hold a lock file at the path"
     assert not (tmp_path / "f.hdf5.lock").exists()
 
 

@@ -37,6 +37,25 @@ def test_expansion_order_and_ids(tmp_path: Path) -> None:
     assert len(configs) == 2 * 2 * 2
     assert len({c.run_id for c in configs}) == len(configs)
     assert configs[0].run_id == f"bc__{DATASET}__k0__noise0__s0"
+    # The documented order: dataset, algo, noise, k, seed (seed fastest).
+    assert [c.run_id for c in configs] == [
+        f"bc__{DATASET}__k0__noise0__s0",
+        f"bc__{DATASET}__k0__noise0__s1",
+        f"bc__{DATASET}__k30__noise0__s0",
+        f"bc__{DATASET}__k30__noise0__s1",
+        f"iql__{DATASET}__k0__noise0__s0",
+        f"iql__{DATASET}__k0__noise0__s1",
+        f"iql__{DATASET}__k30__noise0__s0",
+        f"iql__{DATASET}__k30__noise0__s1",
+    ]
+    assert [(c.algo, c.remove_top_k, c.seed) for c in configs[:3]] == [("bc", 0.0, 0), ("bc", 0.0, 1), ("bc", 30.0, 0)]
+    # Every axis at two values: datasets outermost, then algos, reward noise, top-k, seeds.
+    other = "gen-walker2d-random-v0@3000"
+    wide = small_spec(tmp_path / "r", tmp_path / "c", datasets=(DATASET, other), reward_noise_std=(0.0, 0.1), seeds=(0, 1)).expand()
+    assert [c.run_id for c in wide] == [
+        f"{algo}__{dataset}__k{k}__noise{noise}__s{seed}"
+        for dataset in (DATASET, other) for algo in ("bc", "iql") for noise in ("0", "0.1") for k in ("0", "30") for seed in (0, 1)
+    ]
 
 
 def test_failure_of_one_run_does_not_stop_the_grid(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,8 +124,32 @@ def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cach
         theirs = json.loads((tmp_path / "single" / config.run_id / "summary.json").read_text())
         assert mine.keys() == theirs.keys() and mine["status"] == theirs["status"] == "completed"
         assert mine["num_evaluations"] == theirs["num_evaluations"] == 2
+        assert mine["steps_done"] == theirs["steps_done"] == 200
         if config.algo == "bc":  # BC has no population: the very same run
             assert mine["final_normalized_return"] == theirs["final_normalized_return"]
+        # Each member trained its own seed on its own corrupted data ...
+        assert mine["dataset_normalized_return"] == theirs["dataset_normalized_return"], config.run_id
+        written = json.loads((tmp_path / "pop" / config.run_id / "config.json").read_text())
+        reference = json.loads((tmp_path / "single" / config.run_id / "config.json").read_text())
+        assert written["seed"] == reference["seed"] == config.seed, config.run_id
+        assert written["remove_top_k"] == reference["remove_top_k"] == config.remove_top_k, config.run_id
+        for key in ("corruption", "corruption_records", "corrupted_dataset_summary", "dataset_checksum", "reward_scale"):
+            assert written[key] == reference[key], (config.run_id, key)
+        assert [r["kind"] for r in written["corruption_records"]] == (["remove_top_k"] if config.remove_top_k else []), config.run_id
+        # ... and logged what the single run logged: train metrics to the population tolerance
+        # (batched matrix products round differently, as in test_train_population), evaluations
+        # from the same start states with (to rounding) the same policy.
+        got = [json.loads(line) for line in (tmp_path / "pop" / config.run_id / "metrics.jsonl").read_text().splitlines()]
+        want = [json.loads(line) for line in (tmp_path / "single" / config.run_id / "metrics.jsonl").read_text().splitlines()]
+        assert [(m["step"], m["kind"], sorted(m)) for m in got] == [(m["step"], m["kind"], sorted(m)) for m in want], config.run_id
+        assert sum(m["kind"] == "train" for m in want) == 4 and sum(m["kind"] == "eval" for m in want) == 2
+        for line, (mine_line, their_line) in enumerate(zip(got, want)):
+            if their_line["kind"] == "train":
+                for key, value in their_line.items():
+                    if isinstance(value, float):
+                        assert mine_line[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (config.run_id, mine_line["step"], key)
+            elif their_line["kind"] == "eval":
+                assert mine_line["episode_returns"] == pytest.approx(their_line["episode_returns"], rel=1e-2, abs=1.0), (config.run_id, line)
     again = run_grid(grouped, workers=1, log=lambda line: None, progress=False, population="on")
     assert again["skipped_complete"] == 8 and again["ran"] == 0
 

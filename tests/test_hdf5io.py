@@ -35,7 +35,7 @@ def test_write_is_deterministic_and_atomic(make_dataset, tmp_path):
     assert read_hdf5(tmp_path / "a.hdf5").metadata["recipe"] == {"levels": [1, 2]}
     # A failure while writing leaves neither the target nor a temporary file behind.
     bad = ds.replace(metadata={"unstorable": object()})
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):  # h5py: an object has no HDF5 type
         write_hdf5(bad, tmp_path / "c.hdf5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5", "b.hdf5"]
 
@@ -126,9 +126,25 @@ def test_built_next_observations_never_mark_a_terminal_as_timeout(make_dataset, 
     np.testing.assert_array_equal(loaded.timeouts, [0, 0])
 
 
-def test_read_without_validation_of_a_copy(hopper_file, tmp_path):
+def test_read_without_validation_of_a_copy(hopper_file, hopper_dataset, tmp_path):
+    """validate=False skips validation: a copy that validation rejects (a NaN observation)
+    still loads, under the given name and with the file's arrays."""
     copy = Path(shutil.copy(hopper_file, tmp_path / "copy.hdf5"))
-    assert len(read_hdf5(copy, validate=False, name="x")) == validate_hdf5(copy)["rows"]
+    with h5py.File(copy, "r+") as handle:
+        handle["observations"][5, 2] = np.nan
+    with pytest.raises(DatasetFileError, match="NaN"):
+        validate_hdf5(copy)
+    with pytest.raises(DatasetFileError, match="NaN"):
+        read_hdf5(copy)
+    loaded = read_hdf5(copy, validate=False, name="x")
+    assert loaded.name == "x" and len(loaded) == len(hopper_dataset)
+    expected = hopper_dataset.observations.copy()
+    expected[5, 2] = np.nan
+    np.testing.assert_array_equal(loaded.observations, expected)  # NaN compares equal to NaN here
+    for key in ARRAY_FIELDS:
+        if key != "observations":
+            np.testing.assert_array_equal(getattr(loaded, key), getattr(hopper_dataset, key))
+    np.testing.assert_array_equal(loaded.infos["qpos"], hopper_dataset.infos["qpos"])
 
 
 def test_file_whose_rebuilt_transitions_would_all_be_dropped_says_why(tmp_path):

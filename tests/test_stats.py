@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from hybrid_rl.eval import stats
 from hybrid_rl.eval.stats import (
     align_curves,
     final_score,
@@ -64,6 +63,40 @@ def test_interval_contains_point_and_is_deterministic():
     for est in first.values():
         assert est.low <= est.point <= est.high
         assert min(scores) <= est.low and est.high <= max(scores)
+    # The confidence level is used: with the same resamples the 95% interval strictly
+    # contains the 50% one (on these scores, both ends).
+    half = interval_estimates(scores, reps=500, seed=3, confidence=0.5)
+    for name in ("iqm", "mean"):
+        assert first[name].low < half[name].low <= half[name].high < first[name].high, name
+
+
+def reference_percentile_bootstrap(matrix: np.ndarray, reps: int, seed: int, confidence: float) -> dict[str, tuple[float, float]]:
+    """The documented procedure written out: rliable's stratified bootstrap draws, for each
+    replicate, a (runs x tasks) matrix of run indices with ``np.random.choice`` from NumPy's
+    legacy RNG seeded with ``seed`` (each task's runs resampled within the task); the
+    interval is the (1 - c)/2 and (1 + c)/2 percentiles of the replicates' statistic."""
+    rng = np.random.RandomState(seed)
+    runs, tasks = matrix.shape
+    replicates: dict[str, list[float]] = {"iqm": [], "mean": []}
+    for _ in range(reps):
+        sample = matrix[rng.choice(runs, (runs, tasks), replace=True), np.arange(tasks)[None, :]]
+        replicates["iqm"].append(scipy.stats.trim_mean(sample, 0.25, axis=None))
+        replicates["mean"].append(sample.mean(axis=0).mean())
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    return {name: tuple(np.percentile(values, [tail, 100.0 - tail])) for name, values in replicates.items()}
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.5])
+@pytest.mark.parametrize(
+    "scores",
+    [[10.0, 20.0, 35.0, 50.0, 51.0, 80.0], [[10.0, 50.0], [20.0, 55.0], [30.0, 45.0], [12.0, 70.0], [90.0, 52.0]]],
+    ids=["one-task", "runs-x-tasks"],
+)
+def test_interval_is_the_percentile_bootstrap_at_the_requested_level(scores, confidence):
+    est = interval_estimates(scores, reps=400, seed=7, confidence=confidence)
+    expected = reference_percentile_bootstrap(np.asarray(scores, dtype=float).reshape(len(scores), -1), 400, 7, confidence)
+    for name, (low, high) in expected.items():
+        assert (est[name].low, est[name].high) == pytest.approx((low, high), rel=1e-9, abs=1e-9), (name, confidence)
 
 
 def test_bootstrap_leaves_the_global_rng_alone():

@@ -94,12 +94,24 @@ def test_bad_config_values(field: str, value, base_config: TrainConfig) -> None:
 
 def test_device_resolution() -> None:
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert resolve_device("auto").type == expected
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda:0")
+    else:
         with pytest.raises(HybridRLError, match="no CUDA"):
             resolve_device("cuda")
     with pytest.raises(HybridRLError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_device_prefers_cuda_then_mps_then_cpu(cuda: bool, mps: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order itself, on any machine: availability is faked, only torch.device objects are made."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(expected)
 
 
 def test_mc_diagnostic_indices_avoid_truncated_tails(base_config: TrainConfig) -> None:
