@@ -286,6 +286,78 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# phase2 / run_phase2.py
+# ---------------------------------------------------------------------------------------
+def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grid_options import PHASE2_DEFAULT_METHODS
+
+    parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
+                        help=f"fine-tuning methods, comma-separated (iql, cql, calql, rlpd, sac); default {','.join(PHASE2_DEFAULT_METHODS)}")
+    parser.add_argument("--env", type=comma_list(str), default=("gen-hopper-medium-v0",), help="datasets, comma-separated; default gen-hopper-medium-v0")
+    parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
+    parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
+    parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")
+    parser.add_argument("--total_steps", type=positive_int, default=None, help="Phase I steps of the pretrained parents; default 500000 (20000 with --quick)")
+    parser.add_argument("--online_steps", type=positive_int, default=None, help="online environment steps; default 250000 (10000 with --quick)")
+    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method; default: each method's (1 with --quick)")
+    parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
+    parser.add_argument("--eval_every", type=positive_int, default=None, help="online steps between evaluations; default 5000 (1000 with --quick)")
+    parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--quick", action="store_true", help="a small CPU budget, one seed: parents of 20k steps (the Phase I quick runs), 10k online steps, UTD 1")
+    parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
+    parser.add_argument("--results", default="results", help="Phase I results directory (the parents; missing ones are trained)")
+    parser.add_argument("--results_phase2", default="results_phase2", help="fine-tuning runs and the recovery tables")
+    parser.add_argument("--plots", default="plots_phase2", help="recovery figures")
+    parser.add_argument("--plot_only", action="store_true", help="only rebuild the recovery figures and tables from --results_phase2")
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--mirror", default=None)
+
+
+@guarded
+def phase2_command(args: argparse.Namespace) -> int:
+    from .eval.recovery_report import build_recovery_report
+    from .grid import check_writable_dir
+    from .grid_options import PHASE2_QUICK_ONLINE_STEPS, QUICK_STEPS
+
+    check_writable_dir(args.plots, "--plots")
+    if args.plot_only:
+        written = build_recovery_report(args.results_phase2, args.plots)
+        print(f"recovery report rebuilt from {args.results_phase2}: {len(written['figures'])} figure files in {args.plots}, tables {args.results_phase2}/recovery.md and recovery.csv")
+        return 0
+    from .phase2 import Phase2Spec, run_phase2
+
+    for k in args.remove_top_k:
+        if not 0 <= k < 100:
+            raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
+    online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else 250_000)
+    spec = Phase2Spec(
+        methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (QUICK_STEPS if args.quick else 500_000),
+        online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
+        eval_every=min(args.eval_every or (1_000 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
+        eval_episodes=args.eval_episodes, device=args.device, results_dir=args.results, phase2_results=args.results_phase2,
+        cache_dir=args.cache_dir, mirror=args.mirror,
+    )
+    workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs()))
+    status = run_phase2(spec, workers=workers)
+    written = build_recovery_report(args.results_phase2, args.plots)
+    print(f"tables: {args.results_phase2}/recovery.md, recovery.csv; figures: {args.plots}/ ({len(written['figures'])} files)")
+    return 1 if status["failed"] else 0
+
+
+def phase2_main(argv: Sequence[str] | None = None) -> int:
+    """``python run_phase2.py [flags]``: the Phase II study."""
+    parser = argparse.ArgumentParser(
+        prog="run_phase2.py",
+        description="Phase II: fine-tune agents pretrained on damaged data online (and train from-scratch baselines) and measure how "
+        "they recover; resumable; writes results_phase2/ and plots_phase2/.",
+    )
+    add_phase2_arguments(parser)
+    return phase2_command(parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
 @guarded
@@ -370,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = sub.add_parser("finetune", help="Phase II: fine-tune a Phase I run online (or train from scratch online)")
     add_finetune_arguments(finetune)
     finetune.set_defaults(func=finetune_command)
+    phase2 = sub.add_parser("phase2", help="run the Phase II study (same flags as run_phase2.py)")
+    add_phase2_arguments(phase2)
+    phase2.set_defaults(func=phase2_command)
     report = sub.add_parser("report", help="rebuild tables and figures from a results directory")
     report.add_argument("--results", default="results")
     report.add_argument("--plots", default="plots")

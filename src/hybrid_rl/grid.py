@@ -235,7 +235,6 @@ def run_grid(
             where = "one process each" if launcher == "local" else "one Ray task each"
             log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, {where})"
                 + (", compiled" if compile else ""))
-        results: dict[str, Any] = {}
         started = time.time()
         threads = threads_per_run(workers)
         if launcher == "ray":  # reports each run itself, as it finishes
@@ -243,20 +242,7 @@ def run_grid(
 
             results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
         else:
-            with StepProgress(configs, states, enabled=progress) as bar:
-                say = bar.write if progress and log is print else log  # printed lines must not break the bar
-
-                def finished(unit_results: list[dict[str, Any]]) -> None:
-                    for result in unit_results:
-                        results[result["run_id"]] = result
-                        bar.run_finished(result["run_id"])
-                        _report(result, say)
-
-                if workers <= 1:
-                    for unit in units:
-                        finished(train_unit_safely(unit, threads, compile, on_progress=bar.step))
-                else:
-                    run_on_local_workers(units, workers, threads, compile, finished, bar, log)
+            results = run_units_locally(configs, states, units, workers, threads, compile, log, progress)
         failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
         status = {
             "runs": len(configs),
@@ -271,6 +257,28 @@ def run_grid(
             for run_id, error in failed.items():
                 log(f"  {run_id}: {error}")
         return status
+
+
+def run_units_locally(configs: Sequence[Any], states: dict[str, str], units: Sequence[Sequence[Any]], workers: int, threads: int, compile: bool,
+                      log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    """Train the units here (``workers`` processes, or this one), with the step progress bar
+    over ``configs`` and one line per finished run; returns ``{run_id: result}``."""
+    results: dict[str, Any] = {}
+    with StepProgress(configs, states, enabled=progress) as bar:
+        say = bar.write if progress and log is print else log  # printed lines must not break the bar
+
+        def finished(unit_results: list[dict[str, Any]]) -> None:
+            for result in unit_results:
+                results[result["run_id"]] = result
+                bar.run_finished(result["run_id"])
+                _report(result, say)
+
+        if workers <= 1:
+            for unit in units:
+                finished(train_unit_safely(unit, threads, compile, on_progress=bar.step))
+        else:
+            run_on_local_workers(units, workers, threads, compile, finished, bar, log)
+    return results
 
 
 def _report(result: dict[str, Any], log: Callable[[str], None]) -> None:

@@ -6,3 +6,7 @@ D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 QUICK_STEPS = 20_000
 POPULATION_MODES = ("auto", "on", "off")
 DEFAULT_MAX_POPULATION = 36
+
+# Phase II (run_phase2.py): the quick study's budget on a CPU.
+PHASE2_QUICK_ONLINE_STEPS = 10_000
+PHASE2_DEFAULT_METHODS = ("iql", "rlpd", "sac")

@@ -1,7 +1,7 @@
 """Units of work: how the runs of a grid are grouped, and how one unit is trained safely.
 
-A unit is one run, or a population of runs that differ only in seed and corruption
-(``train.population_key``). The local launcher (``grid``: worker processes) and the Ray
+A unit is one run (a Phase I run, or a fine-tuning run of Phase II), or a population of
+Phase I runs that differ only in seed and corruption (``train.population_key``). The local launcher (``grid``: worker processes) and the Ray
 launcher (``ray_launcher``: one task per unit) both plan units here and train each with
 ``train_unit_safely``, which never raises: a failure becomes a result. What differs
 between the launchers is passed in, not set as module state: how long to wait for a run's
@@ -19,6 +19,7 @@ from .errors import HybridRLError
 from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 from .run_format import STATE_COMPLETE, read_summary
 from .run_format import run_state as run_dir_state
+from .finetune import FinetuneConfig, finetune
 from .train import ProgressCallback, TrainConfig, population_key, train, train_population
 
 
@@ -78,6 +79,8 @@ def _train_unit(configs: Sequence[TrainConfig], compile: bool, options: dict[str
     import torch
 
     if len(configs) == 1:
+        if isinstance(configs[0], FinetuneConfig):
+            return {configs[0].run_id: finetune(configs[0], **options)}
         return {configs[0].run_id: train(configs[0], **options)}
     try:
         return train_population(list(configs), compile=compile, **options)

@@ -1,0 +1,129 @@
+"""The Phase II study: pretraining algorithm x dataset x corruption level x seed x method.
+
+``run_phase2(spec)`` first makes sure the Phase I parents exist (the Phase I grid over the
+algorithms the methods fine-tune, in ``spec.results_dir``: finished runs are reused,
+interrupted ones resume, missing ones are trained), then fine-tunes every parent with
+every method that starts from its algorithm, and runs the from-scratch methods on the same
+(damaged) data and seeds. Fine-tuning runs go to ``spec.phase2_results``, one directory
+each, with the Phase I guarantees: bad input stops everything before any work, a killed
+study resumes to identical results, one grid per results directory, a failed run never
+stops the others, parallel local workers, progress in environment steps.
+
+SAC from scratch uses no offline data, so the corruption level cannot change it: it runs
+once per dataset and seed (on the clean level) and serves as the floor of every panel.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import HybridRLError
+from .fileio import atomic_write_text
+from .finetune import METHODS, SCRATCH, FinetuneConfig
+from .grid import (GridSpec, check_datasets, check_writable_dir, grid_lock, preflight, run_grid, run_units_locally,
+                   threads_per_run)
+from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
+from .units import plan_units, run_state
+
+DEFAULT_METHODS = ("iql", "rlpd", "sac")
+# Methods that use no offline data: the corruption level does not change them.
+DATA_FREE_METHODS = ("sac",)
+
+
+@dataclass(frozen=True)
+class Phase2Spec:
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    datasets: tuple[str, ...] = ("gen-hopper-medium-v0",)
+    remove_top_k: tuple[float, ...] = (0.0, 60.0)
+    reward_noise_std: tuple[float, ...] = (0.0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    pretrain_steps: int = 500_000  # Phase I steps of the parents
+    online_steps: int = 250_000
+    utd: int | None = None  # None: each method's
+    sampling: str | None = None  # None: each method's
+    eval_every: int = 5_000  # online environment steps (the parents' Phase I runs use pretrain_eval_every)
+    pretrain_eval_every: int = 5_000
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+    device: str = "auto"
+    results_dir: str = "results"  # Phase I runs (the parents)
+    phase2_results: str = "results_phase2"
+    algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pretraining algorithm (the parents' settings)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per from-scratch method (its algorithm's settings)
+    cache_dir: str | None = None
+    mirror: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise HybridRLError(f"unknown fine-tuning method(s) {unknown}; choose from {sorted(METHODS)}")
+
+    def parent_algos(self) -> tuple[str, ...]:
+        return tuple(sorted({algo for method in self.methods for algo in METHODS[method].parent_algos}))
+
+    def phase1_spec(self) -> GridSpec:
+        """The Phase I grid whose runs are the parents."""
+        return GridSpec(
+            algos=self.parent_algos(), datasets=self.datasets, remove_top_k=self.remove_top_k, reward_noise_std=self.reward_noise_std,
+            seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=min(self.pretrain_eval_every, self.pretrain_steps),
+            eval_episodes=self.eval_episodes, checkpoint_every=min(self.checkpoint_every, self.pretrain_steps), device=self.device,
+            results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), cache_dir=self.cache_dir, mirror=self.mirror,
+        )
+
+    def finetune_configs(self) -> list[FinetuneConfig]:
+        """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
+        common = dict(online_steps=self.online_steps, utd=self.utd, sampling=self.sampling, eval_every=min(self.eval_every, self.online_steps),
+                      eval_episodes=self.eval_episodes, log_every=min(1_000, max(1, self.online_steps // 20)),
+                      checkpoint_every=min(self.checkpoint_every, self.online_steps), device=self.device, results_dir=self.phase2_results,
+                      cache_dir=self.cache_dir, mirror=self.mirror)
+        parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed): c for c in self.phase1_spec().expand()}
+        configs = []
+        for dataset in self.datasets:
+            for method in self.methods:
+                recipe = METHODS[method]
+                for noise in self.reward_noise_std:
+                    for k in self.remove_top_k:
+                        if method in DATA_FREE_METHODS and (k or noise):
+                            continue
+                        for seed in self.seeds:
+                            if recipe.parent_algos:
+                                for algo in recipe.parent_algos:
+                                    parent = parents[(algo, dataset, float(k), float(noise), int(seed))]
+                                    configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed), **common))
+                            else:
+                                configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
+                                                              seed=int(seed), algo_overrides=dict(self.method_overrides.get(method, {})), **common))
+        return configs
+
+
+def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Train the missing parents (Phase I grid), then every fine-tuning run; writes grid_status.json."""
+    check_writable_dir(spec.phase2_results)
+    configs = spec.finetune_configs()  # checks methods, utd, sampling ... before any work
+    phase1 = spec.phase1_spec()
+    if phase1.algos:
+        preflight(phase1.expand(), log)
+        log(f"phase 2: Phase I parents ({', '.join(phase1.algos)}) in {spec.results_dir}")
+        status = run_grid(phase1, workers=workers, log=log, progress=progress, population="off")
+        if status["failed"]:
+            log(f"{len(status['failed'])} parent run(s) failed; their fine-tuning runs will fail with the reason")
+    else:
+        check_datasets(spec.datasets, spec.cache_dir, spec.mirror, log)
+    Path(spec.phase2_results).mkdir(parents=True, exist_ok=True)
+    with grid_lock(spec.phase2_results):
+        states = {config.run_id: run_state(config) for config in configs}
+        todo = [config for config in configs if states[config.run_id] != STATE_COMPLETE]
+        log(f"phase 2: {len(configs)} fine-tuning runs ({', '.join(spec.methods)}), {spec.online_steps:,} online steps each; "
+            f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {workers} worker(s)")
+        started = time.time()
+        results = run_units_locally(configs, states, plan_units(todo, "off", "cpu"), workers, threads_per_run(workers), False, log, progress)
+        failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
+        status = {"runs": len(configs), "skipped_complete": len(configs) - len(todo), "ran": len(todo), "failed": failed,
+                  "wall_time_s": time.time() - started}
+        atomic_write_text(Path(spec.phase2_results) / GRID_STATUS_FILE, json.dumps(status, indent=2))
+        for run_id, error in failed.items():
+            log(f"  FAILED {run_id}: {error}")
+        return status
