@@ -291,7 +291,6 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
     from .data.loader import make_env
     from .data.replay import DeviceReplayBuffer, MixedSampler
     from .data.robots import EPISODE_LIMIT
-    from .data.views import run_preprocessing
     from .engine.learners import AgentLearner
     from .engine.loop import load_stage_states
     from .engine.online import OnlineStage
@@ -334,12 +333,12 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
     if state is not None:
         algorithm.load_state_dict(state["algorithm"])
 
-    preprocessing = run_preprocessing(dataset, algorithm.config)
+    preprocessing = book.preprocessing
     sampling = config.resolved_sampling
     offline = None
     if sampling != "online_only":
         offline = TransitionSampler(dataset, device, obs_mean=preprocessing.obs_mean, obs_std=preprocessing.obs_std,
-                                    reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(dataset, algorithm.config))
+                                    reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(book))
     uses_mc = bool(getattr(algorithm.config, "uses_mc_returns", False))
     buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1,
                                 extra_fields=("mc_returns",) if uses_mc else ())

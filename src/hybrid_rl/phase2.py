@@ -23,8 +23,7 @@ from typing import Any, Callable
 from .errors import HybridRLError
 from .fileio import atomic_write_text
 from .finetune import METHODS, SCRATCH, FinetuneConfig
-from .grid import (GridSpec, check_datasets, check_writable_dir, grid_lock, preflight, run_grid, run_units_locally,
-                   threads_per_run)
+from .grid import GridSpec, check_datasets, check_writable_dir, grid_lock, run_grid, run_units_locally, threads_per_run
 from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
 from .units import plan_units, run_state
 
@@ -44,6 +43,7 @@ class Phase2Spec:
     online_steps: int = 250_000
     utd: int | None = None  # None: each method's
     sampling: str | None = None  # None: each method's
+    warmup_steps: int | None = None  # random warm-up of the from-scratch methods; None: theirs (5,000 steps)
     eval_every: int = 5_000  # online environment steps (the parents' Phase I runs use pretrain_eval_every)
     pretrain_eval_every: int = 5_000
     eval_episodes: int = 10
@@ -95,7 +95,8 @@ class Phase2Spec:
                                     configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed), **common))
                             else:
                                 configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
-                                                              seed=int(seed), algo_overrides=dict(self.method_overrides.get(method, {})), **common))
+                                                              seed=int(seed), warmup_steps=self.warmup_steps, algo_overrides=dict(self.method_overrides.get(method, {})),
+                                                              **common))
         return configs
 
 
@@ -104,8 +105,7 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
     check_writable_dir(spec.phase2_results)
     configs = spec.finetune_configs()  # checks methods, utd, sampling ... before any work
     phase1 = spec.phase1_spec()
-    if phase1.algos:
-        preflight(phase1.expand(), log)
+    if phase1.algos:  # run_grid's preflight checks its input before any work
         log(f"phase 2: Phase I parents ({', '.join(phase1.algos)}) in {spec.results_dir}")
         status = run_grid(phase1, workers=workers, log=log, progress=progress, population="off")
         if status["failed"]:

@@ -301,11 +301,11 @@ class RunBook:
         self.started = started
         self.on_progress = on_progress
         self.discount = float(getattr(algo_config, "discount", 0.99))
-        preprocessing = run_preprocessing(dataset, algo_config)
+        self.preprocessing = preprocessing = run_preprocessing(dataset, algo_config)
         self.obs_mean, self.obs_std, self.reward_scale = preprocessing.obs_mean, preprocessing.obs_std, preprocessing.reward_scale
 
         # Fixed diagnostic batch: Q(s, a) against the discounted Monte-Carlo return (scaled rewards).
-        mc_returns = mc_returns_to_go(dataset, self.discount, self.reward_scale)
+        mc_returns = self.mc_returns = mc_returns_to_go(dataset, self.discount, self.reward_scale)
         mc_index = mc_diagnostic_indices(dataset, self.discount, size=2048, seed=config.seed)
         mc_obs = dataset.observations[mc_index]
         if self.obs_mean is not None:
@@ -512,9 +512,7 @@ def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, r
             agents.append(agent)
             states.append(state)
         if len({book.step for book in books}) != 1:
-            for book in books:
-                book.close()
-            return None
+            return None  # (the books are closed below)
 
         learner, sampler, run_extra, desc = _learner(agents, books, original, compile)
         schedule = build_schedule(sampler, agents[0].config.batch_size, first.total_steps)
@@ -544,7 +542,7 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compi
     first = books[0]
     if len(agents) == 1:
         sampler = TransitionSampler(first.dataset, first.device, obs_mean=first.obs_mean, obs_std=first.obs_std,
-                                    reward_scale=first.reward_scale, seed=first.config.seed, extra=mc_extra(first.dataset, first.algo_config))
+                                    reward_scale=first.reward_scale, seed=first.config.seed, extra=mc_extra(first))
         return AgentLearner(agents[0]), sampler, {}, first.config.run_id
     from .data.views import DatasetView, PopulationSampler
     from .engine.population import population_class
@@ -557,11 +555,10 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compi
     return PopulationLearner(population), sampler, extra, f"{first.config.algo} x{len(books)} {first.config.dataset}"
 
 
-def mc_extra(dataset: OfflineDataset, algo_config: Any) -> dict[str, np.ndarray] | None:
-    """The Monte-Carlo returns-to-go batches must carry for algorithms that use them (Cal-QL)."""
-    if not getattr(algo_config, "uses_mc_returns", False):
-        return None
-    return {"mc_returns": mc_returns_to_go(dataset, algo_config.discount, run_preprocessing(dataset, algo_config).reward_scale)}
+def mc_extra(book: RunBook) -> dict[str, np.ndarray] | None:
+    """The Monte-Carlo returns-to-go that batches must carry for algorithms that use them
+    (Cal-QL's floor): the book's, in the run's reward units."""
+    return {"mc_returns": book.mc_returns} if getattr(book.algo_config, "uses_mc_returns", False) else None
 
 
 def build_schedule(sampler: Any, batch_size: int, total_steps: int) -> Schedule:

@@ -11,7 +11,7 @@ directory, per dataset:
   switch at step 0 (each curve starts at its parents' mean switch score), dashed: the
   clean-data offline score of the same algorithm, dotted: the clean data's behaviour score;
 - ``recovery_bars_<dataset>``: dip and steps to recover the clean-data offline score by
-  method and corruption level (hatched: some seeds never recovered, right-censored; the
+  pretrained method and corruption level (hatched: some seeds never recovered, right-censored; the
   bar then shows the budget as a lower bound and the label says how many).
 """
 from __future__ import annotations
@@ -146,13 +146,16 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
             ax.set_title(level)
             ax.set_xlabel("online environment steps")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2, frameon=False)
         axes[0][0].set_ylabel("normalized return")
         fig.suptitle(f"{dataset}: recovery by online fine-tuning" + (" (generated, D4RL recipe)" if dataset.startswith("gen-") else ""), fontsize=10)
         written += save_figure(fig, plots_dir, f"recovery_curves_{safe_name(dataset)}")
         plt.close(fig)
 
-        methods = sorted({r.method for r in runs if r.uses_offline_data})
+        # Dip and recovery time are defined against the switch: pretrained methods only.
+        methods = sorted({r.method for r in runs if math.isfinite(r.switch_score)})
+        if not methods:
+            continue
         fig, (dip_ax, steps_ax) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
         width = 0.8 / max(1, len(levels))
         for index, level in enumerate(levels):
@@ -173,6 +176,7 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
                     bar.set_hatch("//")
                     steps_ax.annotate(f">{bar.get_height():.0f}\n({n_censored} censored)", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                                       ha="center", va="bottom", fontsize=6)
+        steps_ax.set_ylim(0, 1.3 * max([b.get_height() for b in steps_ax.patches] + [1.0]))  # room for the censoring labels
         for ax, title in ((dip_ax, "dip after the switch (first 10% of steps)"), (steps_ax, "steps to recover the clean offline score")):
             ax.set_xticks(np.arange(len(methods)) + width * (len(levels) - 1) / 2, [m.upper() for m in methods])
             ax.set_title(title, fontsize=9)
