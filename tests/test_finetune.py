@@ -168,6 +168,19 @@ def test_parent_data_that_changed_is_refused(parents, tmp_path, generated_cache,
         finetune(ft_config(tmp_path, generated_cache, method="iql", parent=str(parent)))
 
 
+def test_a_parent_checkpoint_that_changed_stops_the_resume(parents, tmp_path, generated_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    parent = tmp_path / "parent"
+    shutil.copytree(parents["iql"], parent)
+    config = ft_config(tmp_path, generated_cache, method="iql", parent=str(parent))
+    run_killed(monkeypatch, OnlineStage, "train_step", 60, lambda: finetune(config))  # a checkpoint at 50
+    checkpoint = torch.load(parent / "checkpoint.pt", weights_only=False)
+    checkpoint["algorithm"]["modules"]["actor"]["net.0.weight"] += 1.0  # the parent retrained in place
+    torch.save(checkpoint, parent / "checkpoint.pt")
+    with pytest.raises(HybridRLError, match="checkpoint of .* changed"):
+        finetune(config)
+
+
 def test_a_diverged_parent_is_fine_tuned_only_from_finite_weights(parents, tmp_path, generated_cache, monkeypatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     parent = tmp_path / "diverged"

@@ -297,7 +297,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
     parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
     parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")
-    parser.add_argument("--total_steps", type=positive_int, default=None, help="Phase I steps of the pretrained parents; default 500000 (20000 with --quick)")
+    parser.add_argument("--total_steps", type=positive_int, default=None, help="Phase I steps of the pretrained parents; default 500000 (10000 with --quick)")
     parser.add_argument("--online_steps", type=positive_int, default=None, help="online environment steps; default 250000 (5000 with --quick)")
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method; default: each method's (1 with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
@@ -305,7 +305,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--warmup_steps", type=int, default=None, help="random warm-up steps of the from-scratch methods (rlpd, sac); default 5000 (1000 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a small CPU budget, one seed: parents of 20k steps (the Phase I quick runs), 5k online steps, UTD 1")
+    parser.add_argument("--quick", action="store_true", help="a small CPU budget, one seed: parents of 10k steps, 5k online steps, UTD 1 (about 20 min on 2 cores, data generation included)")
     parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
     parser.add_argument("--results", default="results", help="Phase I results directory (the parents; missing ones are trained)")
     parser.add_argument("--results_phase2", default="results_phase2", help="fine-tuning runs and the recovery tables")
@@ -319,7 +319,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
 def phase2_command(args: argparse.Namespace) -> int:
     from .eval.recovery_report import build_recovery_report
     from .grid import check_writable_dir
-    from .grid_options import PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_WARMUP_STEPS, QUICK_STEPS
+    from .grid_options import PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS, PHASE2_QUICK_WARMUP_STEPS
 
     check_writable_dir(args.plots, "--plots")
     if args.plot_only:
@@ -334,7 +334,7 @@ def phase2_command(args: argparse.Namespace) -> int:
     online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else 250_000)
     spec = Phase2Spec(
         methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
-        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (QUICK_STEPS if args.quick else 500_000),
+        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else 500_000),
         online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
         eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,

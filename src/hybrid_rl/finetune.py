@@ -322,6 +322,12 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
             # The cosine schedule ended with pretraining; online the actor LR is constant.
             algorithm.config = dataclasses.replace(algorithm.config, max_steps=max(1, algorithm.total_updates))
             algorithm.optimizers["actor"].param_groups[0]["lr"] = algorithm.config.actor_lr
+        recorded = run_dir / CONFIG_FILE
+        if resume and recorded.exists() and (run_dir / CHECKPOINT_FILE).exists():
+            before = json.loads(recorded.read_text()).get("parent", {}).get("checkpoint_sha256")
+            if before not in (None, parent.checkpoint_sha256):
+                raise HybridRLError(f"the checkpoint of {parent.run_dir.name} changed since this fine-tuning run started from it; "
+                                    "delete this run directory to start again from the new one")
         parent_info = {
             "run_id": parent.run_dir.name, "run_dir": str(parent.run_dir.resolve()), "checkpoint_sha256": parent.checkpoint_sha256,
             "status": parent.summary.get("status"), "steps_done": parent.summary.get("steps_done"),

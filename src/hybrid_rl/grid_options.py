@@ -8,6 +8,7 @@ POPULATION_MODES = ("auto", "on", "off")
 DEFAULT_MAX_POPULATION = 36
 
 # Phase II (run_phase2.py): the quick study's budget on a CPU.
+PHASE2_QUICK_PRETRAIN_STEPS = 10_000  # Phase I steps of the quick study's parents
 PHASE2_QUICK_ONLINE_STEPS = 5_000
 PHASE2_QUICK_WARMUP_STEPS = 1_000  # random steps of the from-scratch methods (5,000 otherwise)
 PHASE2_DEFAULT_METHODS = ("iql", "rlpd", "sac")

@@ -68,6 +68,8 @@ class Recovery:
     auc: float = math.nan
     episodes: int = 0
     uses_offline_data: bool = True  # False for methods that train on online data alone (SAC from scratch)
+    utd: int | None = None  # gradient steps per environment step
+    sampling: str = ""
 
 
 def dip(steps: np.ndarray, scores: np.ndarray, switch: float, online_steps: int) -> float:
@@ -148,6 +150,7 @@ def recovery_of(run: RunRecord) -> Recovery:
         censored={name: value is None and math.isfinite(references[name]) for name, value in reached.items()},
         regret=regret(episode_scores), auc=area_under_curve(steps, scores, switch, online_steps), episodes=len(episode_scores),
         uses_offline_data=(config.get("online") or {}).get("sampling") != "online_only",
+        utd=(config.get("online") or {}).get("utd"), sampling=str((config.get("online") or {}).get("sampling", "")),
     )
 
 

@@ -29,7 +29,7 @@ from ..fileio import atomic_write_text
 from .recovery import Recovery, load_recoveries
 from .stats import interval_estimates, mean_ci_over_seeds
 
-CSV_FIELDS = ("dataset", "corruption", "method", "algo", "n", "switch_mean", "final_iqm", "final_low", "final_high", "final_mean", "best_mean",
+CSV_FIELDS = ("dataset", "corruption", "method", "algo", "utd", "sampling", "n", "switch_mean", "final_iqm", "final_low", "final_high", "final_mean", "best_mean",
               "dip_mean", "steps_to_clean_offline_median", "censored_clean_offline", "steps_to_behavior_median", "censored_behavior",
               "regret_mean", "auc_mean")
 
@@ -60,6 +60,7 @@ def table_rows(recoveries: Sequence[Recovery]) -> list[dict[str, Any]]:
         to_behavior, censored_behavior = _steps_summary(runs, "behavior")
         rows.append({
             "dataset": dataset, "corruption": corruption, "method": method, "algo": algo, "n": len(runs),
+            "utd": "/".join(sorted({str(r.utd) for r in runs})), "sampling": "/".join(sorted({r.sampling for r in runs})),
             "switch_mean": _mean([r.switch_score for r in runs]), "final_iqm": final["iqm"].point,
             "final_low": final["iqm"].low if final["iqm"].has_interval else math.nan,
             "final_high": final["iqm"].high if final["iqm"].has_interval else math.nan,
@@ -90,15 +91,15 @@ def write_tables(rows: Sequence[dict[str, Any]], results_dir: Path) -> list[Path
              "clean-data offline score (same algorithm and seed) / the clean data's behaviour score, over the seeds that did; "
              "'(c N)': N seeds never did (right-censored). *regret*: mean over online episodes of 1 - score/100. "
              "Generated `gen-*` datasets follow the D4RL recipe but are not D4RL data.", ""]
-    lines.append("| dataset | corruption | method (pretrained) | n | switch -> final | dip | steps to clean offline | steps to behaviour | regret |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| dataset | corruption | method (pretrained) | UTD, sampling | n | switch -> final | dip | steps to clean offline | steps to behaviour | regret |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         final = _cell(row["final_iqm"]) + (f" [{_cell(row['final_low'])}, {_cell(row['final_high'])}]" if math.isfinite(row["final_low"]) else "")
         switch = _cell(row["switch_mean"]) or "scratch"
         to_clean = (_cell(row["steps_to_clean_offline_median"], 0) or "-") + (f" (c {row['censored_clean_offline']})" if row["censored_clean_offline"] else "")
         to_behavior = (_cell(row["steps_to_behavior_median"], 0) or "-") + (f" (c {row['censored_behavior']})" if row["censored_behavior"] else "")
         method = row["method"] if row["algo"] == row["method"] else f"{row['method']} ({row['algo']})"
-        lines.append(f"| {row['dataset']} | {row['corruption']} | {method} | {row['n']} | {switch} -> {final} | {_cell(row['dip_mean']) or '-'} | "
+        lines.append(f"| {row['dataset']} | {row['corruption']} | {method} | {row['utd']}, {row['sampling']} | {row['n']} | {switch} -> {final} | {_cell(row['dip_mean']) or '-'} | "
                      f"{to_clean} | {to_behavior} | {_cell(row['regret_mean'], 3)} |")
     atomic_write_text(results_dir / "recovery.md", "\n".join(lines) + "\n")
     return [results_dir / "recovery.csv", results_dir / "recovery.md"]
