@@ -208,8 +208,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", "--dataset", dest="env", default="gen-hopper-medium-v0", help="dataset id or HDF5 path")
     parser.add_argument("--remove_top_k", type=float, default=0.0)
     parser.add_argument("--reward_noise_std", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--total_steps", type=positive_int, default=500_000)
+    add_run_arguments(parser, results="results", overrides_help='JSON dict of config overrides, e.g. \'{"alpha": 5.0}\'')
+    parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, overrides_help: str) -> None:
+    """The flags every single run takes (hybrid-rl train and hybrid-rl finetune)."""
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_every", type=positive_int, default=5_000)
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
     parser.add_argument("--log_every", type=positive_int, default=1_000)
@@ -217,10 +223,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tensorboard", action="store_true")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
+    parser.add_argument("--results", default=results)
     parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
-    parser.add_argument("--algo_overrides", default=None, help='JSON dict of config overrides, e.g. \'{"alpha": 5.0}\'')
+    parser.add_argument("--algo_overrides", default=None, help=overrides_help)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--mirror", default=None)
 
@@ -270,19 +275,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup_steps", type=int, default=None, help="environment steps before the first update; default: the method's")
     parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
     parser.add_argument("--exploration_noise", type=float, default=None, help="Gaussian action noise; default 0.1 for a deterministic actor, else 0")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval_every", type=positive_int, default=5_000)
-    parser.add_argument("--eval_episodes", type=positive_int, default=10)
-    parser.add_argument("--log_every", type=positive_int, default=1_000)
-    parser.add_argument("--checkpoint_every", type=positive_int, default=10_000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--tensorboard", action="store_true")
-    parser.add_argument("--results", default="results_phase2")
-    parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
-    parser.add_argument("--algo_overrides", default=None, help="with --from scratch: JSON dict of the algorithm's settings")
-    parser.add_argument("--cache_dir", default=None)
-    parser.add_argument("--mirror", default=None)
+    add_run_arguments(parser, results="results_phase2", overrides_help="with --from scratch: JSON dict of the algorithm's settings")
 
 
 # ---------------------------------------------------------------------------------------
