@@ -44,7 +44,9 @@ SMALL_NETS = {
     "td3bc": {"hidden": [32, 32], "batch_size": 64},
 }
 STEPS, EVAL_EVERY, LOG_EVERY, CHECKPOINT_EVERY, EVAL_EPISODES = 120, 60, 20, 40, 2
-VOLATILE_CONFIG_KEYS = ("hostname", "versions", "results_dir", "cache_dir", "device_resolved")
+# Host and paths; and the update-path fields added after the recording (every scenario
+# selects the eager reference with compile "off", which is what the recorded code ran).
+VOLATILE_CONFIG_KEYS = ("hostname", "versions", "results_dir", "cache_dir", "device_resolved", "compile", "update_step")
 
 
 def platform_key() -> dict[str, str]:
@@ -107,7 +109,7 @@ def _train_args(algo: str, results: Path, cache: Path, seed: int = 0, **extra: A
         "train", "--algo", algo, "--env", TINY_DATASET, "--seed", str(seed), "--total_steps", str(STEPS),
         "--eval_every", str(EVAL_EVERY), "--eval_episodes", str(EVAL_EPISODES), "--log_every", str(LOG_EVERY),
         "--checkpoint_every", str(CHECKPOINT_EVERY), "--device", "cpu", "--threads", "1", "--results", str(results),
-        "--cache_dir", str(cache), "--algo_overrides", json.dumps(SMALL_NETS[algo]),
+        "--cache_dir", str(cache), "--algo_overrides", json.dumps(SMALL_NETS[algo]), "--compile", "off",
     ]
     for key, value in extra.items():
         args += [f"--{key}", str(value)]
@@ -133,7 +135,7 @@ def _population_configs(algo: str, results: Path, cache: Path) -> list:
     base = TrainConfig(
         algo=algo, dataset=TINY_DATASET, seed=0, total_steps=STEPS, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES,
         log_every=LOG_EVERY, checkpoint_every=CHECKPOINT_EVERY, device="cpu", threads=1, progress=False,
-        results_dir=str(results), cache_dir=str(cache), algo_overrides=dict(SMALL_NETS[algo]),
+        results_dir=str(results), cache_dir=str(cache), algo_overrides=dict(SMALL_NETS[algo]), compile="off",
     )
     return [base, replace(base, seed=1, remove_top_k=30.0), replace(base, seed=2, reward_noise_std=0.1)]
 
@@ -191,7 +193,7 @@ def run_scenarios(root: Path) -> dict[str, Any]:
         spec = GridSpec(
             algos=("iql",), datasets=(TINY_DATASET,), remove_top_k=(0.0, 30.0), seeds=(0, 1), total_steps=STEPS, eval_every=EVAL_EVERY,
             eval_episodes=EVAL_EPISODES, log_every=LOG_EVERY, checkpoint_every=CHECKPOINT_EVERY, device="cpu", results_dir=str(results),
-            algo_overrides={"iql": dict(SMALL_NETS["iql"])}, cache_dir=str(cache),
+            algo_overrides={"iql": dict(SMALL_NETS["iql"])}, cache_dir=str(cache), compile="off",
         )
         status = run_grid(spec, workers=2, log=lambda line: None, progress=False, population="off")
         if status["failed"]:

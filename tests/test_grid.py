@@ -178,7 +178,7 @@ def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
 
-    def first_finishes_then_crash(unit, compile, options):
+    def first_finishes_then_crash(unit, options):
         units.train(unit[0])
         raise RuntimeError("the device fell off the bus")
 

@@ -21,7 +21,7 @@ from hybrid_rl.data.corruption import apply_corruptions
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
 from hybrid_rl.data.views import DatasetView, PopulationSampler
 from hybrid_rl.engine.functional import cosine_lr_table
-from hybrid_rl.engine.population import CQLPopulation, IQLPopulation
+from hybrid_rl.engine.population import CQLPopulation, IQLPopulation, cpp_compiler
 
 OBS_DIM, ACT_DIM, NUM_TRANSITIONS = 5, 2, 300
 IQL_TINY = IQLConfig(hidden=(32, 32), batch_size=16, max_steps=15, reward_scaling="iql")
@@ -302,14 +302,6 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(base: OfflineDataset
         assert torch.equal(metrics[name], value)
     for key, value in eager.params.items():
         assert torch.equal(population.params[key], value)
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) would use, if there is one."""
-    import os
-    import shutil
-
-    return os.environ.get("CXX") or next(filter(None, (shutil.which(name) for name in ("g++", "c++", "clang++"))), None)
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--population", choices=POPULATION_MODES, default="auto",
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
     parser.add_argument("--max_population", type=positive_int, default=DEFAULT_MAX_POPULATION, help=f"largest population (runs per process); default {DEFAULT_MAX_POPULATION}")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the population step (CUDA graphs on GPU); falls back to eager if compilation fails")
+    add_compile_argument(parser)
     parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run or population (docs/cluster.md)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
                         help="with --launcher ray: the cluster to use (auto or HEAD_IP:6379); default: start a local Ray instance")
@@ -163,13 +163,13 @@ def grid_command(args: argparse.Namespace) -> int:
     spec = GridSpec(
         algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
         seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
-        log_every=min(1_000, max(1, total_steps // 20)), device=args.device, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
+        log_every=min(1_000, max(1, total_steps // 20)), device=args.device, compile=args.compile, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
     if args.ray_address and args.launcher != "ray":
         raise HybridRLError("--ray-address is used only with --launcher ray; add --launcher ray")
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1
     status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                      population=args.population, max_population=args.max_population, compile=args.compile)
+                      population=args.population, max_population=args.max_population)
     written = build_report(args.results, args.plots)
     print(f"tables: {args.results}/summary.md, {args.results}/summary.csv; figures: {args.plots}/ ({len(written.get('figures', []))} files)")
     return 1 if status["failed"] else 0
@@ -188,7 +188,7 @@ def train_command(args: argparse.Namespace) -> int:
         total_steps=args.total_steps, eval_every=min(args.eval_every, args.total_steps), eval_episodes=args.eval_episodes,
         log_every=min(args.log_every, args.total_steps), checkpoint_every=args.checkpoint_every, device=args.device,
         tensorboard=args.tensorboard, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir, mirror=args.mirror,
-        threads=args.threads,
+        threads=args.threads, compile=args.compile,
     )
     from .algos.registry import available_algorithms
     from .grid import preflight
@@ -211,6 +211,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total_steps", type=positive_int, default=500_000)
     add_run_arguments(parser, results="results", overrides_help='JSON dict of config overrides, e.g. \'{"alpha": 5.0}\'')
     parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
+    add_compile_argument(parser)
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    from .grid_options import COMPILE_HELP, COMPILE_MODES
+
+    parser.add_argument("--compile", nargs="?", const="on", choices=COMPILE_MODES, default="auto", help=COMPILE_HELP)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, overrides_help: str) -> None:

@@ -49,6 +49,7 @@ class GridSpec:
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     device: str = "auto"
+    compile: str = "auto"  # update path of every run (TrainConfig.compile)
     results_dir: str = "results"
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_dir: str | None = None
@@ -67,7 +68,7 @@ class GridSpec:
                                     algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
                                     total_steps=self.total_steps, eval_every=self.eval_every, eval_episodes=self.eval_episodes,
                                     log_every=self.log_every, checkpoint_every=min(self.checkpoint_every, self.total_steps),
-                                    device=self.device, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides.get(algo, {})),
+                                    device=self.device, compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides.get(algo, {})),
                                     cache_dir=self.cache_dir, mirror=self.mirror,
                                 )
                             )
@@ -185,7 +186,7 @@ def threads_per_run(workers: int) -> int:
 def run_grid(
     spec: GridSpec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True,
     launcher: str = "local", ray_address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
-    population: str = "auto", max_population: int = DEFAULT_MAX_POPULATION, compile: bool = False,
+    population: str = "auto", max_population: int = DEFAULT_MAX_POPULATION,
 ) -> dict[str, Any]:
     """Run every incomplete run of the grid; returns {run_id: result} and writes grid_status.json.
 
@@ -234,15 +235,15 @@ def run_grid(
         if grouped:
             where = "one process each" if launcher == "local" else "one Ray task each"
             log(f"      {sum(len(u) for u in grouped)} runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} (vmapped, {where})"
-                + (", compiled" if compile else ""))
+                + (f", compile {spec.compile}" if spec.compile != "auto" else ""))
         started = time.time()
         threads = threads_per_run(workers)
         if launcher == "ray":  # reports each run itself, as it finishes
             from .ray_launcher import run_units_on_ray
 
-            results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log, compile=compile)
+            results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
         else:
-            results = run_units_locally(configs, states, units, workers, threads, compile, log, progress)
+            results = run_units_locally(configs, states, units, workers, threads, log, progress)
         failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
         status = {
             "runs": len(configs),
@@ -259,7 +260,7 @@ def run_grid(
         return status
 
 
-def run_units_locally(configs: Sequence[Any], states: dict[str, str], units: Sequence[Sequence[Any]], workers: int, threads: int, compile: bool,
+def run_units_locally(configs: Sequence[Any], states: dict[str, str], units: Sequence[Sequence[Any]], workers: int, threads: int,
                       log: Callable[[str], None], progress: bool) -> dict[str, Any]:
     """Train the units here (``workers`` processes, or this one), with the step progress bar
     over ``configs`` and one line per finished run; returns ``{run_id: result}``."""
@@ -275,9 +276,9 @@ def run_units_locally(configs: Sequence[Any], states: dict[str, str], units: Seq
 
         if workers <= 1:
             for unit in units:
-                finished(train_unit_safely(unit, threads, compile, on_progress=bar.step))
+                finished(train_unit_safely(unit, threads, on_progress=bar.step))
         else:
-            run_on_local_workers(units, workers, threads, compile, finished, bar, log)
+            run_on_local_workers(units, workers, threads, finished, bar, log)
     return results
 
 
@@ -300,7 +301,7 @@ def _report(result: dict[str, Any], log: Callable[[str], None]) -> None:
 WORKER_RESTARTS = 2
 
 
-def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, threads: int, compile: bool,
+def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, threads: int,
                          finished: Callable[[list[dict[str, Any]]], None], bar: "StepProgress", log: Callable[[str], None]) -> None:
     """Train the units on `workers` spawned processes; each unit's results go to `finished`.
 
@@ -323,7 +324,7 @@ def run_on_local_workers(units: Sequence[Sequence[TrainConfig]], workers: int, t
             reason = ""
             with futures.ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=context,
                                              initializer=_init_worker, initargs=(os.getpid(), steps)) as pool:
-                pending = {pool.submit(_train_unit_in_worker, units[index], threads, compile): index for index in remaining}
+                pending = {pool.submit(_train_unit_in_worker, units[index], threads): index for index in remaining}
                 for future in futures.as_completed(pending):
                     try:
                         finished(future.result())
@@ -361,10 +362,10 @@ def _init_worker(parent_pid: int, steps) -> None:
     _worker_steps = steps
 
 
-def _train_unit_in_worker(unit: Sequence[TrainConfig], threads: int, compile: bool) -> list[dict[str, Any]]:
+def _train_unit_in_worker(unit: Sequence[TrainConfig], threads: int) -> list[dict[str, Any]]:
     """``train_unit_safely`` in a worker process, its progress sent to the grid's bar."""
     steps = _worker_steps
-    return train_unit_safely(unit, threads, compile, on_progress=None if steps is None else lambda run_id, step: steps.put((run_id, step)))
+    return train_unit_safely(unit, threads, on_progress=None if steps is None else lambda run_id, step: steps.put((run_id, step)))
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -119,7 +119,7 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
         log(f"phase 2: {len(configs)} fine-tuning runs ({', '.join(spec.methods)}), {spec.online_steps:,} online steps each; "
             f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {workers} worker(s)")
         started = time.time()
-        results = run_units_locally(configs, states, plan_units(todo, "off", "cpu"), workers, threads_per_run(workers), False, log, progress)
+        results = run_units_locally(configs, states, plan_units(todo, "off", "cpu"), workers, threads_per_run(workers), log, progress)
         failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
         status = {"runs": len(configs), "skipped_complete": len(configs) - len(todo), "ran": len(todo), "failed": failed,
                   "wall_time_s": time.time() - started}

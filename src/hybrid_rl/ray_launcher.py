@@ -89,7 +89,7 @@ def _wait_for_marker(marker: Path, timeout: float) -> bool:
 
 
 def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, marker_name: str, driver_version: str,
-                  has_gpu: bool, compile: bool = False) -> list[dict[str, Any]]:
+                  has_gpu: bool) -> list[dict[str, Any]]:
     """One work unit (a run or a population) inside a Ray task: a result per run, and never
     an exception for the runs' own failures (Ray must not retry those).
 
@@ -118,7 +118,7 @@ def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, ma
     resumed_from = {config.run_id: checkpoint_step(Path(config.results_dir) / config.run_id) for config in unit}
     # A retry after a node died may find a run's lock still held by the dead node on a
     # network filesystem until its lease expires: wait for it.
-    results = train_unit_safely(unit, threads, compile, lock_wait_s=RUN_LOCK_WAIT_S)
+    results = train_unit_safely(unit, threads, lock_wait_s=RUN_LOCK_WAIT_S)
     for result in results:
         result.update(node=node, resumed_from_step=resumed_from.get(result["run_id"]))
     return results
@@ -207,7 +207,6 @@ def run_units_on_ray(
     max_retries: int = 3,
     log: Callable[[str], None] = print,
     heartbeat_s: float = 60.0,
-    compile: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run every work unit (a run, or a population of runs: see ``units.plan_units``) as a
     Ray task; returns ``{run_id: result}`` in completion order.
@@ -225,7 +224,6 @@ def run_units_on_ray(
     max_retries: re-executions of a task whose worker process or node dies (its runs resume
         from their checkpoints). Exceptions raised by a run itself are never retried.
     heartbeat_s: seconds between progress lines while no run finishes.
-    compile: torch.compile each population's step (``train.train_population``).
     """
     ray = require_ray()
     if cpus_per_run <= 0:
@@ -276,7 +274,7 @@ def run_units_on_ray(
             marker = directory / marker_name
             marker.write_text(f"hybrid-rl Ray driver on {platform.node()}, pid {os.getpid()}\n")
             markers.append(marker)
-        return _run(ray, unique_units, marker_name, cpus_per_run, gpus_per_run, max_retries, log, heartbeat_s, compile)
+        return _run(ray, unique_units, marker_name, cpus_per_run, gpus_per_run, max_retries, log, heartbeat_s)
     finally:
         for marker in markers:
             marker.unlink(missing_ok=True)
@@ -286,7 +284,7 @@ def run_units_on_ray(
 
 
 def _run(ray, units: list[list[TrainConfig]], marker_name: str, cpus_per_run: float, gpus_per_run: float, max_retries: int,
-         log: Callable[[str], None], heartbeat_s: float, compile: bool) -> dict[str, dict[str, Any]]:
+         log: Callable[[str], None], heartbeat_s: float) -> dict[str, dict[str, Any]]:
     import hybrid_rl
 
     total_resources = ray.cluster_resources()
@@ -306,7 +304,7 @@ def _run(ray, units: list[list[TrainConfig]], marker_name: str, cpus_per_run: fl
     threads = threads_for(cpus_per_run)
     driver_cwd = os.getcwd()
     pending = {
-        task.remote(unit, threads, driver_cwd, marker_name, hybrid_rl.__version__, gpus_per_run > 0, compile): unit
+        task.remote(unit, threads, driver_cwd, marker_name, hybrid_rl.__version__, gpus_per_run > 0): unit
         for unit in units
     }
     total = sum(len(unit) for unit in units)

@@ -38,12 +38,14 @@ from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
 from .eval.stats import final_score
 from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
+from .grid_options import COMPILE_MODES
 from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
                          DIVERGED, finished_summary)
 
 ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
 # Config fields that do not change what a run computes: a run may resume under new values.
-NON_IDENTITY_FIELDS = ("device", "threads", "tensorboard", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
+# (compile picks the update path, which changes results only by floating-point rounding.)
+NON_IDENTITY_FIELDS = ("device", "threads", "compile", "tensorboard", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
 
 
 class ConfigMismatchError(HybridRLError):
@@ -70,6 +72,7 @@ class TrainConfig:
     algo_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     threads: int | None = None
+    compile: str = "auto"  # the update path: auto, on (compiled step), off (eager reference); see compiled_step_wanted
     tensorboard: bool = False
     progress: bool = True
     results_dir: str = "results"
@@ -83,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"remove_top_k is a percentage in [0, 100), got {self.remove_top_k}")
         if self.reward_noise_std < 0:
             raise ValueError(f"reward_noise_std must be >= 0, got {self.reward_noise_std}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -483,7 +488,7 @@ class RunBook:
         self.envs = []
 
 
-def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, resume: bool, compile: bool | str = False,
+def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, resume: bool,
                   on_progress: ProgressCallback | None = None) -> dict[str, dict[str, Any]] | None:
     """Train runs whose run locks are held: one run alone, several as one population.
 
@@ -514,7 +519,7 @@ def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, r
         if len({book.step for book in books}) != 1:
             return None  # (the books are closed below)
 
-        learner, sampler, run_extra, desc = _learner(agents, books, original, compile)
+        learner, sampler, run_extra, desc = _learner(agents, books, original, device)
         schedule = build_schedule(sampler, agents[0].config.batch_size, first.total_steps)
         for member, state in enumerate(states):
             if state is not None:
@@ -535,24 +540,35 @@ def _train_locked(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, r
             book.close()
 
 
-def _learner(agents: list, books: list[RunBook], original: OfflineDataset, compile: bool | str):
-    """(learner, offline sampler, extra config.json fields, progress-bar label) for the runs."""
+def _learner(agents: list, books: list[RunBook], original: OfflineDataset, device: torch.device):
+    """(learner, offline sampler, extra config.json fields, progress-bar label) for the runs.
+
+    Several runs are one population. A single run is its algorithm object updated eagerly
+    (the reference path), or, where ``compiled_step_wanted`` says the compiled step pays, a
+    compiled population of one: the same losses, batches and random draws, equal to the
+    eager run up to floating-point rounding (tests/test_update_paths.py).
+    """
     from .engine.learners import AgentLearner, PopulationLearner
+    from .engine.population import compiled_step_wanted, population_class
 
     first = books[0]
-    if len(agents) == 1:
+    config = first.config
+    compiled = compiled_step_wanted(config.algo, config.compile, device, config.total_steps)
+    if len(agents) == 1 and not compiled:
         sampler = TransitionSampler(first.dataset, first.device, obs_mean=first.obs_mean, obs_std=first.obs_std,
-                                    reward_scale=first.reward_scale, seed=first.config.seed, extra=mc_extra(first))
-        return AgentLearner(agents[0]), sampler, {}, first.config.run_id
+                                    reward_scale=first.reward_scale, seed=config.seed, extra=mc_extra(first))
+        return AgentLearner(agents[0]), sampler, {"update_step": "eager"}, config.run_id
     from .data.views import DatasetView, PopulationSampler
-    from .engine.population import population_class
 
-    population = population_class(first.config.algo)(agents, compile=compile)
+    population = population_class(config.algo)(agents, compile=compiled)
     views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
     sampler = PopulationSampler(original, views, [book.config.seed for book in books], first.device)
+    extra: dict[str, Any] = {"update_step": "compiled" if compiled else "vmapped"}
+    if len(agents) == 1:
+        return PopulationLearner(population), sampler, extra, config.run_id
     members = [book.config.run_id for book in books]
-    extra = {"population": {"size": len(books), "members": members, "compile": population.compile_mode}}
-    return PopulationLearner(population), sampler, extra, f"{first.config.algo} x{len(books)} {first.config.dataset}"
+    extra["population"] = {"size": len(books), "members": members, "compile": population.compile_mode}
+    return PopulationLearner(population), sampler, extra, f"{config.algo} x{len(books)} {config.dataset}"
 
 
 def mc_extra(book: RunBook) -> dict[str, np.ndarray] | None:
@@ -585,7 +601,7 @@ def population_key(config: TrainConfig) -> str | None:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def train_population(configs: list[TrainConfig], *, compile: bool | str = False, resume: bool = True, lock_wait_s: float = 0.0,
+def train_population(configs: list[TrainConfig], *, resume: bool = True, lock_wait_s: float = 0.0,
                      on_progress: ProgressCallback | None = None) -> dict[str, dict[str, Any]]:
     """Train runs that differ only in seed and corruption as ONE population (stacked,
     vmapped parameters on one device-resident base dataset; see ``engine.population``).
@@ -621,7 +637,7 @@ def train_population(configs: list[TrainConfig], *, compile: bool | str = False,
         for run_dir in run_dirs:
             run_dir.mkdir(parents=True, exist_ok=True)
             locks.enter_context(run_lock(run_dir, lock_wait_s))
-        trained = _train_locked(todo, run_dirs, resume=resume, compile=compile, on_progress=on_progress)
+        trained = _train_locked(todo, run_dirs, resume=resume, on_progress=on_progress)
     if trained is None:  # members at different steps: one by one (each takes its own lock)
         trained = {config.run_id: train(config, **one_by_one) for config in todo}
     return {**summaries, **trained}

@@ -56,7 +56,7 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     return units
 
 
-def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool = False, *, lock_wait_s: float = 0.0,
+def train_unit_safely(unit: Sequence[TrainConfig], threads: int, *, lock_wait_s: float = 0.0,
                       on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
     never raises: a failure is returned for every run of the unit that did not finish
@@ -66,14 +66,14 @@ def train_unit_safely(unit: Sequence[TrainConfig], threads: int, compile: bool =
     torch.set_num_threads(threads)
     configs = [replace(config, threads=threads, progress=False) for config in unit]
     try:
-        summaries = _train_unit(configs, compile, dict(lock_wait_s=lock_wait_s, on_progress=on_progress))
+        summaries = _train_unit(configs, dict(lock_wait_s=lock_wait_s, on_progress=on_progress))
         return [{"run_id": run_id, "ok": True, "summary": summary} for run_id, summary in summaries.items()]
     except BaseException as exc:  # noqa: BLE001 - a run's failure must not stop the grid
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
         return [{**unit_result(config, error), "traceback": trace} for config in configs]
 
 
-def _train_unit(configs: Sequence[TrainConfig], compile: bool, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _train_unit(configs: Sequence[TrainConfig], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Train a unit; a population that does not fit in GPU memory is split in halves (each
     resumes from the checkpoints the larger one left), down to single runs."""
     import torch
@@ -83,12 +83,12 @@ def _train_unit(configs: Sequence[TrainConfig], compile: bool, options: dict[str
             return {configs[0].run_id: finetune(configs[0], **options)}
         return {configs[0].run_id: train(configs[0], **options)}
     try:
-        return train_population(list(configs), compile=compile, **options)
+        return train_population(list(configs), **options)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         half = len(configs) // 2
         print(f"population of {len(configs)} ran out of GPU memory: continuing as two of {half} and {len(configs) - half}", file=sys.stderr)
-        return {**_train_unit(configs[:half], compile, options), **_train_unit(configs[half:], compile, options)}
+        return {**_train_unit(configs[:half], options), **_train_unit(configs[half:], options)}
 
 
 def unit_result(config: TrainConfig, error: str) -> dict[str, Any]:

@@ -18,6 +18,10 @@ The data side (each run's view of the base dataset, the shared device-resident s
     (batch gather, losses, gradients, Adam, Polyak) in ``torch.compile``, falling back to
     the eager vmapped step with a warning if compilation fails on this platform.
 
+``compiled_step_wanted``
+    The policy behind ``--compile auto`` (the default of ``hybrid-rl train`` and the grid):
+    which runs take the compiled step, a population of one for a single run.
+
 Hot-loop rules (the point of the exercise): no host synchronisation inside ``update`` /
 ``train_step`` (no ``.item()``, ``.cpu()``, data-dependent Python control flow). The step
 counter, the learning rates and Adam's bias corrections live in device tensors; metrics
@@ -28,11 +32,16 @@ single run ``iql.IQL`` with the same initial weights and batches up to floating-
 rounding (batched matrix products round differently from unbatched ones);
 ``tests/test_population.py`` checks this. CQL samples actions inside its loss, and a
 vmapped random draw cannot reproduce P separate draws from the global generator, so a CQL
-population is equivalent in distribution only (see ``CQLPopulation``).
+population is equivalent in distribution only (see ``CQLPopulation``). A population of ONE
+draws what the single run draws, compiled or not (inductor is told to use PyTorch's own
+random kernels, ``fallback_random``): so the compiled single-run step that ``--compile``
+selects reproduces the eager reference up to rounding for CQL as well as IQL.
 """
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import warnings
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -46,6 +55,7 @@ from ..algos.base import Batch, Metrics
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
 from ..data.views import PopulationSampler
+from ..grid_options import COMPILE_MODES
 from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
 
 Tensors = dict[str, torch.Tensor]
@@ -263,7 +273,13 @@ class _Population:
             # CUDA graphs may replay in place only on tensors whose address never changes.
             for tensor in self._state_tensors():
                 torch._dynamo.mark_static_address(tensor)
-        compiled = torch.compile(fn, mode=self.compile_mode, dynamic=False, fullgraph=True)
+        import torch._inductor
+
+        # Inductor's own random kernels would give other numbers than eager PyTorch: with
+        # PyTorch's (fallback_random), a compiled CQL step draws exactly what the eager step
+        # draws. (Options instead of mode=..., which torch.compile does not take together.)
+        options = {**torch._inductor.list_mode_options(self.compile_mode), "fallback_random": True}
+        compiled = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
         state = {"compiled": False}
 
         def call(*args: Any) -> torch.Tensor:
@@ -619,4 +635,41 @@ def population_class(algo: str) -> type[_Population] | None:
     return POPULATIONS.get(algo)
 
 
-__all__ = ["CQLPopulation", "IQLPopulation", "PopulationMetrics", "population_class"]
+# ---------------------------------------------------------------------------------------
+# Which runs take the compiled step
+# ---------------------------------------------------------------------------------------
+# Under --compile auto, a CPU run takes the compiled step from this many gradient steps on:
+# where the time it saves exceeds a cold compilation (inductor's on-disk cache empty). On
+# the 2-core development machine (docs/performance.md, "The default update path") the
+# compiled step saves ~7 ms per IQL update and ~30 ms per CQL update, and compiling costs
+# ~35-50 s cold (either), ~7-8 s warm: break-even ~6k IQL steps cold; a 1,000-step CQL run
+# is already 1.15x faster compiled from a cold cache (end to end, measured).
+AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000}
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor's CPU backend would use, if there is one ($CXX first)."""
+    return os.environ.get("CXX") or next(filter(None, (shutil.which(name) for name in ("g++", "c++", "clang++"))), None)
+
+
+def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps: int) -> bool:
+    """Whether a run of ``algo`` with ``total_steps`` gradient steps on ``device`` takes the
+    compiled (population) step under ``--compile mode``.
+
+    ``off``: never (the eager reference of ``algos/``). ``on``: whenever ``algo`` has a
+    population step. ``auto``: on a CPU with a C++ compiler, for runs long enough that the
+    measured gain pays for a cold compilation (``AUTO_COMPILE_MIN_STEPS``); on GPUs not yet,
+    because no GPU measurement shows what pays there (docs/performance.md). The answer
+    depends on the configuration only, never on how far a run got, so a resumed run takes
+    the same path as an uninterrupted one.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "off" or population_class(algo) is None:
+        return False
+    if mode == "on":
+        return True
+    return device.type == "cpu" and total_steps >= AUTO_COMPILE_MIN_STEPS[algo] and cpp_compiler() is not None
+
+
+__all__ = ["COMPILE_MODES", "CQLPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import scipy.stats
 
-from rliable import library as rly
+# scipy.stats and rliable are imported where they are used: together they take ~2 s to
+# import, which every `hybrid-rl train` process would pay for final_score alone.
 
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
@@ -195,6 +195,8 @@ def interval_estimates(
         points = {name: float(stat(matrix)[0]) for name, stat in _STATISTICS.items()}
         return {name: ScoreEstimate(p, p, p, 1, n_dropped) for name, p in points.items()}
 
+    from rliable import library as rly
+
     estimates: dict[str, ScoreEstimate] = {}
     for name, statistic in _STATISTICS.items():
         point = float(statistic(matrix)[0])
@@ -264,6 +266,8 @@ def mean_ci_over_seeds(
     bootstrap band, which cannot exceed the range of the seeds. Where only one seed has a
     value the band collapses to the line.
     """
+    import scipy.stats
+
     all_steps, grid = align_curves(curves)
     finite = np.isfinite(grid)
     n_seeds = finite.sum(axis=0)
