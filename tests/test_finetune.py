@@ -69,6 +69,9 @@ def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_
     assert episodes and sum(r["length"] for r in episodes) <= 150
     for record in episodes:
         assert record["normalized_return"] == pytest.approx(normalized_score("hopper", record["return"]))
+        if record["terminated"]:  # the critic's calibration on the episode's own transitions
+            assert record["q_mc_transitions"] == record["length"]
+            assert record["q_minus_mc_mean"] == pytest.approx(record["q_mean"] - record["mc_return_mean"])
     # The cosine schedule ended at the switch; online the actor learns at the constant actor_lr.
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["algorithm"]["optimizers"]["actor"]["param_groups"][0]["lr"] == written["algo_config"]["actor_lr"] == 3e-4
@@ -220,6 +223,26 @@ def test_mixed_sampler_modes() -> None:
     assert bool((MixedSampler(offline, empty, "symmetric").sample(8)["rewards"] == 1).all())  # no online data yet
     with pytest.raises(ValueError, match="needs offline data"):
         MixedSampler(None, online, "uniform")
+
+
+def test_q_calibration_against_hand_computed_returns() -> None:
+    from hybrid_rl.engine.online import q_calibration
+
+    class ConstantQ:
+        def q_values(self, member, obs, actions):
+            return torch.full((len(obs),), 2.0)
+
+    def episode(length: int) -> dict:
+        return {"observations": np.zeros((length, 3), np.float32), "actions": np.zeros((length, 1), np.float32), "rewards": np.ones(length, np.float32)}
+
+    # Rewards 1, 1, 1 with discount 0.5: returns-to-go 1.75, 1.5, 1 (mean 4.25 / 3).
+    terminated = q_calibration(ConstantQ(), episode(3), np.array([1.75, 1.5, 1.0]), 0.5, True, torch.device("cpu"))
+    assert terminated == {"q_mean": 2.0, "mc_return_mean": pytest.approx(4.25 / 3), "q_minus_mc_mean": pytest.approx(2.0 - 4.25 / 3), "q_mc_transitions": 3}
+    # Cut by the time limit: only steps with >= 3 / (1 - gamma) = 300 steps left are fair targets.
+    mc = np.arange(301, dtype=np.float32)
+    cut = q_calibration(ConstantQ(), episode(301), mc, 0.99, False, torch.device("cpu"))
+    assert cut["q_mc_transitions"] == 1 and cut["mc_return_mean"] == 0.0
+    assert q_calibration(ConstantQ(), episode(300), mc[:300], 0.99, False, torch.device("cpu")) == {}
 
 
 def test_online_stage_stores_truncations_as_timeouts_not_terminals() -> None:

@@ -355,7 +355,8 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
         make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer, MixedSampler(offline, buffer, sampling, config.online_fraction, seed=config.seed + 2),
         preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return),
         utd=config.resolved_utd, batch_size=algorithm.config.batch_size, warmup_steps=config.resolved_warmup_steps,
-        random_warmup=config.recipe.random_warmup, exploration_noise=noise, mc_discount=algorithm.config.discount if uses_mc else None, seed=config.seed,
+        random_warmup=config.recipe.random_warmup, exploration_noise=noise, discount=algorithm.config.discount, returns_in_buffer=uses_mc,
+        seed=config.seed,
     )
     schedule = [(stage, config.online_steps)]
     if state is not None:

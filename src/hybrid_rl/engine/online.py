@@ -7,7 +7,12 @@ normalised and rewards scaled as the offline data were, so both sources mix), an
 warm-up the learner takes ``utd`` gradient steps from a ``MixedSampler``. Episodes end at a
 termination or at the 1000-step time limit; a truncation is stored as a timeout, not a
 terminal, so its value is bootstrapped. Each finished episode is logged as an ``"episode"``
-record with its (normalized) return.
+record with its (normalized) return and the calibration of the critic on it: the mean of
+Q(s_t, a_t) (the learner's ``q_values``, at the episode's end) minus the discounted
+Monte-Carlo return-to-go of the episode from t (``q_minus_mc_mean``, in the run's scaled
+reward units, as Phase I's ``q_minus_mc_mean`` on the offline data). An episode cut by the
+time limit loses its tail, so only its steps with at least 3 / (1 - gamma) steps left enter
+(the missing tail then weighs gamma^300 ~ 5%), as in Phase I's diagnostic batch.
 
 Everything the next step depends on is in ``member_state``: the buffer, the sampler's
 streams, the environment's exact physics state (``mujoco.mj_getState`` with
@@ -22,6 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from ..data.dataset import discounted_returns_to_go
 from ..data.replay import DeviceReplayBuffer, MixedSampler
 from ..data.views import Preprocessing
 from .learners import Learner
@@ -75,7 +81,8 @@ class OnlineStage:
         warmup_steps: int = 0,
         random_warmup: bool = False,
         exploration_noise: float = 0.0,
-        mc_discount: float | None = None,
+        discount: float = 0.99,
+        returns_in_buffer: bool = False,
         seed: int = 0,
     ) -> None:
         if utd < 1 or warmup_steps < 0 or exploration_noise < 0:
@@ -83,11 +90,14 @@ class OnlineStage:
         self.env, self.buffer, self.sampler, self.preprocessing, self.score = env, buffer, sampler, preprocessing, score
         self.utd, self.batch_size, self.warmup_steps, self.random_warmup = int(utd), int(batch_size), int(warmup_steps), bool(random_warmup)
         self.exploration_noise = float(exploration_noise)
-        # With mc_discount (Cal-QL), an episode's transitions enter the buffer when it ends,
-        # each with its Monte-Carlo return-to-go ("mc_returns"), as the reference code does;
-        # a time-limit cut is summed to the cut, like the offline data's.
-        self.mc_discount = mc_discount
-        self.pending: list[dict[str, np.ndarray]] = []
+        self.discount = float(discount)
+        # With returns_in_buffer (Cal-QL), an episode's transitions enter the buffer when it
+        # ends, each with its Monte-Carlo return-to-go ("mc_returns"), as the reference code
+        # does; a time-limit cut is summed to the cut, like the offline data's. Otherwise each
+        # transition enters at once. Either way the episode so far is kept (``episode_rows``)
+        # for its Q - MC diagnostic.
+        self.returns_in_buffer = bool(returns_in_buffer)
+        self.episode_rows: list[dict[str, np.ndarray]] = []
         self.rng = np.random.default_rng(seed)
         self.act_low, self.act_high = -1.0, 1.0
         self.act_dim = int(np.prod(env.action_space.shape))
@@ -118,21 +128,24 @@ class OnlineStage:
             "next_observations": self._normalize(next_obs)[None], "terminals": np.array([float(terminated)], np.float32),
             "timeouts": np.array([float(truncated and not terminated)], np.float32),
         }
-        if self.mc_discount is None:
+        if not self.returns_in_buffer:
             self.buffer.add(transition)
-        else:
-            self.pending.append(transition)
-            if terminated or truncated:
-                self._add_episode()
+        self.episode_rows.append(transition)
         self.env_steps += 1
         self.episode_return += float(reward)
         self.episode_length += 1
         if terminated or truncated:
             self.episodes += 1
+            episode = {key: np.concatenate([row[key] for row in self.episode_rows]) for key in self.episode_rows[0]}
+            mc_returns = discounted_returns_to_go(episode["rewards"], np.array([[0, len(episode["rewards"])]]), self.discount).astype(np.float32)
+            if self.returns_in_buffer:
+                self.buffer.add({**episode, "mc_returns": mc_returns})
             self.records.append({
                 "kind": "episode", "episode": self.episodes, "return": self.episode_return, "normalized_return": self.score(self.episode_return),
                 "length": self.episode_length, "terminated": bool(terminated),
+                **q_calibration(learner, episode, mc_returns, self.discount, bool(terminated), self.buffer.device),
             })
+            self.episode_rows = []
             self.obs, _ = self.env.reset()
             self.episode_return, self.episode_length = 0.0, 0
         else:
@@ -142,14 +155,6 @@ class OnlineStage:
             for _ in range(self.utd):
                 metrics = learner.train_step(self.sampler, self.batch_size)
         return metrics
-
-    def _add_episode(self) -> None:
-        from ..data.dataset import discounted_returns_to_go
-
-        episode = {key: np.concatenate([t[key] for t in self.pending]) for key in self.pending[0]}
-        episode["mc_returns"] = discounted_returns_to_go(episode["rewards"], np.array([[0, len(self.pending)]]), self.mc_discount).astype(np.float32)
-        self.buffer.add(episode)
-        self.pending = []
 
     def take_records(self, member: int) -> list[dict[str, Any]]:
         records, self.records = self.records, []
@@ -165,7 +170,7 @@ class OnlineStage:
             "env_steps": self.env_steps,
             "rng": self.rng.bit_generator.state,
             "records": list(self.records),
-            "pending": list(self.pending),
+            "episode_rows": list(self.episode_rows),
         }
 
     def load_member_state(self, member: int, state: dict[str, Any]) -> None:
@@ -178,4 +183,24 @@ class OnlineStage:
         self.env_steps = int(state["env_steps"])
         self.rng.bit_generator.state = state["rng"]
         self.records = list(state["records"])
-        self.pending = list(state["pending"])
+        self.episode_rows = list(state.get("episode_rows", state.get("pending", [])))  # older checkpoints: "pending" (Cal-QL only)
+
+
+def q_calibration(learner: Learner, episode: Mapping[str, np.ndarray], mc_returns: np.ndarray, discount: float, terminated: bool,
+                  device: torch.device) -> dict[str, float | int]:
+    """The critic's Q on a finished episode's transitions against their Monte-Carlo returns.
+
+    ``{"q_mean", "mc_return_mean", "q_minus_mc_mean", "q_mc_transitions"}`` over the
+    episode's steps whose return is a fair target: all of a terminated episode, the steps of
+    a time-limit cut with at least 3 / (1 - discount) steps left. ``{}`` when none is fair
+    (a short cut episode).
+    """
+    fair = len(mc_returns) if terminated else max(0, len(mc_returns) - int(round(3.0 / (1.0 - discount))))
+    if fair == 0:
+        return {}
+    with torch.no_grad():
+        obs = torch.as_tensor(episode["observations"][:fair], device=device)
+        actions = torch.as_tensor(episode["actions"][:fair], device=device)
+        q = learner.q_values(0, obs, actions).double().cpu().numpy()
+    mc = mc_returns[:fair].astype(np.float64)
+    return {"q_mean": float(q.mean()), "mc_return_mean": float(mc.mean()), "q_minus_mc_mean": float((q - mc).mean()), "q_mc_transitions": int(fair)}

@@ -19,7 +19,12 @@ steps, an ``"episode"`` record per finished online episode, and in config.json i
   success-based regret made dense (0 = expert throughout, 1 = random throughout);
 - ``auc``: the area under the evaluation curve per online step (trapezoid from step 0, where
   the curve starts at the switch score, or at the first evaluation from scratch), i.e. the
-  mean normalized score over the run.
+  mean normalized score over the run;
+- Q calibration through fine-tuning: each online episode's mean of Q(s, a) minus the
+  discounted Monte-Carlo return on its own transitions (``engine.online.q_calibration``),
+  converted to the original reward units; ``q_minus_mc_final`` is the mean over the
+  episodes of the last 10% of online steps (> 0: the critic overestimates what its policy
+  actually collects).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from .runs import RunRecord, load_run, read_metrics
 from .stats import final_score
 
 EARLY_FRACTION = 0.1  # the dip is measured in the first 10% of online steps
+LATE_FRACTION = 0.1  # final Q - MC: the episodes of the last 10% of online steps
 REFERENCES = ("clean_offline", "behavior")
 
 
@@ -67,6 +73,9 @@ class Recovery:
     regret: float = math.nan
     auc: float = math.nan
     episodes: int = 0
+    q_steps: np.ndarray = field(default_factory=lambda: np.zeros(0))  # online step at which each calibrated episode ended
+    q_minus_mc: np.ndarray = field(default_factory=lambda: np.zeros(0))  # its mean Q - MC return, original reward units
+    q_minus_mc_final: float = math.nan
     uses_offline_data: bool = True  # False for methods that train on online data alone (SAC from scratch)
     utd: int | None = None  # gradient steps per environment step
     sampling: str = ""
@@ -92,6 +101,32 @@ def steps_to_reach(steps: np.ndarray, scores: np.ndarray, reference: float) -> i
 def regret(episode_scores: np.ndarray) -> float:
     """Mean over online episodes of (1 - normalized return / 100); NaN without episodes."""
     return float(np.mean(1.0 - episode_scores / 100.0)) if len(episode_scores) else math.nan
+
+
+def late_mean(steps: np.ndarray, values: np.ndarray, online_steps: int) -> float:
+    """Mean of the values logged in the last LATE_FRACTION of online steps (the last value if
+    none falls there); NaN without values."""
+    if len(values) == 0:
+        return math.nan
+    late = values[steps >= (1.0 - LATE_FRACTION) * online_steps]
+    return float(late.mean()) if len(late) else float(values[-1])
+
+
+def binned_means(steps: np.ndarray, values: np.ndarray, online_steps: int, bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode values averaged in ``bins`` equal spans of online steps: ``(bin centres,
+    means)``, empty bins left out. Seeds finish episodes at different steps; binning puts
+    them on one grid before averaging over seeds."""
+    if len(values) == 0 or online_steps <= 0:
+        return np.zeros(0), np.zeros(0)
+    edges = np.linspace(0, online_steps, bins + 1)
+    index = np.clip(np.searchsorted(edges, steps, side="left") - 1, 0, bins - 1)
+    centres, means = [], []
+    for b in range(bins):
+        chosen = values[index == b]
+        if len(chosen):
+            centres.append((edges[b] + edges[b + 1]) / 2)
+            means.append(float(chosen.mean()))
+    return np.array(centres), np.array(means)
 
 
 def area_under_curve(steps: np.ndarray, scores: np.ndarray, start_score: float, online_steps: int) -> float:
@@ -142,6 +177,10 @@ def recovery_of(run: RunRecord) -> Recovery:
     reached = {name: steps_to_reach(steps, scores, value) for name, value in references.items()}
     records, _ = read_metrics(run.run_dir / "metrics.jsonl")
     episode_scores = np.array([r["normalized_return"] for r in records if r.get("kind") == "episode"], dtype=float)
+    calibrated = [r for r in records if r.get("kind") == "episode" and "q_minus_mc_mean" in r]
+    reward_scale = float(config.get("reward_scale") or 1.0)  # Q and MC are logged in the run's scaled reward units
+    q_steps = np.array([r["step"] for r in calibrated], dtype=float)
+    q_minus_mc = np.array([r["q_minus_mc_mean"] / reward_scale for r in calibrated], dtype=float)
     return Recovery(
         run_id=run.run_id, method=str(config["method"]), algo=run.algo, dataset=run.dataset, corruption=run.level.label, seed=run.seed,
         status=run.status, online_steps=online_steps, eval_steps=steps, eval_scores=scores, switch_score=switch,
@@ -149,6 +188,7 @@ def recovery_of(run: RunRecord) -> Recovery:
         dip=dip(steps, scores, switch, online_steps), references=references, steps_to=reached,
         censored={name: value is None and math.isfinite(references[name]) for name, value in reached.items()},
         regret=regret(episode_scores), auc=area_under_curve(steps, scores, switch, online_steps), episodes=len(episode_scores),
+        q_steps=q_steps, q_minus_mc=q_minus_mc, q_minus_mc_final=late_mean(q_steps, q_minus_mc, online_steps),
         uses_offline_data=(config.get("online") or {}).get("sampling") != "online_only",
         utd=(config.get("online") or {}).get("utd"), sampling=str((config.get("online") or {}).get("sampling", "")),
     )

@@ -12,7 +12,10 @@ directory, per dataset:
   clean-data offline score of the same algorithm, dotted: the clean data's behaviour score;
 - ``recovery_bars_<dataset>``: dip and steps to recover the clean-data offline score by
   pretrained method and corruption level (hatched: some seeds never recovered, right-censored; the
-  bar then shows the budget as a lower bound and the label says how many).
+  bar then shows the budget as a lower bound and the label says how many);
+- ``recovery_q_<dataset>``: Q minus the Monte-Carlo return on the online episodes'
+  own transitions against online steps (per seed in 20 bins of steps, then mean over seeds
+  with a Student-t band), one panel per corruption level; 0 = calibrated.
 """
 from __future__ import annotations
 
@@ -26,12 +29,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..fileio import atomic_write_text
-from .recovery import Recovery, load_recoveries
+from .recovery import Recovery, binned_means, load_recoveries
 from .stats import interval_estimates, mean_ci_over_seeds
 
 CSV_FIELDS = ("dataset", "corruption", "method", "algo", "utd", "sampling", "n", "switch_mean", "final_iqm", "final_low", "final_high", "final_mean", "best_mean",
               "dip_mean", "steps_to_clean_offline_median", "censored_clean_offline", "steps_to_behavior_median", "censored_behavior",
-              "regret_mean", "auc_mean")
+              "regret_mean", "auc_mean", "q_minus_mc_final_mean")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -68,6 +71,7 @@ def table_rows(recoveries: Sequence[Recovery]) -> list[dict[str, Any]]:
             "steps_to_clean_offline_median": to_clean, "censored_clean_offline": censored_clean,
             "steps_to_behavior_median": to_behavior, "censored_behavior": censored_behavior,
             "regret_mean": _mean([r.regret for r in runs]), "auc_mean": _mean([r.auc for r in runs]),
+            "q_minus_mc_final_mean": _mean([r.q_minus_mc_final for r in runs]),
         })
     return rows
 
@@ -90,9 +94,11 @@ def write_tables(rows: Sequence[dict[str, Any]], results_dir: Path) -> list[Path
              "evaluation in the first 10% of online steps minus the switch score. *steps to recover*: median first online step reaching the "
              "clean-data offline score (same algorithm and seed) / the clean data's behaviour score, over the seeds that did; "
              "'(c N)': N seeds never did (right-censored). *regret*: mean over online episodes of 1 - score/100. "
+             "*Q - MC (end)*: the critic's Q minus the discounted Monte-Carlo return on the online episodes of the last 10% of steps "
+             "(original reward units; > 0: overestimation). "
              "Generated `gen-*` datasets follow the D4RL recipe but are not D4RL data.", ""]
-    lines.append("| dataset | corruption | method (pretrained) | UTD, sampling | n | switch -> final | dip | steps to clean offline | steps to behaviour | regret |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| dataset | corruption | method (pretrained) | UTD, sampling | n | switch -> final | dip | steps to clean offline | steps to behaviour | regret | Q - MC (end) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         final = _cell(row["final_iqm"]) + (f" [{_cell(row['final_low'])}, {_cell(row['final_high'])}]" if math.isfinite(row["final_low"]) else "")
         switch = _cell(row["switch_mean"]) or "scratch"
@@ -100,9 +106,45 @@ def write_tables(rows: Sequence[dict[str, Any]], results_dir: Path) -> list[Path
         to_behavior = (_cell(row["steps_to_behavior_median"], 0) or "-") + (f" (c {row['censored_behavior']})" if row["censored_behavior"] else "")
         method = row["method"] if row["algo"] == row["method"] else f"{row['method']} ({row['algo']})"
         lines.append(f"| {row['dataset']} | {row['corruption']} | {method} | {row['utd']}, {row['sampling']} | {row['n']} | {switch} -> {final} | {_cell(row['dip_mean']) or '-'} | "
-                     f"{to_clean} | {to_behavior} | {_cell(row['regret_mean'], 3)} |")
+                     f"{to_clean} | {to_behavior} | {_cell(row['regret_mean'], 3)} | {_cell(row['q_minus_mc_final_mean']) or '-'} |")
     atomic_write_text(results_dir / "recovery.md", "\n".join(lines) + "\n")
     return [results_dir / "recovery.csv", results_dir / "recovery.md"]
+
+
+def _eval_curve(run: Recovery) -> tuple[np.ndarray, np.ndarray]:
+    """A run's evaluation curve, starting at its switch score at step 0 when it has one."""
+    if not math.isfinite(run.switch_score):
+        return run.eval_steps, run.eval_scores
+    return np.concatenate([[0], run.eval_steps]), np.concatenate([[run.switch_score], run.eval_scores])
+
+
+def _q_curve(run: Recovery) -> tuple[np.ndarray, np.ndarray]:
+    """A run's Q - MC per online episode, averaged in bins of online steps."""
+    return binned_means(run.q_steps, run.q_minus_mc, run.online_steps)
+
+
+def _method_panels(plt: Any, runs: Sequence[Recovery], levels: Sequence[str], colors: dict[str, Any], curve: Any, height: float) -> tuple[Any, Any]:
+    """One panel per corruption level, one line per method (mean over seeds of ``curve(run)``
+    with a Student-t band). Methods without offline data (SAC from scratch) ran on the clean
+    level only: the corruption cannot touch them, so they appear in every panel."""
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.4 * len(levels), height), squeeze=False, sharey=True, layout="constrained")
+    for ax, level in zip(axes[0], levels):
+        panel = [r for r in runs if r.corruption == level or not r.uses_offline_data]
+        for method in sorted({r.method for r in panel}):
+            members = [r for r in panel if r.method == method]
+            band = mean_ci_over_seeds([curve(r) for r in members])
+            label = f"{method.upper()} (n={len(members)})" + ("" if members[0].uses_offline_data else ", no offline data")
+            sparse = len(band.steps) < 5  # a marker, or a lone point would not show
+            ax.plot(band.steps, band.mean, color=colors[method], label=label, lw=1.6, marker="o" if sparse else None, ms=3)
+            ax.fill_between(band.steps, band.low, band.high, color=colors[method], alpha=0.15, lw=0)
+        ax.set_title(level)
+        ax.set_xlabel("online environment steps")
+        ax.grid(alpha=0.3)
+    return fig, axes[0]
+
+
+def _legend_below(ax: Any) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2, frameon=False)
 
 
 def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]:
@@ -119,24 +161,10 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
     for recovery in recoveries:
         by_dataset[recovery.dataset].append(recovery)
     for dataset, runs in sorted(by_dataset.items()):
-        # Methods without offline data (SAC from scratch) ran on the clean level only: the
-        # corruption cannot touch them, so they appear in every panel as the floor.
         levels = sorted({r.corruption for r in runs if r.uses_offline_data} or {r.corruption for r in runs}, key=lambda label: (label != "clean", label))
-        fig, axes = plt.subplots(1, len(levels), figsize=(4.4 * len(levels), 3.6), squeeze=False, sharey=True, layout="constrained")
-        for ax, level in zip(axes[0], levels):
+        fig, axes = _method_panels(plt, runs, levels, colors, _eval_curve, 3.6)
+        for ax, level in zip(axes, levels):
             panel = [r for r in runs if r.corruption == level or not r.uses_offline_data]
-            for method in sorted({r.method for r in panel}):
-                members = [r for r in panel if r.method == method]
-                curves = []
-                for r in members:
-                    start = r.switch_score if math.isfinite(r.switch_score) else math.nan
-                    steps = np.concatenate([[0], r.eval_steps]) if math.isfinite(start) else r.eval_steps
-                    values = np.concatenate([[start], r.eval_scores]) if math.isfinite(start) else r.eval_scores
-                    curves.append((steps, values))
-                band = mean_ci_over_seeds(curves)
-                label = f"{method.upper()} (n={len(members)})" + ("" if members[0].uses_offline_data else ", no offline data")
-                ax.plot(band.steps, band.mean, color=colors[method], label=label, lw=1.6)
-                ax.fill_between(band.steps, band.low, band.high, color=colors[method], alpha=0.15, lw=0)
             clean = _mean([r.references.get("clean_offline", math.nan) for r in panel])
             behavior = _mean([r.references.get("behavior", math.nan) for r in panel])
             if math.isfinite(clean):
@@ -144,14 +172,22 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
             if math.isfinite(behavior):
                 ax.axhline(behavior, color="#888888", ls=":", lw=1, label=f"behaviour, clean data ({behavior:.1f})")
             ax.axvline(0, color="#bbbbbb", lw=0.8)
-            ax.set_title(level)
-            ax.set_xlabel("online environment steps")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2, frameon=False)
-        axes[0][0].set_ylabel("normalized return")
+            _legend_below(ax)
+        axes[0].set_ylabel("normalized return")
         fig.suptitle(f"{dataset}: recovery by online fine-tuning" + (" (generated, D4RL recipe)" if dataset.startswith("gen-") else ""), fontsize=10)
         written += save_figure(fig, plots_dir, f"recovery_curves_{safe_name(dataset)}")
         plt.close(fig)
+
+        calibrated = [r for r in runs if len(r.q_minus_mc)]
+        if calibrated:
+            fig, axes = _method_panels(plt, calibrated, levels, colors, _q_curve, 3.4)
+            for ax in axes:
+                ax.axhline(0, color="#444444", lw=0.8)
+                _legend_below(ax)
+            axes[0].set_ylabel("Q - Monte-Carlo return\n(online episodes; original reward units)")
+            fig.suptitle(f"{dataset}: critic calibration on the fine-tuning policy's own episodes (> 0: overestimation)", fontsize=9)
+            written += save_figure(fig, plots_dir, f"recovery_q_{safe_name(dataset)}")
+            plt.close(fig)
 
         # Dip and recovery time are defined against the switch: pretrained methods only.
         methods = sorted({r.method for r in runs if math.isfinite(r.switch_score)})
