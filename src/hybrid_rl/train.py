@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .data.dataset import OfflineDataset, TransitionSampler
+from .data.dataset import OfflineDataset, TransitionSampler, truncated_tail_steps
 from .data.refs import normalized_score
 from .data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
 from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
@@ -138,7 +138,7 @@ def mc_diagnostic_indices(dataset: OfflineDataset, discount: float, size: int, s
     missing tail then weighs gamma^300 ~ 5% at gamma 0.99).
     """
     bounds = dataset.trajectory_bounds()
-    horizon = int(round(3.0 / (1.0 - discount)))
+    horizon = truncated_tail_steps(discount)
     candidates = []
     for start, end in bounds:
         if dataset.terminals[end - 1]:

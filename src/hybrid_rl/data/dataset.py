@@ -37,6 +37,12 @@ def trajectory_rows(bounds: np.ndarray, trajectory_indices: np.ndarray) -> np.nd
     return np.concatenate([np.arange(bounds[t, 0], bounds[t, 1]) for t in trajectory_indices]).astype(np.int64)
 
 
+def truncated_tail_steps(discount: float) -> int:
+    """Steps before a time-limit cut whose Monte-Carlo return is not a fair value target:
+    3 / (1 - gamma) (300 at gamma 0.99), beyond which the missing tail weighs gamma^300 ~ 5%."""
+    return int(round(3.0 / (1.0 - discount)))
+
+
 def discounted_returns_to_go(rewards: np.ndarray, bounds: np.ndarray, discount: float) -> np.ndarray:
     """Per transition, sum_t gamma^t r_t to its trajectory's end (float64), via lfilter."""
     from scipy.signal import lfilter

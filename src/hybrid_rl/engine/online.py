@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..data.dataset import discounted_returns_to_go
+from ..data.dataset import discounted_returns_to_go, truncated_tail_steps
 from ..data.replay import DeviceReplayBuffer, MixedSampler
 from ..data.views import Preprocessing
 from .learners import Learner
@@ -195,7 +195,7 @@ def q_calibration(learner: Learner, episode: Mapping[str, np.ndarray], mc_return
     a time-limit cut with at least 3 / (1 - discount) steps left. ``{}`` when none is fair
     (a short cut episode).
     """
-    fair = len(mc_returns) if terminated else max(0, len(mc_returns) - int(round(3.0 / (1.0 - discount))))
+    fair = len(mc_returns) if terminated else max(0, len(mc_returns) - truncated_tail_steps(discount))
     if fair == 0:
         return {}
     with torch.no_grad():

@@ -123,13 +123,19 @@ def _q_curve(run: Recovery) -> tuple[np.ndarray, np.ndarray]:
     return binned_means(run.q_steps, run.q_minus_mc, run.online_steps)
 
 
+def _panel(runs: Sequence[Recovery], level: str) -> list[Recovery]:
+    """The runs drawn in a corruption level's panel: that level's, plus the runs of methods
+    without offline data (SAC from scratch ran on the clean level only: the corruption
+    cannot touch them, so they appear in every panel)."""
+    return [r for r in runs if r.corruption == level or not r.uses_offline_data]
+
+
 def _method_panels(plt: Any, runs: Sequence[Recovery], levels: Sequence[str], colors: dict[str, Any], curve: Any, height: float) -> tuple[Any, Any]:
-    """One panel per corruption level, one line per method (mean over seeds of ``curve(run)``
-    with a Student-t band). Methods without offline data (SAC from scratch) ran on the clean
-    level only: the corruption cannot touch them, so they appear in every panel."""
+    """One panel per corruption level (``_panel``), one line per method: the mean over seeds
+    of ``curve(run)`` with a Student-t band."""
     fig, axes = plt.subplots(1, len(levels), figsize=(4.4 * len(levels), height), squeeze=False, sharey=True, layout="constrained")
     for ax, level in zip(axes[0], levels):
-        panel = [r for r in runs if r.corruption == level or not r.uses_offline_data]
+        panel = _panel(runs, level)
         for method in sorted({r.method for r in panel}):
             members = [r for r in panel if r.method == method]
             band = mean_ci_over_seeds([curve(r) for r in members])
@@ -164,7 +170,7 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
         levels = sorted({r.corruption for r in runs if r.uses_offline_data} or {r.corruption for r in runs}, key=lambda label: (label != "clean", label))
         fig, axes = _method_panels(plt, runs, levels, colors, _eval_curve, 3.6)
         for ax, level in zip(axes, levels):
-            panel = [r for r in runs if r.corruption == level or not r.uses_offline_data]
+            panel = _panel(runs, level)
             clean = _mean([r.references.get("clean_offline", math.nan) for r in panel])
             behavior = _mean([r.references.get("behavior", math.nan) for r in panel])
             if math.isfinite(clean):
