@@ -77,17 +77,22 @@ def test_missing_ray_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyPatch,
         assert HINT in message and "\n" not in message
 
 
-def test_cli_launcher_ray_without_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("study", ["phase1", "phase2"])
+def test_cli_launcher_ray_without_ray(study: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`--launcher ray` without Ray: exit status 2, one line on stderr, before any work."""
-    from hybrid_rl.cli import phase1_main
+    from hybrid_rl.cli import phase1_main, phase2_main
 
     monkeypatch.setitem(sys.modules, "ray", None)
     results = tmp_path / "results"
-    code = phase1_main(["--launcher", "ray", "--quick", "--env", DATASET, "--results", str(results), "--cache_dir", str(tmp_path / "cache")])
+    common = ["--launcher", "ray", "--quick", "--env", DATASET, "--results", str(results), "--cache_dir", str(tmp_path / "cache")]
+    if study == "phase1":
+        code = phase1_main(common)
+    else:
+        code = phase2_main([*common, "--results_phase2", str(tmp_path / "results_phase2"), "--plots", str(tmp_path / "plots")])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert HINT in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "cache").exists() and not any(results.glob("*/config.json"))
+    assert not (tmp_path / "cache").exists() and not any(tmp_path.glob("results*/*/config.json"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,3 +304,38 @@ def test_grid_population_is_one_ray_task_equal_to_a_local_population(ray_cluster
     assert set(local) == {c.run_id for c in configs}
     for config in configs:
         assert metrics(tmp_path / "local" / config.run_id) == metrics(tmp_path / "ray" / config.run_id), config.run_id
+
+
+@pytest.mark.slow
+def test_phase2_study_through_worker_nodes_equals_the_local_study(ray_cluster, dataset_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run_phase2.py --launcher ray`: the parents (Phase I runs) and then the fine-tuning
+    runs go to the worker nodes as tasks, with the study's relative directories resolved on
+    the driver; every run directory equals the same study run here with local workers."""
+    from test_phase2 import tiny_spec
+
+    from hybrid_rl.phase2 import run_phase2
+
+    _, address = ray_cluster
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the local study's runs use one thread, as the 1-CPU tasks do
+    runs = {}
+    for launcher in ("ray", "local"):
+        study = tmp_path / launcher
+        study.mkdir()
+        monkeypatch.chdir(study)
+        spec = replace(tiny_spec(study, dataset_cache), methods=("iql", "sac"), remove_top_k=(0.0,), online_steps=60,
+                       results_dir="results", phase2_results="results_phase2")
+        lines: list[str] = []
+        options = dict(launcher="ray", ray_address=address) if launcher == "ray" else {}
+        status = run_phase2(spec, workers=1, log=lines.append, progress=False, **options)
+        print("\n".join(lines))
+        assert status["ran"] == 2 and not status["failed"], status
+        runs[launcher] = sorted(p.relative_to(study) for p in study.glob("results*/*/metrics.jsonl"))
+        if launcher == "ray":
+            assert any("Ray, 1 CPU(s) and 0 GPU per run" in line for line in lines), lines
+            assert sum(line.split("] ", 1)[-1].startswith("done ") for line in lines) == 3  # one parent, two fine-tuning runs
+            finetuned = json.loads(next(study.glob("results_phase2/ft-iql*/config.json")).read_text())
+            assert finetuned["parent"]["run_dir"] == str(study / "results" / finetuned["parent"]["run_id"])
+    assert runs["ray"] == runs["local"] and len(runs["ray"]) == 3
+    for path in runs["ray"]:
+        assert metrics(tmp_path / "ray" / path.parent) == metrics(tmp_path / "local" / path.parent), path

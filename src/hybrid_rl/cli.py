@@ -92,11 +92,21 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
     parser.add_argument("--max_population", type=positive_int, default=DEFAULT_MAX_POPULATION, help=f"largest population (runs per process); default {DEFAULT_MAX_POPULATION}")
     add_compile_argument(parser)
+    add_launcher_arguments(parser)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the runs of a grid or study execute (run_phase1.py and run_phase2.py)."""
     parser.add_argument("--launcher", choices=("local", "ray"), default="local", help="local: worker processes on this machine (default); ray: one Ray task per run or population (docs/cluster.md)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
                         help="with --launcher ray: the cluster to use (auto or HEAD_IP:6379); default: start a local Ray instance")
     parser.add_argument("--cpus-per-run", "--cpus_per_run", dest="cpus_per_run", type=float, default=1.0, help="with --launcher ray: CPUs per task, a run or a population (also its torch threads); default 1")
     parser.add_argument("--gpus-per-run", "--gpus_per_run", dest="gpus_per_run", type=float, default=0.0, help="with --launcher ray: GPU share per task, a run or a population (0.25: four per GPU); default 0")
+
+
+def check_launcher_arguments(args: argparse.Namespace) -> None:
+    if args.ray_address and args.launcher != "ray":
+        raise HybridRLError("--ray-address is used only with --launcher ray; add --launcher ray")
 
 
 def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
@@ -136,6 +146,7 @@ def grid_command(args: argparse.Namespace) -> int:
     from .grid import GridSpec, check_writable_dir, run_grid
     from .grid_options import QUICK_STEPS
 
+    check_launcher_arguments(args)
     check_writable_dir(args.plots, "--plots")  # found now, not after hours of training
     if args.plot_only:
         written = build_report(args.results, args.plots)
@@ -165,8 +176,6 @@ def grid_command(args: argparse.Namespace) -> int:
         seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
         log_every=min(1_000, max(1, total_steps // 20)), device=args.device, compile=args.compile, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
-    if args.ray_address and args.launcher != "ray":
-        raise HybridRLError("--ray-address is used only with --launcher ray; add --launcher ray")
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1
     status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                       population=args.population, max_population=args.max_population)
@@ -313,6 +322,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild the recovery figures and tables from --results_phase2")
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--mirror", default=None)
+    add_launcher_arguments(parser)
 
 
 @guarded
@@ -321,6 +331,7 @@ def phase2_command(args: argparse.Namespace) -> int:
     from .grid import check_writable_dir
     from .grid_options import PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS, PHASE2_QUICK_WARMUP_STEPS
 
+    check_launcher_arguments(args)
     check_writable_dir(args.plots, "--plots")
     if args.plot_only:
         written = build_recovery_report(args.results_phase2, args.plots)
@@ -341,8 +352,9 @@ def phase2_command(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes, device=args.device, results_dir=args.results, phase2_results=args.results_phase2,
         cache_dir=args.cache_dir, mirror=args.mirror,
     )
-    workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs()))
-    status = run_phase2(spec, workers=workers)
+    workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs())) if args.launcher == "local" else 1
+    status = run_phase2(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                        gpus_per_run=args.gpus_per_run)
     written = build_recovery_report(args.results_phase2, args.plots)
     print(f"tables: {args.results_phase2}/recovery.md, recovery.csv; figures: {args.plots}/ ({len(written['figures'])} files)")
     return 1 if status["failed"] else 0

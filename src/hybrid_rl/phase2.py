@@ -7,7 +7,9 @@ every method that starts from its algorithm, and runs the from-scratch methods o
 (damaged) data and seeds. Fine-tuning runs go to ``spec.phase2_results``, one directory
 each, with the Phase I guarantees: bad input stops everything before any work, a killed
 study resumes to identical results, one grid per results directory, a failed run never
-stops the others, parallel local workers, progress in environment steps.
+stops the others, parallel local workers or Ray tasks (``launcher="ray"``: the parents
+through the Phase I grid's Ray launcher, then one task per fine-tuning run; see
+docs/cluster.md), progress in environment steps.
 
 SAC from scratch uses no offline data, so the corruption level cannot change it: it runs
 once per dataset and seed (on the clean level) and serves as the floor of every panel.
@@ -100,14 +102,27 @@ class Phase2Spec:
         return configs
 
 
-def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """Train the missing parents (Phase I grid), then every fine-tuning run; writes grid_status.json."""
+def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None] = print, progress: bool = True,
+               launcher: str = "local", ray_address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> dict[str, Any]:
+    """Train the missing parents (Phase I grid), then every fine-tuning run; writes grid_status.json.
+
+    launcher "local": ``workers`` processes on this machine; "ray": one Ray task per run on the
+    cluster at ``ray_address`` (None: a local Ray instance), each declaring ``cpus_per_run``
+    CPUs and ``gpus_per_run`` GPU, for the parents and the fine-tuning runs alike.
+    """
+    if launcher == "ray":
+        from .ray_launcher import require_ray
+
+        require_ray()  # the one-line install hint, before any work
+    elif launcher != "local":
+        raise HybridRLError(f"unknown launcher {launcher!r}; use local or ray")
     check_writable_dir(spec.phase2_results)
     configs = spec.finetune_configs()  # checks methods, utd, sampling ... before any work
     phase1 = spec.phase1_spec()
     if phase1.algos:  # run_grid's preflight checks its input before any work
         log(f"phase 2: Phase I parents ({', '.join(phase1.algos)}) in {spec.results_dir}")
-        status = run_grid(phase1, workers=workers, log=log, progress=progress, population="off")
+        status = run_grid(phase1, workers=workers, log=log, progress=progress, population="off", launcher=launcher, ray_address=ray_address,
+                          cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
         if status["failed"]:
             log(f"{len(status['failed'])} parent run(s) failed; their fine-tuning runs will fail with the reason")
     else:
@@ -116,10 +131,17 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
     with grid_lock(spec.phase2_results):
         states = {config.run_id: run_state(config) for config in configs}
         todo = [config for config in configs if states[config.run_id] != STATE_COMPLETE]
+        where = f"{workers} worker(s)" if launcher == "local" else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"
         log(f"phase 2: {len(configs)} fine-tuning runs ({', '.join(spec.methods)}), {spec.online_steps:,} online steps each; "
-            f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {workers} worker(s)")
+            f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {where}")
         started = time.time()
-        results = run_units_locally(configs, states, plan_units(todo, "off", "cpu"), workers, threads_per_run(workers), log, progress)
+        units = plan_units(todo, "off", "cpu")
+        if launcher == "ray":  # reports each run itself, as it finishes
+            from .ray_launcher import run_units_on_ray
+
+            results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
+        else:
+            results = run_units_locally(configs, states, units, workers, threads_per_run(workers), log, progress)
         failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
         status = {"runs": len(configs), "skipped_complete": len(configs) - len(todo), "ran": len(todo), "failed": failed,
                   "wall_time_s": time.time() - started}

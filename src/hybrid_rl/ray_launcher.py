@@ -1,4 +1,5 @@
-"""Run the grid's runs as Ray tasks, on one machine or a multi-node Ray cluster (``--launcher ray``).
+"""Run the grid's runs as Ray tasks, on one machine or a multi-node Ray cluster (``--launcher ray``):
+the Phase I grid's runs, and the Phase II study's parents and fine-tuning runs.
 
 Ray does the scheduling: each work unit of the grid (a run, or a population of runs that
 differ only in seed and corruption, see ``units.plan_units``) is one task that declares its
@@ -33,9 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError, MissingDependencyError
+from .finetune import SCRATCH, FinetuneConfig
 from .run_format import checkpoint_step
 from .train import TrainConfig
 from .units import train_unit_safely
+
+RunConfig = TrainConfig | FinetuneConfig  # a Phase I run or a Phase II fine-tuning run
 
 INSTALL_HINT = "pip install 'hybrid-rl[ray]'"
 # Driver environment variables that tell a run where data lives; passed on to every task
@@ -88,7 +92,7 @@ def _wait_for_marker(marker: Path, timeout: float) -> bool:
         time.sleep(0.5)
 
 
-def run_on_worker(unit: Sequence[TrainConfig], threads: int, driver_cwd: str, marker_name: str, driver_version: str,
+def run_on_worker(unit: Sequence[RunConfig], threads: int, driver_cwd: str, marker_name: str, driver_version: str,
                   has_gpu: bool) -> list[dict[str, Any]]:
     """One work unit (a run or a population) inside a Ray task: a result per run, and never
     an exception for the runs' own failures (Ray must not retry those).
@@ -183,23 +187,27 @@ def _forwarded_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key.startswith(FORWARDED_ENV_PREFIXES) and key != "HYBRID_RL_DEBUG"}
 
 
-def _absolute(config: TrainConfig) -> TrainConfig:
-    """Results and cache directories as absolute paths (non-identity fields: resume is unaffected)."""
-    return replace(
+def _absolute(config: RunConfig) -> RunConfig:
+    """Results and cache directories, and a fine-tuning run's parent, as absolute paths
+    (non-identity fields: resume is unaffected)."""
+    config = replace(
         config,
         results_dir=str(Path(config.results_dir).expanduser().resolve()),
         cache_dir=str(Path(config.cache_dir).expanduser().resolve()) if config.cache_dir else None,
         progress=False,
     )
+    if isinstance(config, FinetuneConfig) and config.parent != SCRATCH:
+        config = replace(config, parent=str(Path(config.parent).expanduser().resolve()))
+    return config
 
 
-def run_configs_on_ray(configs: Sequence[TrainConfig], **options: Any) -> dict[str, dict[str, Any]]:
+def run_configs_on_ray(configs: Sequence[RunConfig], **options: Any) -> dict[str, dict[str, Any]]:
     """Every config as its own Ray task (no populations); see :func:`run_units_on_ray`."""
     return run_units_on_ray([[config] for config in configs], **options)
 
 
 def run_units_on_ray(
-    units: Sequence[Sequence[TrainConfig]],
+    units: Sequence[Sequence[RunConfig]],
     *,
     address: str | None = None,
     cpus_per_run: float = 1,
@@ -239,7 +247,7 @@ def run_units_on_ray(
 
     # One writer per run directory: a run id already in an earlier unit is dropped.
     seen: set[str] = set()
-    unique_units: list[list[TrainConfig]] = []
+    unique_units: list[list[RunConfig]] = []
     for unit in units:
         kept = [_absolute(config) for config in unit if config.run_id not in seen]
         seen.update(config.run_id for config in unit)
@@ -283,7 +291,7 @@ def run_units_on_ray(
             ray.shutdown()
 
 
-def _run(ray, units: list[list[TrainConfig]], marker_name: str, cpus_per_run: float, gpus_per_run: float, max_retries: int,
+def _run(ray, units: list[list[RunConfig]], marker_name: str, cpus_per_run: float, gpus_per_run: float, max_retries: int,
          log: Callable[[str], None], heartbeat_s: float) -> dict[str, dict[str, Any]]:
     import hybrid_rl
 
