@@ -13,7 +13,7 @@ from hybrid_rl.cli import main as cli_main
 from hybrid_rl.data.refs import normalized_score
 from hybrid_rl.data.replay import DeviceReplayBuffer, MixedSampler
 from hybrid_rl.data.dataset import TransitionSampler
-from hybrid_rl.engine.online import OnlineStage
+from hybrid_rl.engine.online import OnlineMember, OnlineStage
 from hybrid_rl.errors import HybridRLError
 from hybrid_rl.finetune import FinetuneConfig, finetune
 from hybrid_rl.train import TrainConfig, train
@@ -236,13 +236,13 @@ def test_q_calibration_against_hand_computed_returns() -> None:
         return {"observations": np.zeros((length, 3), np.float32), "actions": np.zeros((length, 1), np.float32), "rewards": np.ones(length, np.float32)}
 
     # Rewards 1, 1, 1 with discount 0.5: returns-to-go 1.75, 1.5, 1 (mean 4.25 / 3).
-    terminated = q_calibration(ConstantQ(), episode(3), np.array([1.75, 1.5, 1.0]), 0.5, True, torch.device("cpu"))
+    terminated = q_calibration(ConstantQ(), 0, episode(3), np.array([1.75, 1.5, 1.0]), 0.5, True, torch.device("cpu"))
     assert terminated == {"q_mean": 2.0, "mc_return_mean": pytest.approx(4.25 / 3), "q_minus_mc_mean": pytest.approx(2.0 - 4.25 / 3), "q_mc_transitions": 3}
     # Cut by the time limit: only steps with >= 3 / (1 - gamma) = 300 steps left are fair targets.
     mc = np.arange(301, dtype=np.float32)
-    cut = q_calibration(ConstantQ(), episode(301), mc, 0.99, False, torch.device("cpu"))
+    cut = q_calibration(ConstantQ(), 0, episode(301), mc, 0.99, False, torch.device("cpu"))
     assert cut["q_mc_transitions"] == 1 and cut["mc_return_mean"] == 0.0
-    assert q_calibration(ConstantQ(), episode(300), mc[:300], 0.99, False, torch.device("cpu")) == {}
+    assert q_calibration(ConstantQ(), 0, episode(300), mc[:300], 0.99, False, torch.device("cpu")) == {}
 
 
 def test_online_stage_stores_truncations_as_timeouts_not_terminals() -> None:
@@ -255,11 +255,11 @@ def test_online_stage_stores_truncations_as_timeouts_not_terminals() -> None:
     buffer = DeviceReplayBuffer(3, 1, 100)
 
     class Zero:
-        def act(self, obs, deterministic):
+        def explore(self, obs, noise):
             return np.zeros((len(obs), 1), np.float32)
 
-    stage = OnlineStage(env, buffer, MixedSampler(None, buffer, "online_only"), Preprocessing(None, None, 2.0), lambda r: r,
-                        utd=1, batch_size=4, warmup_steps=100, seed=0)
+    member = OnlineMember(env, buffer, MixedSampler(None, buffer, "online_only"), Preprocessing(None, None, 2.0), lambda r: r, seed=0)
+    stage = OnlineStage([member], utd=1, batch_size=4, warmup_steps=100)
     learner = AgentLearner(Zero())
     for _ in range(15):
         assert stage.train_step(learner) == {}  # still warming up: no update

@@ -54,6 +54,21 @@ def test_the_study_trains_parents_then_every_method_and_reports(tmp_path: Path, 
     assert again["ran"] == 0 and again["skipped_complete"] == 5
 
 
+def test_the_study_trains_populations_when_asked(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--population on: the parents train as one Phase I population, their fine-tuning runs as one Phase II population."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    spec = replace(tiny_spec(tmp_path, generated_cache), methods=("iql",), population="on", compile="off")
+    lines: list[str] = []
+    status = run_phase2(spec, workers=1, log=lines.append, progress=False)
+    assert status["failed"] == {} and status["ran"] == 2
+    assert any("2 fine-tuning runs in 1 population(s) of up to 2" in line for line in lines), lines
+    for root in ("results", "results_phase2"):
+        for config_file in (tmp_path / root).glob("*/config.json"):
+            assert json.loads(config_file.read_text())["population"]["size"] == 2, config_file
+
+
 def test_bad_phase2_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for args, message in ((["--method", "iql,awac"], "unknown fine-tuning method"), (["--remove_top_k", "100"], "outside [0, 100)"),
                           (["--sampling", "mostly"], "unknown sampling mode")):

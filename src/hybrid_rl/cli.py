@@ -86,13 +86,17 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
     parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
     parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
+    add_population_arguments(parser)
+    add_compile_argument(parser)
+    add_launcher_arguments(parser)
+
+
+def add_population_arguments(parser: argparse.ArgumentParser) -> None:
     from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 
     parser.add_argument("--population", choices=POPULATION_MODES, default="auto",
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
     parser.add_argument("--max_population", type=positive_int, default=DEFAULT_MAX_POPULATION, help=f"largest population (runs per process); default {DEFAULT_MAX_POPULATION}")
-    add_compile_argument(parser)
-    add_launcher_arguments(parser)
 
 
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +264,7 @@ def finetune_command(args: argparse.Namespace) -> int:
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
         exploration_noise=args.exploration_noise, seed=args.seed, eval_every=min(args.eval_every, args.online_steps),
         eval_episodes=args.eval_episodes, log_every=min(args.log_every, args.online_steps), checkpoint_every=args.checkpoint_every,
-        algo_overrides=json.loads(args.algo_overrides) if args.algo_overrides else {}, device=args.device, threads=args.threads,
+        algo_overrides=json.loads(args.algo_overrides) if args.algo_overrides else {}, device=args.device, compile=args.compile, threads=args.threads,
         tensorboard=args.tensorboard, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
     # Bad input fails here, before anything is written.
@@ -292,6 +296,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
     parser.add_argument("--exploration_noise", type=float, default=None, help="Gaussian action noise; default 0.1 for a deterministic actor, else 0")
     add_run_arguments(parser, results="results_phase2", overrides_help="with --from scratch: JSON dict of the algorithm's settings")
+    add_compile_argument(parser)
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,6 +327,8 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot_only", action="store_true", help="only rebuild the recovery figures and tables from --results_phase2")
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--mirror", default=None)
+    add_population_arguments(parser)
+    add_compile_argument(parser)
     add_launcher_arguments(parser)
 
 
@@ -349,8 +356,8 @@ def phase2_command(args: argparse.Namespace) -> int:
         online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
         eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
-        eval_episodes=args.eval_episodes, device=args.device, results_dir=args.results, phase2_results=args.results_phase2,
-        cache_dir=args.cache_dir, mirror=args.mirror,
+        eval_episodes=args.eval_episodes, device=args.device, population=args.population, max_population=args.max_population, compile=args.compile,
+        results_dir=args.results, phase2_results=args.results_phase2, cache_dir=args.cache_dir, mirror=args.mirror,
     )
     workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs())) if args.launcher == "local" else 1
     status = run_phase2(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,

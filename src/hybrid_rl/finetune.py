@@ -29,19 +29,22 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from .data.refs import normalized_score
+from .data.robots import EPISODE_LIMIT
 from .errors import HybridRLError
 from .fileio import sha256_of_file
 from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
+from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
 from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
                     prepare_dataset, record_failure, resolve_device, restore_rng, run_lock)
 
@@ -99,6 +102,7 @@ class FinetuneConfig:
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
     parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
     device: str = "auto"
+    compile: str = "auto"  # update path of iql/cql/calql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
     threads: int | None = None
     tensorboard: bool = False
     progress: bool = True
@@ -124,6 +128,10 @@ class FinetuneConfig:
             raise HybridRLError(f"--buffer_size must be positive, got {self.buffer_size}")
         if not 0.0 < self.online_fraction <= 1.0:
             raise HybridRLError(f"--online_fraction must be in (0, 1], got {self.online_fraction}")
+        from .grid_options import COMPILE_MODES
+
+        if self.compile not in COMPILE_MODES:
+            raise HybridRLError(f"unknown compile mode {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
         if self.parent == SCRATCH and not self.dataset:
             raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
 
@@ -243,8 +251,12 @@ def _finite(state: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# The run
+# The run, and populations of runs
 # ---------------------------------------------------------------------------------------
+# Fields in which the runs of one population may differ (besides the parent's seed and data).
+POPULATION_FREE_FIELDS = ("seed", "parent", "parent_identity", "remove_top_k", "reward_noise_std", "extra_corruptions", "threads", "progress")
+
+
 def finetune(config: FinetuneConfig, *, resume: bool = True, lock_wait_s: float = 0.0, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run (or resume, or skip if finished) one fine-tuning run; returns its summary."""
     config = with_parent(config)
@@ -257,20 +269,68 @@ def finetune(config: FinetuneConfig, *, resume: bool = True, lock_wait_s: float 
         finished = finished_summary_for(run_dir, config, resume)
         if finished is not None:
             return finished
-        started = time.time()
-        book = None
-        try:
-            book, learner, schedule = _start(config, run_dir, resume, started, on_progress)
-            from .engine.loop import fit
+        return _finetune_locked([config], [run_dir], resume=resume, on_progress=on_progress)[config.run_id]
 
-            return fit(learner, [book], schedule, desc=config.run_id, progress=config.progress)[config.run_id]
-        except Exception as exc:
-            if book is None or not book.done:
-                record_failure(run_dir, config, exc, started)
-            raise
-        finally:
-            if book is not None:
-                book.close()
+
+def population_key(config: FinetuneConfig) -> str | None:
+    """Fine-tuning runs with equal keys can train as one population (``finetune_population``):
+    the same method and online settings from parents of one population-capable algorithm
+    that differ only in seed and corruption and stopped at the same step. None if this run
+    cannot (a from-scratch method, a parent that is missing or not finished: it then runs
+    alone and fails with the reason)."""
+    from .engine.population import population_class
+
+    if config.parent == SCRATCH:
+        return None
+    try:
+        parent = load_parent(config.parent, config.method)
+    except HybridRLError:
+        return None
+    if population_class(parent.config.algo) is None:
+        return None
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in POPULATION_FREE_FIELDS}
+    parent_shared = {k: v for k, v in parent.config.identity().items() if k not in PARENT_POPULATION_FREE_FIELDS}
+    return json.dumps({"run": shared, "parent": parent_shared, "parent_steps": parent.summary.get("steps_done")}, sort_keys=True, default=str)
+
+
+def finetune_population(configs: list[FinetuneConfig], *, resume: bool = True, lock_wait_s: float = 0.0,
+                        on_progress: ProgressCallback | None = None) -> dict[str, dict[str, Any]]:
+    """Fine-tune runs with one ``population_key`` as ONE population: every member acts in
+    its own environment, stores into its own buffer and samples its own batches, and one
+    stacked (vmapped, optionally compiled) step updates them all (``engine.population``).
+
+    Each member writes its own run directory exactly as ``finetune`` would, so it can be
+    resumed alone, reported and plotted like any run. Finished members are skipped; if the
+    rest are not all at the same step, or only one is left, they run one by one. Returns
+    ``{run_id: summary}``.
+    """
+    configs = [with_parent(config) for config in configs]
+    keys = {population_key(config) for config in configs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("a fine-tuning population needs runs of one method and online settings from parents of one population-capable "
+                         f"algorithm that differ only in {', '.join(POPULATION_FREE_FIELDS)} and stopped at the same step")
+    if len({config.run_id for config in configs}) != len(configs):
+        raise ValueError("a population's configs must be distinct runs (two have the same run id)")
+    one_by_one = dict(resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for config in configs:
+        finished = finished_summary_for(Path(config.results_dir) / config.run_id, config, resume)
+        if finished is not None:
+            summaries[config.run_id] = finished
+        else:
+            todo.append(config)
+    if len(todo) <= 1:
+        return {**summaries, **{config.run_id: finetune(config, **one_by_one) for config in todo}}
+    run_dirs = [Path(config.results_dir) / config.run_id for config in todo]
+    with contextlib.ExitStack() as locks:
+        for run_dir in run_dirs:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(run_lock(run_dir, lock_wait_s))
+        trained = _finetune_locked(todo, run_dirs, resume=resume, on_progress=on_progress)
+    if trained is None:  # members at different steps: one by one (each takes its own lock)
+        trained = {config.run_id: finetune(config, **one_by_one) for config in todo}
+    return {**summaries, **trained}
 
 
 def scratch_algorithm(config: FinetuneConfig, obs_dim: int, act_dim: int, device: torch.device):
@@ -284,21 +344,113 @@ def scratch_algorithm(config: FinetuneConfig, obs_dim: int, act_dim: int, device
     return SAC(obs_dim, act_dim, apply_overrides(SACConfig(), dict(config.algo_overrides), "--algo_overrides"), device)
 
 
-def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None):
-    """Data, agent, book, stage: everything fit needs, restored from the checkpoint if there is one."""
+@dataclass
+class _Prepared:
+    """One run ready to go online: its book, agent, checkpoint (None when new), online side."""
+
+    book: RunBook
+    algorithm: Any
+    state: dict[str, Any] | None
+    member: Any  # engine.online.OnlineMember
+    parent_info: dict[str, Any]
+
+
+def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path], *, resume: bool,
+                     on_progress: ProgressCallback | None) -> dict[str, dict[str, Any]] | None:
+    """Fine-tune runs whose run locks are held: one run alone, several as one population.
+
+    Set-up is the same for every run (data, agent, book, online member, checkpoint); then the
+    learner is the single agent or the population of all of them, the online stage holds
+    every member, and ``engine.loop.fit`` trains it. Returns ``{run_id: summary}``, or None
+    (and writes nothing more) if the runs are not all at the same step. A failure marks
+    every run that had not finished as failed, then is raised.
+    """
+    from .engine.loop import fit, load_stage_states
+    from .engine.online import OnlineStage
+
+    first = configs[0]
+    started = time.time()
+    prepared: list[_Prepared] = []
+    try:
+        device = resolve_device(first.device)
+        if first.threads:
+            torch.set_num_threads(first.threads)
+        for config, run_dir in zip(configs, run_dirs):
+            prepared.append(_prepare(config, run_dir, resume, started, on_progress, device))
+        if len({p.book.step for p in prepared}) != 1:
+            return None  # (the books are closed below)
+        learner, run_extra = _online_learner([p.algorithm for p in prepared], configs, device)
+        algo_config = prepared[0].algorithm.config
+        stage = OnlineStage(
+            [p.member for p in prepared], utd=first.resolved_utd, batch_size=algo_config.batch_size, warmup_steps=first.resolved_warmup_steps,
+            random_warmup=first.recipe.random_warmup, exploration_noise=exploration_noise(first, prepared[0].algorithm),
+            discount=algo_config.discount, returns_in_buffer=bool(getattr(algo_config, "uses_mc_returns", False)),
+        )
+        schedule = [(stage, first.online_steps)]
+        for member, p in enumerate(prepared):
+            if p.state is not None:
+                load_stage_states(schedule, member, [p.state["sampler"], *p.state.get("stages", [])])
+        if prepared[0].state is not None:
+            restore_rng(prepared[0].state, device)  # saved together: every member's copy is the same
+        for p in prepared:
+            p.book.write_config(algo=p.book.config.algo, parent=p.parent_info, online=_online_info(p), **run_extra)
+            p.book.open_log()
+        desc = first.run_id if len(configs) == 1 else f"ft-{first.method} x{len(configs)} {prepared[0].book.config.dataset}"
+        return fit(learner, [p.book for p in prepared], schedule, desc=desc, progress=first.progress)
+    except Exception as exc:
+        for index, (config, run_dir) in enumerate(zip(configs, run_dirs)):
+            if index >= len(prepared) or not prepared[index].book.done:
+                record_failure(run_dir, config, exc, started)
+        raise
+    finally:
+        for p in prepared:
+            p.book.close()
+
+
+def exploration_noise(config: FinetuneConfig, algorithm: Any) -> float:
+    """Gaussian action noise on top of the policy: the config's, else 0.1 for a deterministic actor (TD3), else 0."""
+    from .networks import DeterministicPolicy
+
+    if config.exploration_noise is not None:
+        return float(config.exploration_noise)
+    return 0.1 if isinstance(getattr(algorithm, "actor", None), DeterministicPolicy) else 0.0
+
+
+def _online_learner(algorithms: list, configs: Sequence[FinetuneConfig], device: torch.device):
+    """(learner, extra config.json fields): the agent updated eagerly, or, for several runs or
+    where ``compiled_step_wanted`` says the compiled step pays (counted in gradient steps:
+    online steps x UTD), a population (of one) of them."""
+    from .engine.learners import AgentLearner, PopulationLearner
+    from .engine.population import compiled_step_wanted, population_class
+
+    first = configs[0]
+    compiled = compiled_step_wanted(first.algo, first.compile, device, first.online_steps * first.resolved_utd)
+    if len(algorithms) == 1 and not compiled:
+        return AgentLearner(algorithms[0]), {"update_step": "eager"}
+    population = population_class(first.algo)(algorithms, compile=compiled)
+    extra: dict[str, Any] = {"update_step": "compiled" if compiled else "vmapped"}
+    if len(algorithms) > 1:
+        extra["population"] = {"size": len(configs), "members": [config.run_id for config in configs], "compile": population.compile_mode}
+    return PopulationLearner(population), extra
+
+
+def _online_info(p: _Prepared) -> dict[str, Any]:
+    config = p.book.config
+    return {"utd": config.resolved_utd, "sampling": config.resolved_sampling, "online_fraction": config.online_fraction,
+            "warmup_steps": config.resolved_warmup_steps, "random_warmup": config.recipe.random_warmup,
+            "exploration_noise": exploration_noise(config, p.algorithm), "buffer_size": p.member.buffer.capacity, "episode_limit": EPISODE_LIMIT,
+            "method_source": config.recipe.source, "step_unit": "online environment steps"}
+
+
+def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None,
+             device: torch.device) -> _Prepared:
+    """Data, agent, book and online member of one run, restored from its checkpoint if there is one."""
     from .algos.iql import IQL
     from .data.dataset import TransitionSampler
     from .data.loader import make_env
     from .data.replay import DeviceReplayBuffer, MixedSampler
-    from .data.robots import EPISODE_LIMIT
-    from .engine.learners import AgentLearner
-    from .engine.loop import load_stage_states
-    from .engine.online import OnlineStage
-    from .networks import DeterministicPolicy
+    from .engine.online import OnlineMember
 
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     parent_info: dict[str, Any] = {"run_id": None}
     if config.parent == SCRATCH:
         data = TrainConfig(algo=config.method, dataset=config.dataset, remove_top_k=config.remove_top_k, reward_noise_std=config.reward_noise_std,
@@ -333,42 +485,21 @@ def _start(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, 
             "status": parent.summary.get("status"), "steps_done": parent.summary.get("steps_done"),
             "switch_score": parent.summary.get("final_normalized_return"), "last_score": parent.summary.get("last_normalized_return"),
         }
-        torch.manual_seed(config.seed)  # the online random stream (exploration, CQL's sampled actions)
+        torch.manual_seed(config.seed)  # the online random stream (CQL's sampled actions)
     book = RunBook(config, run_dir, device, original, dataset, records, algorithm.config, started, on_progress)
     state = book.resume_state(resume)
     if state is not None:
         algorithm.load_state_dict(state["algorithm"])
 
     preprocessing = book.preprocessing
-    sampling = config.resolved_sampling
     offline = None
-    if sampling != "online_only":
+    if config.resolved_sampling != "online_only":
         offline = TransitionSampler(dataset, device, obs_mean=preprocessing.obs_mean, obs_std=preprocessing.obs_std,
                                     reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(book))
     uses_mc = bool(getattr(algorithm.config, "uses_mc_returns", False))
     buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1,
                                 extra_fields=("mc_returns",) if uses_mc else ())
-    noise = config.exploration_noise
-    if noise is None:
-        noise = 0.1 if isinstance(getattr(algorithm, "actor", None), DeterministicPolicy) else 0.0
-    stage = OnlineStage(
-        make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer, MixedSampler(offline, buffer, sampling, config.online_fraction, seed=config.seed + 2),
-        preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return),
-        utd=config.resolved_utd, batch_size=algorithm.config.batch_size, warmup_steps=config.resolved_warmup_steps,
-        random_warmup=config.recipe.random_warmup, exploration_noise=noise, discount=algorithm.config.discount, returns_in_buffer=uses_mc,
-        seed=config.seed,
-    )
-    schedule = [(stage, config.online_steps)]
-    if state is not None:
-        load_stage_states(schedule, 0, [state["sampler"], *state.get("stages", [])])
-        restore_rng(state, device)
-    book.write_config(
-        algo=config.algo,
-        parent=parent_info,
-        online={"utd": config.resolved_utd, "sampling": sampling, "online_fraction": config.online_fraction,
-                "warmup_steps": config.resolved_warmup_steps, "random_warmup": config.recipe.random_warmup,
-                "exploration_noise": noise, "buffer_size": buffer.capacity, "episode_limit": EPISODE_LIMIT,
-                "method_source": config.recipe.source, "step_unit": "online environment steps"},
-    )
-    book.open_log()
-    return book, AgentLearner(algorithm), schedule
+    member = OnlineMember(make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer,
+                          MixedSampler(offline, buffer, config.resolved_sampling, config.online_fraction, seed=config.seed + 2),
+                          preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return), seed=config.seed)
+    return _Prepared(book, algorithm, state, member, parent_info)

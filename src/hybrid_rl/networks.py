@@ -182,6 +182,11 @@ class GaussianPolicy(nn.Module):
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         return self.distribution(obs).sample().clamp(-1.0, 1.0)
 
+    def act_from_noise(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The sample ``mu(s) + sigma * noise`` for given standard-normal ``noise``, clipped to [-1, 1]."""
+        dist = self.distribution(obs)
+        return (dist.loc + dist.scale * noise).clamp(-1.0, 1.0)
+
 
 class TanhGaussianPolicy(nn.Module):
     """SAC/CQL actor: a = tanh(u), u ~ N(mu(s), sigma(s)), with state-dependent log-std.
@@ -225,6 +230,11 @@ class TanhGaussianPolicy(nn.Module):
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         return self.rsample(obs)[0]
 
+    def act_from_noise(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The sample ``tanh(mu(s) + sigma(s) * noise)`` for given standard-normal ``noise``."""
+        mean, log_std = self.mean_and_log_std(obs)
+        return torch.tanh(mean + log_std.exp() * noise)
+
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """log pi(a|s) of given actions in (-1, 1) (clipped away from +-1 for atanh): ``(B,)``."""
         mean, log_std = self.mean_and_log_std(obs)
@@ -253,6 +263,10 @@ class DeterministicPolicy(nn.Module):
         return self(obs)
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs)
+
+    def act_from_noise(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: this actor explores with action noise added by its caller (TD3)."""
         return self(obs)
 
 

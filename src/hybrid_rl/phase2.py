@@ -9,7 +9,9 @@ each, with the Phase I guarantees: bad input stops everything before any work, a
 study resumes to identical results, one grid per results directory, a failed run never
 stops the others, parallel local workers or Ray tasks (``launcher="ray"``: the parents
 through the Phase I grid's Ray launcher, then one task per fine-tuning run; see
-docs/cluster.md), progress in environment steps.
+docs/cluster.md), progress in environment steps. On a GPU (``population="auto"``, or
+anywhere with "on") the fine-tuning runs that differ only in seed and corruption train as
+populations (``finetune.finetune_population``), like the parents do in the Phase I grid.
 
 SAC from scratch uses no offline data, so the corruption level cannot change it: it runs
 once per dataset and seed (on the clean level) and serves as the floor of every panel.
@@ -26,7 +28,9 @@ from .errors import HybridRLError
 from .fileio import atomic_write_text
 from .finetune import METHODS, SCRATCH, FinetuneConfig
 from .grid import GridSpec, check_datasets, check_writable_dir, grid_lock, run_grid, run_units_locally, threads_per_run
+from .grid_options import DEFAULT_MAX_POPULATION
 from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
+from .train import resolve_device
 from .units import plan_units, run_state
 
 DEFAULT_METHODS = ("iql", "rlpd", "sac")
@@ -51,6 +55,9 @@ class Phase2Spec:
     eval_episodes: int = 10
     checkpoint_every: int = 10_000
     device: str = "auto"
+    population: str = "auto"  # group runs that differ only in seed and corruption: auto (on GPUs), on, off (units.plan_units)
+    max_population: int = DEFAULT_MAX_POPULATION
+    compile: str = "auto"  # the update path of every run (engine.population.compiled_step_wanted)
     results_dir: str = "results"  # Phase I runs (the parents)
     phase2_results: str = "results_phase2"
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pretraining algorithm (the parents' settings)
@@ -72,14 +79,14 @@ class Phase2Spec:
             algos=self.parent_algos(), datasets=self.datasets, remove_top_k=self.remove_top_k, reward_noise_std=self.reward_noise_std,
             seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=min(self.pretrain_eval_every, self.pretrain_steps),
             eval_episodes=self.eval_episodes, checkpoint_every=min(self.checkpoint_every, self.pretrain_steps), device=self.device,
-            results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), cache_dir=self.cache_dir, mirror=self.mirror,
+            compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), cache_dir=self.cache_dir, mirror=self.mirror,
         )
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
         common = dict(online_steps=self.online_steps, utd=self.utd, sampling=self.sampling, eval_every=min(self.eval_every, self.online_steps),
                       eval_episodes=self.eval_episodes, log_every=min(1_000, max(1, self.online_steps // 20)),
-                      checkpoint_every=min(self.checkpoint_every, self.online_steps), device=self.device, results_dir=self.phase2_results,
+                      checkpoint_every=min(self.checkpoint_every, self.online_steps), device=self.device, compile=self.compile, results_dir=self.phase2_results,
                       cache_dir=self.cache_dir, mirror=self.mirror)
         parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed): c for c in self.phase1_spec().expand()}
         configs = []
@@ -121,8 +128,8 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
     phase1 = spec.phase1_spec()
     if phase1.algos:  # run_grid's preflight checks its input before any work
         log(f"phase 2: Phase I parents ({', '.join(phase1.algos)}) in {spec.results_dir}")
-        status = run_grid(phase1, workers=workers, log=log, progress=progress, population="off", launcher=launcher, ray_address=ray_address,
-                          cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+        status = run_grid(phase1, workers=workers, log=log, progress=progress, population=spec.population, max_population=spec.max_population,
+                          launcher=launcher, ray_address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
         if status["failed"]:
             log(f"{len(status['failed'])} parent run(s) failed; their fine-tuning runs will fail with the reason")
     else:
@@ -135,7 +142,13 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
         log(f"phase 2: {len(configs)} fine-tuning runs ({', '.join(spec.methods)}), {spec.online_steps:,} online steps each; "
             f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {where}")
         started = time.time()
-        units = plan_units(todo, "off", "cpu")
+        # As in the Phase I grid: on Ray, 'auto' groups runs when each task holds a GPU share.
+        device_type = resolve_device(spec.device).type if launcher == "local" else ("cuda" if gpus_per_run > 0 else "cpu")
+        units = plan_units(todo, spec.population, device_type, spec.max_population)
+        grouped = [unit for unit in units if len(unit) > 1]
+        if grouped:
+            log(f"phase 2: {sum(len(u) for u in grouped)} fine-tuning runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} "
+                "(one stacked step, every member in its own environment)")
         if launcher == "ray":  # reports each run itself, as it finishes
             from .ray_launcher import run_units_on_ray
 

@@ -1,7 +1,8 @@
 """Units of work: how the runs of a grid are grouped, and how one unit is trained safely.
 
 A unit is one run (a Phase I run, or a fine-tuning run of Phase II), or a population of
-Phase I runs that differ only in seed and corruption (``train.population_key``). The local launcher (``grid``: worker processes) and the Ray
+runs that differ only in seed and corruption (Phase I: ``train.population_key``; Phase II
+fine-tuning runs: ``finetune.population_key``). The local launcher (``grid``: worker processes) and the Ray
 launcher (``ray_launcher``: one task per unit) both plan units here and train each with
 ``train_unit_safely``, which never raises: a failure becomes a result. What differs
 between the launchers is passed in, not set as module state: how long to wait for a run's
@@ -19,7 +20,8 @@ from .errors import HybridRLError
 from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 from .run_format import STATE_COMPLETE, read_summary
 from .run_format import run_state as run_dir_state
-from .finetune import FinetuneConfig, finetune
+from .finetune import FinetuneConfig, finetune, finetune_population
+from .finetune import population_key as finetune_population_key
 from .train import ProgressCallback, TrainConfig, population_key, train, train_population
 
 
@@ -46,7 +48,7 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     groups: dict[str, list[TrainConfig]] = {}
     units: list[list[TrainConfig]] = []
     for config in configs:
-        key = population_key(config)
+        key = finetune_population_key(config) if isinstance(config, FinetuneConfig) else population_key(config)
         if key is None:
             units.append([config])
         else:
@@ -83,6 +85,8 @@ def _train_unit(configs: Sequence[TrainConfig], options: dict[str, Any]) -> dict
             return {configs[0].run_id: finetune(configs[0], **options)}
         return {configs[0].run_id: train(configs[0], **options)}
     try:
+        if isinstance(configs[0], FinetuneConfig):
+            return finetune_population(list(configs), **options)
         return train_population(list(configs), **options)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()

@@ -7,7 +7,9 @@ An algorithm owns its networks and optimizers and offers:
   0-d tensors, never Python floats: reading them forces a host sync, so the trainer does it
   only every ``log_every`` steps.
 - ``act(obs, deterministic=True)``: actions for a ``(N, obs_dim)`` numpy batch of
-  (normalized) observations, as a ``(N, act_dim)`` numpy array in [-1, 1].
+  (normalized) observations, as a ``(N, act_dim)`` numpy array in [-1, 1];
+  ``explore(obs, noise)``: the stochastic policy's actions driven by given standard-normal
+  ``noise`` ``(N, act_dim)`` (online stages draw it from their own seeded streams).
 - ``q_values(obs, actions)``: the critic's estimate used for diagnostics, ``(B,)``.
 - ``state_dict()`` / ``load_state_dict()``: networks + optimizers + schedulers, enough to
   resume bit-for-bit.
@@ -67,6 +69,12 @@ class Algorithm:
         action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample(obs_t)
         action = action.clamp(-1.0, 1.0).cpu().numpy()
         return action[0] if single else action
+
+    @torch.no_grad()
+    def explore(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        noise_t = torch.as_tensor(np.asarray(noise, dtype=np.float32), device=self.device)
+        return self.actor.act_from_noise(obs_t, noise_t).clamp(-1.0, 1.0).cpu().numpy()
 
     def train_mode(self, training: bool = True) -> None:
         for module in self.modules.values():

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..data.views import PopulationSampler
 from ..rollouts import episode_returns
 
 
@@ -43,8 +44,12 @@ class Learner(Protocol):
     def member_state(self, member: int) -> dict[str, Any]:
         """The member's algorithm state in the single-run format (``Algorithm.state_dict``)."""
 
-    def act(self, member: int, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        """The member's actions for ``(N, obs_dim)`` normalised observations, ``(N, act_dim)`` in [-1, 1]."""
+    stacked_batches: bool
+    """Whether ``train_step``'s source yields ``(P, B, ...)`` batches, one per member (else ``(B, ...)``)."""
+
+    def explore(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Every member's stochastic action for its own normalised observation: ``obs``
+        ``(P, obs_dim)`` and standard-normal ``noise`` ``(P, act_dim)`` -> ``(P, act_dim)`` in [-1, 1]."""
 
 
 def deterministic_returns(act: Any, envs: Sequence, obs_mean: np.ndarray | None, obs_std: np.ndarray | None, seed: int) -> list[float]:
@@ -60,6 +65,7 @@ class AgentLearner:
     """One algorithm object, updated eagerly: ``algorithm.update(sampler.sample(B))``."""
 
     num_members = 1
+    stacked_batches = False
 
     def __init__(self, algorithm: Any) -> None:
         self.algorithm = algorithm
@@ -88,19 +94,25 @@ class AgentLearner:
     def member_state(self, member: int) -> dict[str, Any]:
         return self.algorithm.state_dict()
 
-    def act(self, member: int, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        return self.algorithm.act(obs, deterministic=deterministic)
+    def explore(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return self.algorithm.explore(obs, noise)
 
 
 class PopulationLearner:
     """A vmapped population (``engine.population``): one stacked step for all members."""
+
+    stacked_batches = True
 
     def __init__(self, population: Any) -> None:
         self.population = population
         self.num_members = population.num_agents
 
     def train_step(self, source: Any, batch_size: int) -> Mapping[str, torch.Tensor]:
-        return self.population.train_step(source, batch_size)
+        """From a ``PopulationSampler`` (rows drawn here, gathered inside the step) or any
+        source whose ``sample`` returns the members' batches stacked (the online stage's)."""
+        if isinstance(source, PopulationSampler):
+            return self.population.train_step(source, batch_size)
+        return self.population.update(source.sample(batch_size))
 
     def metric_rows(self, metrics: Any) -> list[dict[str, float]]:
         table = metrics.stacked.T.tolist()  # one host sync for every member's metrics
@@ -137,7 +149,5 @@ class PopulationLearner:
     def member_state(self, member: int) -> dict[str, Any]:
         return self.population.member(member).state_dict()
 
-    def act(self, member: int, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        if not deterministic:
-            raise ValueError("a population acts with its deterministic policies only (online stages train single runs)")
-        return self.population.act(obs)[member].cpu().numpy()
+    def explore(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return self.population.explore(obs, noise).cpu().numpy()

@@ -382,6 +382,21 @@ class _Population:
         return actions.clamp(-1.0, 1.0)
 
     @torch.no_grad()
+    def explore(self, obs: np.ndarray, noise: np.ndarray) -> torch.Tensor:
+        """Every agent's stochastic action for its own observation, driven by given
+        standard-normal noise: obs ``(P, obs_dim)``, noise ``(P, act_dim)`` -> ``(P, act_dim)``
+        in [-1, 1] (``act_from_noise`` of the single-run actor)."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)[:, None]
+        noise_t = torch.as_tensor(np.asarray(noise, dtype=np.float32), device=self.device)[:, None]
+        actor = {key[len("actor."):]: value for key, value in self.params.items() if key.startswith("actor.")}
+        module = self._losses.actor
+
+        def noisy_action(params: Tensors, observations: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            return functional_call(_MethodCall(module, "act_from_noise"), {f"module.{k}": v for k, v in params.items()}, (observations, eps))
+
+        return vmap(noisy_action)(actor, obs_t, noise_t)[:, 0].clamp(-1.0, 1.0)
+
+    @torch.no_grad()
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """min over the twin critics of every agent: ``(P, B, .)`` or shared ``(B, .)`` inputs -> ``(P, B)``."""
         critic = {key[len("critic."):]: value for key, value in self.params.items() if key.startswith("critic.")}
@@ -528,7 +543,10 @@ class IQLPopulation(_Population):
             lr, betas, eps = adam_hyperparameters(template.optimizers[network], f"IQL {network} optimizer")
             table = None
             if network == "actor":
-                table = torch.as_tensor(cosine_lr_table(lr, self.config.max_steps), dtype=torch.float64, device=self.device)
+                if template.total_updates < self.config.max_steps:
+                    table = torch.as_tensor(cosine_lr_table(lr, self.config.max_steps), dtype=torch.float64, device=self.device)
+                else:  # the schedule is over: IQL no longer steps it, the LR stays what the optimizer holds (fine-tuning resets it)
+                    lr = float(template.optimizers["actor"].param_groups[0]["lr"])
             groups.append(ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
         return groups
 
@@ -541,7 +559,11 @@ class IQLPopulation(_Population):
     def _export_schedulers(self, single: IQL, steps: int) -> None:
         scheduler = single.schedulers["actor"]
         epoch = min(steps, self.config.max_steps)
-        lr = float(cosine_lr_table(single.optimizers["actor"].param_groups[0]["initial_lr"], self.config.max_steps)[epoch])
+        actor = next(group for group in self.groups if group.name == "actor")
+        if actor.lr_table is None:  # past the schedule: the constant LR
+            lr = actor.lr
+        else:
+            lr = float(cosine_lr_table(single.optimizers["actor"].param_groups[0]["initial_lr"], self.config.max_steps)[epoch])
         state = scheduler.state_dict()
         state.update(last_epoch=epoch, _step_count=epoch + 1, _last_lr=[lr])
         scheduler.load_state_dict(state)
