@@ -1,8 +1,9 @@
-"""End-to-end wall time of ``hybrid-rl train``: what a user's command gets, not an update rate.
+"""End-to-end wall time of ``hybrid-rl train`` or ``hybrid-rl finetune``: what a user's command
+gets, not an update rate.
 
-Each variant is one whole ``python -m hybrid_rl.cli train ...`` process (imports, dataset
-from the cache, training, the default evaluations and checkpoints, summary) in a fresh
-results directory. Variants run in turn, round after round (A B C A B C ...), so a drift of
+Each variant is one whole ``python -m hybrid_rl.cli train ...`` (or ``finetune --from
+PARENT ...``) process (imports, dataset from the cache, training, the default evaluations
+and checkpoints, summary) in a fresh results directory. Variants run in turn, round after round (A B C A B C ...), so a drift of
 the machine's speed hits them alike; the table gives each variant's median wall time and
 its speed relative to the first variant (median of the per-round ratios).
 
@@ -18,6 +19,11 @@ Example (the before/after table of docs/performance.md; the dataset must be in t
     git worktree add /tmp/before cb423da
     python benchmarks/end_to_end.py --algo iql --total_steps 20000 \\
         --variant before=/tmp/before/src: --variant default=.: --rounds 2
+
+Phase II fine-tuning from a finished Phase I run (docs/performance.md, "Phase II"):
+
+    python benchmarks/end_to_end.py --command finetune --from results/iql__gen-hopper-medium-v0__k0__noise0__s0 \
+        --online_steps 10000 --variant eager=.:'--compile off' --variant compiled=.:'--compile on' --rounds 2
 
 Measure on an otherwise idle machine.
 """
@@ -47,10 +53,11 @@ def parse_variant(text: str) -> tuple[str, Path, list[str]]:
 def run_once(src: Path, flags: list[str], args: argparse.Namespace, inductor_cache: Path) -> float:
     with tempfile.TemporaryDirectory(prefix="e2e_") as scratch:
         env = {**os.environ, "PYTHONPATH": str(src), "MPLBACKEND": "Agg", "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}
-        command = [
-            sys.executable, "-m", "hybrid_rl.cli", "train", "--algo", args.algo, "--env", args.env, "--seed", "0",
-            "--total_steps", str(args.total_steps), "--results", str(Path(scratch) / "results"), *flags,
-        ]
+        if args.command == "train":
+            what = ["train", "--algo", args.algo, "--env", args.env, "--total_steps", str(args.total_steps)]
+        else:
+            what = ["finetune", "--from", str(Path(args.parent).resolve()), "--method", args.method, "--online_steps", str(args.online_steps)]
+        command = [sys.executable, "-m", "hybrid_rl.cli", *what, "--seed", "0", "--results", str(Path(scratch) / "results"), *flags]
         if args.threads:
             command += ["--threads", str(args.threads)]
         started = time.perf_counter()
@@ -63,6 +70,10 @@ def run_once(src: Path, flags: list[str], args: argparse.Namespace, inductor_cac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--command", choices=("train", "finetune"), default="train")
+    parser.add_argument("--from", dest="parent", default=None, help="with --command finetune: the finished Phase I run to fine-tune")
+    parser.add_argument("--method", default="iql", help="with --command finetune")
+    parser.add_argument("--online_steps", type=int, default=10_000, help="with --command finetune")
     parser.add_argument("--algo", default="iql")
     parser.add_argument("--env", default="gen-hopper-medium-v0")
     parser.add_argument("--total_steps", type=int, default=20_000)
@@ -70,6 +81,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True, help="LABEL=SRC:FLAGS (repeatable; the first is the baseline)")
     parser.add_argument("--rounds", type=int, default=2, help="round 1 with empty inductor caches, the rest warm (default 2)")
     args = parser.parse_args()
+    if args.command == "finetune" and not args.parent:
+        parser.error("--command finetune needs --from RESULTS/RUN_ID")
     variants = [parse_variant(text) for text in args.variant]
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     with tempfile.TemporaryDirectory(prefix="e2e_inductor_") as caches:
@@ -78,8 +91,9 @@ def main() -> None:
                 times[label].append(run_once(src, flags, args, Path(caches) / label))
                 print(f"round {round_index + 1} {label}: {times[label][-1]:.1f} s", flush=True)
     baseline = variants[0][0]
-    print(f"\nhybrid-rl train --algo {args.algo} --env {args.env} --total_steps {args.total_steps}"
-          + (f" --threads {args.threads}" if args.threads else "") + f", {args.rounds} round(s)")
+    what = (f"train --algo {args.algo} --env {args.env} --total_steps {args.total_steps}" if args.command == "train"
+            else f"finetune --from {Path(args.parent).name} --method {args.method} --online_steps {args.online_steps}")
+    print(f"\nhybrid-rl {what}" + (f" --threads {args.threads}" if args.threads else "") + f", {args.rounds} round(s)")
     print(f"| variant | flags | round 1, cold cache (s) | x {baseline} | later rounds, warm cache (s) | x {baseline} |")
     print("|---|---|---|---|---|---|")
     for label, src, flags in variants:
