@@ -26,6 +26,11 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
          (the paper's; pass a lower --utd on a CPU), 5,000 random warm-up steps.
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
+
+Update paths as in Phase I (``compile``): ``iql`` and ``cql`` runs long enough take the
+compiled step of a population of one. ``finetune_population`` trains runs whose parents
+differ only in seed and corruption as one population (every member in its own environment,
+one stacked update): the Phase II study does so on GPUs (``--population``).
 """
 from __future__ import annotations
 
@@ -102,7 +107,7 @@ class FinetuneConfig:
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
     parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
     device: str = "auto"
-    compile: str = "auto"  # update path of iql/cql/calql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
+    compile: str = "auto"  # update path of iql and cql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
     threads: int | None = None
     tensorboard: bool = False
     progress: bool = True
