@@ -13,6 +13,8 @@
 #   tests/test_population.py::test_train_step_makes_no_cuda_sync  (skipif no CUDA)
 #   tests/test_population.py::test_train_step_makes_no_host_sync  (its CPU counterpart, run alongside)
 #   tests/test_train.py::test_device_resolution                    (cuda / cuda:0 resolve only on a GPU)
+#   tests/test_finetune_population.py::test_a_fine_tuning_population_equals_its_single_runs[cuda]
+#       (Phase II: a fine-tuning population on the GPU equals its single GPU runs)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -37,6 +39,9 @@ python -m pytest -q -rs tests/test_population.py -k "cuda or sync" 2>&1 | tee "$
 say "CUDA branch of the device resolution: python -m pytest -q -rs tests/test_train.py -k device_resolution"
 python -m pytest -q -rs tests/test_train.py -k device_resolution 2>&1 | tee -a "$log"
 
+say "Phase II on the GPU: python -m pytest -q -rs tests/test_finetune_population.py -k equals_its_single_runs"
+python -m pytest -q -rs tests/test_finetune_population.py -k equals_its_single_runs 2>&1 | tee -a "$log"
+
 if grep -q "SKIPPED.*CUDA" "$log"; then
     echo "error: a CUDA test was skipped on a machine that has a GPU (see the SKIPPED lines above)" >&2
     exit 1
@@ -48,5 +53,14 @@ if [[ -n "${OUT:-}" ]]; then
     json_args=(--json "$OUT/throughput.json")
 fi
 python benchmarks/throughput.py --algo iql,cql --device cuda --population 1,8,18 --steps 200 --warmup 20 "${json_args[@]}"
+
+say "Phase II study on the GPU: 4 seeds x 2 levels, IQL parents (10k steps) and fine-tuning (5k online steps) as populations of 8"
+study="$(mktemp -d)"
+time python run_phase2.py --quick --method iql --env gen-hopper-medium-v0@100000 --seed 0,1,2,3 --device cuda --population on \
+    --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$study/datasets"
+grep -q '"size": 8' "$study"/results_phase2/*/config.json || { echo "error: the fine-tuning runs did not train as one population" >&2; exit 1; }
+if [[ -n "${OUT:-}" ]]; then
+    cp "$study/results_phase2/recovery.md" "$OUT/phase2_recovery.md"
+fi
 
 say "all GPU checks passed"

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from hybrid_rl.engine.online import OnlineStage
 from hybrid_rl.engine.population import cpp_compiler
@@ -48,7 +49,10 @@ def iql_parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path)
 
 
 def population_configs(root: Path, cache: Path, parents: list[Path], **changes) -> list[FinetuneConfig]:
-    return [ft_config(root, cache, method="iql", parent=str(parent), seed=seed, compile="off", **changes) for parent, seed in zip(parents, (2, 5))]
+    return [ft_config(root, cache, method="iql", parent=str(parent), seed=seed, **{"compile": "off", **changes}) for parent, seed in zip(parents, (2, 5))]
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
 
 
 def assert_close_runs(got_dir: Path, want_dir: Path) -> None:
@@ -65,9 +69,12 @@ def assert_close_runs(got_dir: Path, want_dir: Path) -> None:
                 assert mine[key] == value, (got_dir.name, mine["step"], key)
 
 
-def test_a_fine_tuning_population_equals_its_single_runs(iql_parents, tmp_path, generated_cache, monkeypatch) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_fine_tuning_population_equals_its_single_runs(device, iql_parents, tmp_path, generated_cache, monkeypatch) -> None:
+    """On a GPU (benchmarks/gpu_checks.sh runs the cuda case) as on a CPU: the buffers,
+    samplers and stacked step live on the device, the environments on the host."""
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
-    configs = population_configs(tmp_path / "population", generated_cache, iql_parents)
+    configs = population_configs(tmp_path / "population", generated_cache, iql_parents, device=device)
     summaries = finetune_population(configs)
     assert [summaries[c.run_id]["status"] for c in configs] == ["completed", "completed"]
     for config in configs:
