@@ -3,7 +3,8 @@
 A learner is P >= 1 members (runs) that take gradient steps in lockstep. The loop
 (``engine.loop.fit``) asks it for a step on batches from a source, for its metrics as
 host values when it logs, for Q-values on the diagnostic batch, for evaluation returns and
-for each member's state in the single-run checkpoint format. Two learners satisfy it:
+for each member's state in the single-run checkpoint format; the online stage also asks it
+for the members' exploratory actions. Two learners satisfy it:
 
 ``AgentLearner``
     one algorithm object (``algos/``) with its eager ``update``: the reference path of a
@@ -27,6 +28,7 @@ class Learner(Protocol):
     """The interface ``engine.loop.fit`` drives (members are indexed 0..num_members-1)."""
 
     num_members: int
+    stacked_batches: bool  # whether train_step's source must yield (P, B, ...) batches, one per member (else (B, ...))
 
     def train_step(self, source: Any, batch_size: int) -> Mapping[str, torch.Tensor]:
         """One gradient step of every member on a batch each from ``source`` (a sampler);
@@ -43,9 +45,6 @@ class Learner(Protocol):
 
     def member_state(self, member: int) -> dict[str, Any]:
         """The member's algorithm state in the single-run format (``Algorithm.state_dict``)."""
-
-    stacked_batches: bool
-    """Whether ``train_step``'s source yields ``(P, B, ...)`` batches, one per member (else ``(B, ...)``)."""
 
     def explore(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Every member's stochastic action for its own normalised observation: ``obs``
