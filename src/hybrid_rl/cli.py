@@ -437,7 +437,8 @@ def dataset_command(args: argparse.Namespace) -> int:
         from .engine.behavior import BehaviorTrainingConfig, train_behavior_policy
 
         torch.set_num_threads(args.threads)
-        out = train_behavior_policy(BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed), args.out or f"behavior_training/{args.robot}")
+        config = BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed, update_every=args.update_every)
+        out = train_behavior_policy(config, args.out or f"behavior_training/{args.robot}")
         print(f"training written to {out}; ship it with: hybrid-rl dataset ship-policy --robot {args.robot} --from {out}")
         return 0
     if args.dataset_action == "ship-policy":
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--steps", type=positive_int, default=300_000)
     train_policy.add_argument("--seed", type=int, default=0)
     train_policy.add_argument("--threads", type=int, default=1)
+    train_policy.add_argument("--update_every", type=positive_int, default=1, help="one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)")
     train_policy.add_argument("--out", default=None)
     ship = actions.add_parser("ship-policy", help="select medium/expert snapshots of a training and write the shipped policy file")
     ship.add_argument("--robot", required=True)

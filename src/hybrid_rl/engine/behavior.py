@@ -10,8 +10,13 @@ afterwards (``data.factory.select_and_ship``). Training is the engine's job, so 
 here and not in ``data/``, which never imports the algorithms.
 
 Training is checkpointed (SAC state, replay buffer, RNG states) and resumes after an
-interruption. An interrupted episode is restarted, so a resumed training is a valid SAC
-run but not bit-identical to an uninterrupted one.
+interruption: evaluations logged after the checkpoint are dropped from ``progress.jsonl``
+and made again, so every step appears once. An interrupted episode is restarted, so a
+resumed training is a valid SAC run but not bit-identical to an uninterrupted one.
+
+``update_every`` slows the learner down the way D4RL's medium-replay needs it: one SAC
+update every n environment steps (D4RL's SAC took ~200k-400k steps to reach its medium
+level; a learner that gets there faster gives a smaller, narrower replay buffer).
 """
 from __future__ import annotations
 
@@ -40,9 +45,14 @@ class BehaviorTrainingConfig:
     eval_every: int = 10_000
     eval_episodes: int = 5
     checkpoint_every: int = 25_000
+    update_every: int = 1  # one SAC update per this many environment steps (> 1: a slower learner, for medium-replay)
     # 2x128 rather than SAC's 2x256: a third of the compute per update on a 2-core CPU,
     # and these policies only need to reach medium-to-good locomotion levels.
     sac: SACConfig = SACConfig(hidden=(128, 128))
+
+    def __post_init__(self) -> None:
+        if self.update_every < 1:
+            raise ValueError(f"update_every must be at least 1, got {self.update_every}")
 
 
 @torch.no_grad()
@@ -90,6 +100,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
+        _drop_progress_after(out / "progress.jsonl", step)
         print(f"resuming behaviour training of {config.robot} at step {step}")
     obs, _ = env.reset(seed=config.seed + step)
     episode_return, episode_len = 0.0, 0
@@ -109,7 +120,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         if terminated or truncated:
             obs, _ = env.reset()
             episode_return, episode_len = 0.0, 0
-        if step >= config.random_steps:
+        if step >= config.random_steps and step % config.update_every == 0:
             batch = {k: torch.as_tensor(v) for k, v in buffer.sample(config.sac.batch_size).items()}
             agent.update(batch)
         if step % config.eval_every == 0:
@@ -150,6 +161,16 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     bar.close()
     env.close()
     return out
+
+
+def _drop_progress_after(path: Path, step: int) -> None:
+    """Keep the evaluations up to the checkpoint's ``step`` (those after it are made again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def main(argv: list[str] | None = None) -> None:
