@@ -34,7 +34,6 @@ one stacked update): the Phase II study does so on GPUs (``--population``).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -51,7 +50,7 @@ from .fileio import sha256_of_file
 from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
 from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
-                    prepare_dataset, record_failure, resolve_device, restore_rng, run_lock)
+                    prepare_dataset, record_failure, resolve_device, restore_rng, run_lock, run_population)
 
 SCRATCH = "scratch"
 
@@ -316,26 +315,7 @@ def finetune_population(configs: list[FinetuneConfig], *, resume: bool = True, l
                          f"algorithm that differ only in {', '.join(POPULATION_FREE_FIELDS)} and stopped at the same step")
     if len({config.run_id for config in configs}) != len(configs):
         raise ValueError("a population's configs must be distinct runs (two have the same run id)")
-    one_by_one = dict(resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
-    summaries: dict[str, dict[str, Any]] = {}
-    todo = []
-    for config in configs:
-        finished = finished_summary_for(Path(config.results_dir) / config.run_id, config, resume)
-        if finished is not None:
-            summaries[config.run_id] = finished
-        else:
-            todo.append(config)
-    if len(todo) <= 1:
-        return {**summaries, **{config.run_id: finetune(config, **one_by_one) for config in todo}}
-    run_dirs = [Path(config.results_dir) / config.run_id for config in todo]
-    with contextlib.ExitStack() as locks:
-        for run_dir in run_dirs:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(run_lock(run_dir, lock_wait_s))
-        trained = _finetune_locked(todo, run_dirs, resume=resume, on_progress=on_progress)
-    if trained is None:  # members at different steps: one by one (each takes its own lock)
-        trained = {config.run_id: finetune(config, **one_by_one) for config in todo}
-    return {**summaries, **trained}
+    return run_population(configs, _finetune_locked, finetune, resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
 
 
 def scratch_algorithm(config: FinetuneConfig, obs_dim: int, act_dim: int, device: torch.device):

@@ -621,6 +621,15 @@ def train_population(configs: list[TrainConfig], *, resume: bool = True, lock_wa
                          f"{', '.join(POPULATION_FREE_FIELDS)} (and only view corruptions)")
     if len({config.run_id for config in configs}) != len(configs):
         raise ValueError("a population's configs must be distinct runs (two have the same run id)")
+    return run_population(configs, _train_locked, train, resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
+
+
+def run_population(configs: Sequence[Any], locked: Callable[..., dict[str, dict[str, Any]] | None], single: Callable[..., dict[str, Any]], *,
+                   resume: bool, lock_wait_s: float, on_progress: ProgressCallback | None) -> dict[str, dict[str, Any]]:
+    """The population frame shared by ``train_population`` and ``finetune.finetune_population``:
+    finished members are skipped, every other member's run lock is held while ``locked``
+    trains them together; if it returns None (members at different steps), or only one is
+    left, they run one by one with ``single``."""
     one_by_one = dict(resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
     summaries: dict[str, dict[str, Any]] = {}
     todo = []
@@ -631,15 +640,15 @@ def train_population(configs: list[TrainConfig], *, resume: bool = True, lock_wa
         else:
             todo.append(config)
     if len(todo) <= 1:
-        return {**summaries, **{config.run_id: train(config, **one_by_one) for config in todo}}
+        return {**summaries, **{config.run_id: single(config, **one_by_one) for config in todo}}
     run_dirs = [Path(config.results_dir) / config.run_id for config in todo]
     with contextlib.ExitStack() as locks:
         for run_dir in run_dirs:
             run_dir.mkdir(parents=True, exist_ok=True)
             locks.enter_context(run_lock(run_dir, lock_wait_s))
-        trained = _train_locked(todo, run_dirs, resume=resume, on_progress=on_progress)
+        trained = locked(todo, run_dirs, resume=resume, on_progress=on_progress)
     if trained is None:  # members at different steps: one by one (each takes its own lock)
-        trained = {config.run_id: train(config, **one_by_one) for config in todo}
+        trained = {config.run_id: single(config, **one_by_one) for config in todo}
     return {**summaries, **trained}
 
 
