@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Checks that only a CUDA machine can run: the tests that skip without a GPU, then the
-# population throughput benchmark on the GPU. Run it from anywhere on a lent GPU machine:
+# Checks that only a CUDA machine can run, in one short script (about 6 minutes on an H200):
+# the tests that skip without a GPU, the update throughput of single runs and populations
+# (eager, vmapped, compiled with CUDA graphs), and small Phase II studies on the GPU (CQL
+# parents and fine-tuning as populations of 8; Cal-QL and RLPD single runs). Run it from
+# anywhere on a GPU machine:
 #
 #     bash benchmarks/gpu_checks.sh
 #
-# It fails (non-zero exit) if no CUDA device is visible, if a test fails, or if a CUDA test
-# was skipped anyway. Uses .venv/ when the checkout has one, else the `python` on PATH
-# (which needs hybrid-rl installed with its test extras). With $OUT set, the benchmark's
-# rows are also written to $OUT/throughput.json.
+# Each stage has its own time limit, so one slow stage cannot starve the rest; the script
+# exits non-zero if no CUDA device is visible, if any stage failed or ran out of time, or if
+# a CUDA test was skipped anyway. Python: $PYTHON, else .venv/ when the checkout has one,
+# else `python` or `python3` on PATH (hybrid-rl and its test extras must import; a checkout
+# without an install works with PYTHONPATH=src). With $OUT set, the log, the throughput
+# rows and the recovery tables are also written there.
 #
 # CUDA-only tests (grep -n cuda tests/*.py):
 #   tests/test_population.py::test_train_step_makes_no_cuda_sync  (skipif no CUDA)
@@ -15,52 +20,87 @@
 #   tests/test_train.py::test_device_resolution                    (cuda / cuda:0 resolve only on a GPU)
 #   tests/test_finetune_population.py::test_a_fine_tuning_population_equals_its_single_runs[cuda]
 #       (Phase II: a fine-tuning population on the GPU equals its single GPU runs)
-set -euo pipefail
+#   tests/test_population.py::test_compiled_iql_population_equals_eager[cuda]
+#       (the compiled step with CUDA graphs equals the eager vmapped step)
+set -uo pipefail
 
 cd "$(dirname "$0")/.."
-if [[ -f .venv/bin/activate ]]; then
+if [[ -z "${PYTHON:-}" && -f .venv/bin/activate ]]; then
     # shellcheck disable=SC1091
     . .venv/bin/activate
 fi
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+out="${OUT:-$(mktemp -d)}"
+log="$out/gpu_checks.log"
+work="$(mktemp -d)"
+failed=()
 
-say() { printf '\n=== %s\n' "$*"; }
+say() { printf '\n=== %s\n' "$*" | tee -a "$log"; }
+
+# stage SECONDS NAME COMMAND...: run COMMAND with a time limit, log it, note a failure.
+stage() {
+    local limit="$1" name="$2"
+    shift 2
+    say "$name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    echo "--- $name: exit $rc after $((SECONDS - start))s" | tee -a "$log"
+    [[ $rc -eq 0 ]] || failed+=("$name (exit $rc)")
+}
 
 say "GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "(nvidia-smi not available)"
-python -c 'import sys, torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)' \
-    || { echo "error: torch sees no CUDA device; these checks need one" >&2; exit 1; }
-
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-
-say "CUDA-only tests: python -m pytest -q -rs tests/test_population.py -k \"cuda or sync\""
-python -m pytest -q -rs tests/test_population.py -k "cuda or sync" 2>&1 | tee "$log"
-
-say "CUDA branch of the device resolution: python -m pytest -q -rs tests/test_train.py -k device_resolution"
-python -m pytest -q -rs tests/test_train.py -k device_resolution 2>&1 | tee -a "$log"
-
-say "Phase II on the GPU: python -m pytest -q -rs tests/test_finetune_population.py -k equals_its_single_runs"
-python -m pytest -q -rs tests/test_finetune_population.py -k equals_its_single_runs 2>&1 | tee -a "$log"
-
-if grep -q "SKIPPED.*CUDA" "$log"; then
-    echo "error: a CUDA test was skipped on a machine that has a GPU (see the SKIPPED lines above)" >&2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
+"$PY" -c 'import sys, torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)' 2>&1 | tee -a "$log"
+if [[ ${PIPESTATUS[0]} -ne 0 ]]; then
+    echo "error: torch sees no CUDA device; these checks need one" >&2
     exit 1
 fi
 
-say "throughput: python benchmarks/throughput.py --algo iql,cql --device cuda --population 1,8,18 --steps 200 --warmup 20"
-json_args=()
-if [[ -n "${OUT:-}" ]]; then
-    json_args=(--json "$OUT/throughput.json")
-fi
-python benchmarks/throughput.py --algo iql,cql --device cuda --population 1,8,18 --steps 200 --warmup 20 "${json_args[@]}"
-
-say "Phase II study on the GPU: 4 seeds x 2 levels, IQL parents (10k steps) and fine-tuning (5k online steps) as populations of 8"
-study="$(mktemp -d)"
-time python run_phase2.py --quick --method iql --env gen-hopper-medium-v0@100000 --seed 0,1,2,3 --device cuda --population on \
-    --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$study/datasets"
-grep -q '"size": 8' "$study"/results_phase2/*/config.json || { echo "error: the fine-tuning runs did not train as one population" >&2; exit 1; }
-if [[ -n "${OUT:-}" ]]; then
-    cp "$study/results_phase2/recovery.md" "$OUT/phase2_recovery.md"
+stage 120 "CUDA-only tests" "$PY" -m pytest -q -rs -p no:cacheprovider \
+    "tests/test_population.py::test_train_step_makes_no_cuda_sync" "tests/test_population.py::test_train_step_makes_no_host_sync" \
+    "tests/test_train.py::test_device_resolution" "tests/test_finetune_population.py::test_a_fine_tuning_population_equals_its_single_runs" \
+    "tests/test_population.py::test_compiled_iql_population_equals_eager"
+if grep -q "SKIPPED.*CUDA" "$log"; then
+    failed+=("a CUDA test was skipped on a machine that has a GPU (see the SKIPPED lines)")
 fi
 
+# Eager and vmapped first (no compilation, seconds each), then IQL's compiled step at the two
+# sizes that decide `--compile auto` on a GPU: a single run and a population of 8 (CQL's
+# compilation takes minutes; it is left to a longer lease).
+stage 60 "throughput, eager and vmapped" "$PY" benchmarks/throughput.py --algo iql,cql --device cuda --population 1,8,32 \
+    --modes eager,vmap --steps 100 --warmup 10 --repeats 2 --json "$out/throughput.json"
+stage 150 "throughput, compiled (CUDA graphs)" "$PY" benchmarks/throughput.py --algo iql --device cuda --population 1,8 \
+    --modes eager,compiled --steps 100 --warmup 10 --repeats 2 --json "$out/throughput_compiled.json"
+
+# Phase II on the GPU: 4 seeds x 2 corruption levels of CQL parents, then their cql
+# fine-tuning, each as one population of 8 (a budget to see it work and time it, not scores).
+study="$work/cql"
+stage 140 "Phase II CQL study as populations of 8" "$PY" run_phase2.py --method cql --env gen-hopper-medium-v0@100000 --seed 0,1,2,3 \
+    --total_steps 3000 --online_steps 1500 --eval_every 750 --eval_episodes 5 --utd 1 --device cuda --population on \
+    --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
+if ! grep -qs '"size": 8' "$study"/results_phase2/*/config.json; then
+    failed+=("the CQL fine-tuning runs did not train as one population of 8")
+fi
+cp "$study/results_phase2/recovery.md" "$out/phase2_cql_recovery.md" 2>/dev/null
+
+# Cal-QL and RLPD have no population step: one short single run each, on CUDA (RLPD at its
+# own UTD of 20, the setting a GPU is for).
+study="$work/calql"
+stage 50 "Phase II Cal-QL single run" "$PY" run_phase2.py --method calql --env gen-hopper-medium-v0@100000 --seed 0 --remove_top_k 0 \
+    --total_steps 1000 --online_steps 1000 --eval_every 500 --eval_episodes 3 --device cuda \
+    --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
+cp "$study/results_phase2/recovery.md" "$out/phase2_calql_recovery.md" 2>/dev/null
+study="$work/rlpd"
+stage 50 "Phase II RLPD single run" "$PY" run_phase2.py --method rlpd --env gen-hopper-medium-v0@100000 --seed 0 --remove_top_k 0 \
+    --online_steps 500 --warmup_steps 100 --eval_every 500 --eval_episodes 3 --device cuda \
+    --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
+
+# Every run's config, metrics and summary (wall time, scores), without checkpoints and data.
+tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoint.pt --exclude='*.pt' --exclude=datasets . 2>/dev/null
+rm -rf "$work"
+if [[ ${#failed[@]} -gt 0 ]]; then
+    say "FAILED: ${failed[*]}"
+    exit 1
+fi
 say "all GPU checks passed"

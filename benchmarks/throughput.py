@@ -234,6 +234,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                     compiled = population.compiled
                     if not compiled:
                         print(f"note: {algo} P={size}: torch.compile failed ({population.compile_error}); the row shows the eager fallback", file=sys.stderr)
+                        # Where it failed, for the bug report: the traceback's last frames.
+                        print("".join((population.compile_traceback or "").splitlines(keepends=True)[-30:]), file=sys.stderr)
                 for warning in caught:
                     if "torch.compile failed" not in str(warning.message):
                         print(f"warning: {warning.message}", file=sys.stderr)

@@ -298,6 +298,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(base: OfflineDataset
         metrics = population.train_step(PopulationSampler(base, views, [0, 1]))
     expected = eager.train_step(PopulationSampler(base, views, [0, 1]))
     assert not population.compiled and "no C++ compiler" in population.compile_error
+    assert "Traceback" in population.compile_traceback and "no C++ compiler" in population.compile_traceback
     for name, value in expected.items():
         assert torch.equal(metrics[name], value)
     for key, value in eager.params.items():
@@ -305,28 +306,30 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(base: OfflineDataset
 
 
 @pytest.mark.slow
-def test_compiled_iql_population_equals_eager(base: OfflineDataset) -> None:
-    """torch.compile (inductor) gives the eager population's results.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_compiled_iql_population_equals_eager(base: OfflineDataset, device: str) -> None:
+    """torch.compile (inductor; CUDA graphs on a GPU) gives the eager population's results.
 
     The population falls back to eager when compilation raises (compile_error set, a
     RuntimeWarning); then this test would compare eager with eager. So it skips only where
-    inductor cannot work at all (no C++ compiler), and otherwise fails if the compiled path
-    was not the one that ran.
+    inductor cannot work at all (no C++ compiler on a CPU), and otherwise fails if the
+    compiled path was not the one that ran.
     """
-    cxx = cpp_compiler()
+    cxx = cpp_compiler() if device == "cpu" else "triton"
     if cxx is None:
         pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX): torch.compile's CPU backend cannot run here")
     views = [DatasetView.full(base, normalize_observations=True)] * 2
-    eager = IQLPopulation.create(OBS_DIM, ACT_DIM, IQL_TINY, [0, 1])
-    compiled = IQLPopulation.create(OBS_DIM, ACT_DIM, IQL_TINY, [0, 1], compile=True)
-    eager_sampler, compiled_sampler = PopulationSampler(base, views, [0, 1]), PopulationSampler(base, views, [0, 1])
+    eager = IQLPopulation.create(OBS_DIM, ACT_DIM, IQL_TINY, [0, 1], device=device)
+    compiled = IQLPopulation.create(OBS_DIM, ACT_DIM, IQL_TINY, [0, 1], device=device, compile=True)
+    eager_sampler = PopulationSampler(base, views, [0, 1], device=device)
+    compiled_sampler = PopulationSampler(base, views, [0, 1], device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         for step in range(6):
             expected, actual = eager.train_step(eager_sampler), compiled.train_step(compiled_sampler)
             assert compiled.compile_error is None and compiled.compiled, (
                 f"torch.compile fell back to eager at step {step} ({compiled.compile_error}) although a C++ compiler "
-                f"({cxx}) is available; warnings: {[str(w.message) for w in caught]}"
+                f"({cxx}) is available; warnings: {[str(w.message) for w in caught]}; traceback:\n{compiled.compile_traceback}"
             )
             for name in expected:
                 assert_close(actual[name], expected[name], f"step {step} {name}")

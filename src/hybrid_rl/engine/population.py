@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import traceback
 import warnings
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -164,6 +165,7 @@ class _Population:
         self._cudagraphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
         self._static_samplers: weakref.WeakSet[PopulationSampler] = weakref.WeakSet()
         self.compile_error: str | None = None
+        self.compile_traceback: str | None = None  # the whole failure, for a bug report (the warning has one line)
         self._update_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._update_impl)
         self._train_step_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._train_step_impl)
         del self._template  # agent 0's own tensors are no longer needed
@@ -269,16 +271,19 @@ class _Population:
         """
         if self.compile_mode is None:
             return fn
+        # Imported under their own names: a plain `import torch._inductor` here would make
+        # `torch` a local name of this function.
+        import torch._dynamo as dynamo
+        import torch._inductor as inductor
+
         if self._cudagraphs:
             # CUDA graphs may replay in place only on tensors whose address never changes.
             for tensor in self._state_tensors():
-                torch._dynamo.mark_static_address(tensor)
-        import torch._inductor
-
+                dynamo.mark_static_address(tensor)
         # Inductor's own random kernels would give other numbers than eager PyTorch: with
         # PyTorch's (fallback_random), a compiled CQL step draws exactly what the eager step
         # draws. (Options instead of mode=..., which torch.compile does not take together.)
-        options = {**torch._inductor.list_mode_options(self.compile_mode), "fallback_random": True}
+        options = {**inductor.list_mode_options(self.compile_mode), "fallback_random": True}
         compiled = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
         state = {"compiled": False}
 
@@ -297,6 +302,7 @@ class _Population:
                     for tensor, saved in zip(self._state_tensors(), snapshot):
                         tensor.copy_(saved)
                 self.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self.compile_traceback = traceback.format_exc()
                 warnings.warn(
                     f"torch.compile failed on this platform ({self.compile_error}); {type(self).__name__} continues with the "
                     "eager vmapped step (same results, slower)",
