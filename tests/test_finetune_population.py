@@ -32,20 +32,23 @@ from test_finetune import SMALL, ft_config, read_records
 RTOL, ATOL = 1e-3, 1e-4
 
 
-@pytest.fixture(scope="module")
-def iql_parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> list[Path]:
-    """Two finished tiny IQL runs that differ in seed and corruption (one population's parents)."""
-    results = tmp_path_factory.mktemp("phase1_population")
+def train_parents(algo: str, results: Path, generated_cache: Path) -> list[Path]:
+    """Two finished tiny runs of ``algo`` that differ in seed and corruption (one population's parents)."""
     out = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
         for seed, k in ((1, 30.0), (3, 0.0)):
-            config = TrainConfig(algo="iql", dataset=TINY_DATASET, remove_top_k=k, seed=seed, total_steps=60, eval_every=60, eval_episodes=2,
+            config = TrainConfig(algo=algo, dataset=TINY_DATASET, remove_top_k=k, seed=seed, total_steps=60, eval_every=60, eval_episodes=2,
                                  log_every=20, checkpoint_every=60, device="cpu", progress=False, results_dir=str(results),
-                                 cache_dir=str(generated_cache), algo_overrides=SMALL["iql"], compile="off")
+                                 cache_dir=str(generated_cache), algo_overrides=SMALL[algo], compile="off")
             assert train(config)["status"] == "completed"
             out.append(results / config.run_id)
     return out
+
+
+@pytest.fixture(scope="module")
+def iql_parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> list[Path]:
+    return train_parents("iql", tmp_path_factory.mktemp("phase1_population"), generated_cache)
 
 
 def population_configs(root: Path, cache: Path, parents: list[Path], **changes) -> list[FinetuneConfig]:
@@ -99,6 +102,31 @@ def test_a_killed_fine_tuning_population_resumes_to_identical_metrics(iql_parent
     run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(configs))  # last checkpoint at step 100
     finetune_population(configs)
     for config, ref in zip(configs, reference):
+        expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
+        assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
+
+
+def test_calql_fine_tunes_as_a_population_with_its_floor(tmp_path, generated_cache, monkeypatch) -> None:
+    """Cal-QL parents fine-tune as one population: online batches carry each member's own
+    Monte-Carlo returns (offline: its data's; online: its finished episodes'), so the floor
+    is active, and a killed population resumes to the same bytes. (Its draws are CQL's:
+    members equal their single runs in distribution only, see engine.population.)"""
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    parents = train_parents("calql", tmp_path / "phase1", generated_cache)
+    configs = [ft_config(tmp_path / "reference", generated_cache, method="calql", parent=str(parent), seed=seed, compile="off")
+               for parent, seed in zip(parents, (2, 5))]
+    assert population_key(configs[0]) == population_key(configs[1]) is not None
+    summaries = finetune_population(configs)
+    for config in configs:
+        assert summaries[config.run_id]["status"] == "completed"
+        run_dir = Path(config.results_dir) / config.run_id
+        assert json.loads((run_dir / "config.json").read_text())["population"]["size"] == 2
+        trains = [r for r in read_records(run_dir) if r["kind"] == "train"]
+        assert trains and all(0.0 <= r["calibration_bound_rate"] <= 1.0 for r in trains)
+    killed = [replace(config, results_dir=str(tmp_path / "killed" / "phase2")) for config in configs]
+    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(killed))  # last checkpoint at step 100
+    finetune_population(killed)
+    for config, ref in zip(killed, configs):
         expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
         assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
 

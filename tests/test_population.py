@@ -15,17 +15,19 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from hybrid_rl.algos.calql import CalQL, CalQLConfig
 from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.data.corruption import apply_corruptions
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
-from hybrid_rl.data.views import DatasetView, PopulationSampler
+from hybrid_rl.data.views import DatasetView, PopulationSampler, mc_returns_to_go
 from hybrid_rl.engine.functional import cosine_lr_table
-from hybrid_rl.engine.population import CQLPopulation, IQLPopulation, cpp_compiler
+from hybrid_rl.engine.population import CalQLPopulation, CQLPopulation, IQLPopulation, cpp_compiler
 
 OBS_DIM, ACT_DIM, NUM_TRANSITIONS = 5, 2, 300
 IQL_TINY = IQLConfig(hidden=(32, 32), batch_size=16, max_steps=15, reward_scaling="iql")
 CQL_TINY = CQLConfig(critic_hidden=(16, 16), actor_hidden=(16, 16), num_sampled_actions=3, batch_size=8)
+CALQL_TINY = CalQLConfig(critic_hidden=(16, 16), actor_hidden=(16, 16), num_sampled_actions=3, batch_size=8)
 
 # (seed, corruption specs): a clean run, a reward-noise run, a top-k run (3 variants).
 VARIANTS = [(0, []), (1, [{"kind": "reward_noise", "std": 0.5}]), (2, [{"kind": "remove_top_k", "k": 30}])]
@@ -59,8 +61,8 @@ def corrupted_runs(base: OfflineDataset, config) -> list[tuple[int, OfflineDatas
     return runs
 
 
-def single_sampler(corrupted: OfflineDataset, view: DatasetView, seed: int) -> TransitionSampler:
-    return TransitionSampler(corrupted, obs_mean=view.obs_mean, obs_std=view.obs_std, reward_scale=view.reward_scale, seed=seed)
+def single_sampler(corrupted: OfflineDataset, view: DatasetView, seed: int, extra: dict | None = None) -> TransitionSampler:
+    return TransitionSampler(corrupted, obs_mean=view.obs_mean, obs_std=view.obs_std, reward_scale=view.reward_scale, seed=seed, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,6 +98,30 @@ def test_sampler_batches_equal_the_single_run_samplers(base: OfflineDataset) -> 
             expected = single.sample(16)
             for key, value in expected.items():
                 assert torch.equal(batch[key][agent], value), (agent, key)
+
+
+def test_sampler_extras_follow_each_runs_rows(base: OfflineDataset) -> None:
+    """Cal-QL's Monte-Carlo returns: each run's own (its corrupted rewards, its rows), in the
+    batches where its single-run sampler puts them, and equal arrays stored once."""
+    runs = corrupted_runs(base, IQL_TINY)
+    extras = [{"mc_returns": mc_returns_to_go(corrupted, 0.99, view.reward_scale)} for _, corrupted, view in runs]
+    sampler = PopulationSampler(base, [view for _, _, view in runs], [seed for seed, _, _ in runs], extras=extras)
+    singles = [single_sampler(corrupted, view, seed, extra) for (seed, corrupted, view), extra in zip(runs, extras)]
+    for _ in range(3):
+        batch = sampler.sample(16)
+        for agent, single in enumerate(singles):
+            expected = single.sample(16)
+            assert set(batch) == set(expected) and "mc_returns" in expected
+            for key, value in expected.items():
+                assert torch.equal(batch[key][agent], value), (agent, key)
+    # The clean and the reward-noise runs have different returns, the top-k run its own rows.
+    assert len(sampler.flat_extras["mc_returns"]) == sum(len(view) for _, _, view in runs)
+    twice = PopulationSampler(base, [runs[0][2]] * 2, [0, 1], extras=[extras[0]] * 2)
+    assert len(twice.flat_extras["mc_returns"]) == len(runs[0][2])
+    with pytest.raises(ValueError, match="same field names"):
+        PopulationSampler(base, [runs[0][2]] * 2, [0, 1], extras=[extras[0], {}])
+    with pytest.raises(ValueError, match="one value per row"):
+        PopulationSampler(base, [runs[2][2]], [0], extras=[extras[0]])
 
 
 def test_sampler_holds_one_base_copy_and_shares_index_sets(base: OfflineDataset) -> None:
@@ -370,6 +396,38 @@ def test_cql_population_of_one_equals_the_single_run(base: OfflineDataset) -> No
         for expected, actual in zip(single.modules[network].parameters(), member.modules[network].parameters()):
             assert_close(actual, expected, network)
     assert_close(member.log_alpha, single.log_alpha, "log_alpha")
+
+
+def test_calql_population_of_one_equals_the_single_run(base: OfflineDataset) -> None:
+    """Cal-QL's population is CQL's with the floor: with one agent, every metric (the
+    calibration rate too) and every weight must match CalQL.update on the same batches."""
+    torch.manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # randomness="same" fallback, see CQLPopulation
+        population = CalQLPopulation.create(OBS_DIM, ACT_DIM, CALQL_TINY, [5])
+    torch.manual_seed(5)
+    single = CalQL(OBS_DIM, ACT_DIM, CALQL_TINY)
+    view = DatasetView.full(base, normalize_observations=True)
+    # Large returns put the floor above the untrained Q, so the floor is active.
+    extra = {"mc_returns": mc_returns_to_go(base, 0.99) + 10.0}
+    sampler = PopulationSampler(base, [view], [5], extras=[extra])
+    single_sampler_ = single_sampler(base, view, 5, extra)
+    rates = []
+    for step in range(5):
+        torch.manual_seed(200 + step)
+        metrics = population.train_step(sampler)
+        torch.manual_seed(200 + step)
+        expected = single.update(single_sampler_.sample(CALQL_TINY.batch_size))
+        assert set(metrics) == set(expected) and "calibration_bound_rate" in expected
+        for name, value in expected.items():
+            assert_close(metrics[name][0], value, f"step {step} {name}")
+        rates.append(float(expected["calibration_bound_rate"]))
+    assert max(rates) > 0.5, rates
+    member = population.member(0)
+    assert type(member) is CalQL
+    for network in ("actor", "critic", "target_critic"):
+        for expected, actual in zip(single.modules[network].parameters(), member.modules[network].parameters()):
+            assert_close(actual, expected, network)
 
 
 def test_cql_agents_do_not_influence_each_other(base: OfflineDataset) -> None:

@@ -120,16 +120,22 @@ def test_a_diverged_member_ends_alone(base_config: TrainConfig, monkeypatch: pyt
     assert lines[-1]["event"] == "diverged" and max(line["step"] for line in lines) == 40
 
 
-def test_cql_population_trains_and_writes_run_directories(base_config: TrainConfig) -> None:
-    cql = replace(base_config, algo="cql", total_steps=40, eval_every=40, log_every=20, checkpoint_every=20,
+@pytest.mark.parametrize("algo", ["cql", "calql"])
+def test_cql_population_trains_and_writes_run_directories(algo: str, base_config: TrainConfig) -> None:
+    cql = replace(base_config, algo=algo, total_steps=40, eval_every=40, log_every=20, checkpoint_every=20,
                   algo_overrides={"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 2})
     configs = [cql, replace(cql, seed=4, remove_top_k=30.0)]
+    assert population_key(configs[0]) == population_key(configs[1]) is not None
     summaries = train_population(configs)
     for config in configs:
         assert summaries[config.run_id]["status"] == "completed"
+        written = json.loads((Path(cql.results_dir) / config.run_id / "config.json").read_text())
+        assert written["population"]["size"] == 2
         trains = [m for m in read_lines(Path(cql.results_dir) / config.run_id / "metrics.jsonl") if m["kind"] == "train"]
         assert [m["step"] for m in trains] == [20, 40]
         assert {"cql_penalty", "alpha", "q_minus_mc_mean", "critic_loss_rolling_var"} <= trains[-1].keys()
+        # Cal-QL's floor reached the population's batches (each member's own returns).
+        assert ("calibration_bound_rate" in trains[-1]) == (algo == "calql")
         state = torch.load(Path(cql.results_dir) / config.run_id / "checkpoint.pt", weights_only=False)
         assert state["step"] == 40 and state["algorithm"]["total_updates"] == 40
 

@@ -40,7 +40,7 @@ def test_compile_modes_pick_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not compiled_step_wanted(algo, "auto", CUDA, 10 * threshold)  # not measured on a GPU yet
         assert compiled_step_wanted(algo, "on", CPU, 1) and compiled_step_wanted(algo, "on", CUDA, 1)
         assert not compiled_step_wanted(algo, "off", CPU, 10 * threshold)
-    for algo in ("bc", "td3bc", "calql"):  # no compiled step: eager whatever the mode
+    for algo in ("bc", "td3bc"):  # no compiled step: eager whatever the mode
         assert not compiled_step_wanted(algo, "on", CPU, 10**6) and not compiled_step_wanted(algo, "auto", CPU, 10**6)
     monkeypatch.setattr("hybrid_rl.engine.population.cpp_compiler", lambda: None)
     assert not compiled_step_wanted("iql", "auto", CPU, 10**6)  # inductor would fail without a C++ compiler
@@ -57,6 +57,7 @@ needs_compiler = pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compi
 SMALL = {
     "iql": {"hidden": [32, 32], "batch_size": 64},
     "cql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
+    "calql": {"critic_hidden": [32, 32], "actor_hidden": [32, 32], "batch_size": 32, "num_sampled_actions": 4},
 }
 
 
@@ -84,7 +85,7 @@ def assert_runs_close(actual: list[dict], expected: list[dict]) -> float:
 
 @pytest.mark.slow
 @needs_compiler
-@pytest.mark.parametrize("algo", ["iql", "cql"])
+@pytest.mark.parametrize("algo", ["iql", "cql", "calql"])
 def test_compiled_run_equals_the_eager_reference(algo: str, base_config: TrainConfig, tmp_path: Path) -> None:
     config = replace(base_config, algo=algo, algo_overrides=SMALL[algo])
     runs = {}

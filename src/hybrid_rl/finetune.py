@@ -27,8 +27,8 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
 
-Update paths as in Phase I (``compile``): ``iql`` and ``cql`` runs long enough take the
-compiled step of a population of one. ``finetune_population`` trains runs whose parents
+Update paths as in Phase I (``compile``): ``iql``, ``cql`` and ``calql`` runs long enough
+take the compiled step of a population of one. ``finetune_population`` trains runs whose parents
 differ only in seed and corruption as one population (every member in its own environment,
 one stacked update): the Phase II study does so on GPUs (``--population``).
 """
@@ -106,7 +106,7 @@ class FinetuneConfig:
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
     parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
     device: str = "auto"
-    compile: str = "auto"  # update path of iql and cql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
+    compile: str = "auto"  # update path of iql, cql and calql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
     threads: int | None = None
     tensorboard: bool = False
     progress: bool = True

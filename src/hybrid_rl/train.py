@@ -562,7 +562,8 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, devic
 
     population = population_class(config.algo)(agents, compile=compiled)
     views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
-    sampler = PopulationSampler(original, views, [book.config.seed for book in books], first.device)
+    sampler = PopulationSampler(original, views, [book.config.seed for book in books], first.device,
+                                extras=[mc_extra(book) or {} for book in books])
     extra: dict[str, Any] = {"update_step": "compiled" if compiled else "vmapped"}
     if len(agents) == 1:
         return PopulationLearner(population), sampler, extra, config.run_id

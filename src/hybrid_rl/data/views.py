@@ -165,6 +165,20 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.blake2b(array.tobytes() + str((array.dtype, array.shape)).encode(), digest_size=16).hexdigest()
 
 
+def _deduplicated(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """``arrays`` concatenated with each distinct array once, and where each one starts."""
+    starts: dict[str, int] = {}
+    kept: list[np.ndarray] = []
+    offsets = []
+    for array in arrays:
+        key = _digest(array)
+        if key not in starts:
+            starts[key] = sum(len(a) for a in kept)
+            kept.append(array)
+        offsets.append(starts[key])
+    return np.concatenate(kept), offsets
+
+
 class PopulationSampler:
     """Uniform minibatches for P runs from one device-resident base dataset.
 
@@ -177,13 +191,24 @@ class PopulationSampler:
     by ``seeds[k]``: the call ``TransitionSampler(dataset_k, seed=seeds[k]).sample(B)``
     makes, so the batches are identical to the single run's.
 
+    ``extras``: per run, further per-transition float arrays in the order of its view's rows
+    (Cal-QL's ``mc_returns``), which batches carry under their names as ``TransitionSampler``'s
+    ``extra`` does; every run names the same fields, and equal arrays are stored once.
+
     ``sample_indices`` (eager: P generator calls) and ``gather`` (pure tensor code, safe to
     compile) are separate so a compiled step can include the gather.
     """
 
-    def __init__(self, base: OfflineDataset, views: Sequence[DatasetView], seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+    def __init__(self, base: OfflineDataset, views: Sequence[DatasetView], seeds: Sequence[int], device: torch.device | str = "cpu",
+                 extras: Sequence[Mapping[str, np.ndarray]] | None = None) -> None:
         if len(views) == 0 or len(views) != len(seeds):
             raise ValueError(f"need one seed per view, got {len(views)} views and {len(seeds)} seeds")
+        extras = list(extras) if extras is not None else [{} for _ in views]
+        if len(extras) != len(views) or any(set(extra) != set(extras[0]) for extra in extras):
+            raise ValueError("extras need one mapping per view, all with the same field names")
+        for view, extra in zip(views, extras):
+            if any(len(array) != len(view) for array in extra.values()):
+                raise ValueError(f"an extra field of view {view.name!r} does not have one value per row ({len(view)})")
         self.device = torch.device(device)
         self.num_agents = len(views)
         self.base_size = len(base)
@@ -198,30 +223,22 @@ class PopulationSampler:
             "dones": to(base.terminals.astype(np.float32)),  # true terminals only, as TransitionSampler
         }
         # Deduplicated segments, concatenated: run k's index set is
-        # flat_index[index_offsets[k] : index_offsets[k] + sizes[k]].
-        index_segments: dict[str, int] = {}
-        reward_segments: dict[str, int] = {}
-        flat_index: list[np.ndarray] = []
-        flat_rewards: list[np.ndarray] = []
-        index_offsets, reward_offsets = [], []
-        for view in views:
-            key = _digest(view.index)
-            if key not in index_segments:
-                index_segments[key] = sum(len(a) for a in flat_index)
-                flat_index.append(view.index.astype(np.int64))
-            index_offsets.append(index_segments[key])
-            # Scaled on the host in float32, exactly as TransitionSampler does it.
-            rewards = np.asarray(view.rewards * view.reward_scale + view.reward_bias, dtype=np.float32)
-            key = _digest(rewards)
-            if key not in reward_segments:
-                reward_segments[key] = sum(len(a) for a in flat_rewards)
-                flat_rewards.append(rewards)
-            reward_offsets.append(reward_segments[key])
-        self.num_index_sets, self.num_reward_arrays = len(flat_index), len(flat_rewards)
-        self.flat_index = to(np.concatenate(flat_index), torch.int64)
-        self.flat_rewards = to(np.concatenate(flat_rewards))
+        # flat_index[index_offsets[k] : index_offsets[k] + sizes[k]], and likewise its rewards
+        # (scaled on the host in float32, exactly as TransitionSampler does it) and extras.
+        flat_index, index_offsets = _deduplicated([view.index.astype(np.int64) for view in views])
+        flat_rewards, reward_offsets = _deduplicated(
+            [np.asarray(view.rewards * view.reward_scale + view.reward_bias, dtype=np.float32) for view in views])
+        self.num_index_sets, self.num_reward_arrays = len(set(index_offsets)), len(set(reward_offsets))
+        self.flat_index = to(flat_index, torch.int64)
+        self.flat_rewards = to(flat_rewards)
         self.index_offsets = to(index_offsets, torch.int64).unsqueeze(1)  # (P, 1)
         self.reward_offsets = to(reward_offsets, torch.int64).unsqueeze(1)  # (P, 1)
+        self.flat_extras: Tensors = {}
+        self.extra_offsets: Tensors = {}
+        for name in extras[0]:
+            flat, offsets = _deduplicated([np.asarray(extra[name], dtype=np.float32) for extra in extras])
+            self.flat_extras[name] = to(flat)
+            self.extra_offsets[name] = to(offsets, torch.int64).unsqueeze(1)
         self.sizes = [len(view) for view in views]
         obs_dim = base.obs_dim
         # Runs without normalisation get mean 0, std 1: (x - 0) / 1 == x exactly.
@@ -250,6 +267,7 @@ class PopulationSampler:
             "rewards": self.flat_rewards[rows + self.reward_offsets],
             "next_observations": (self.base["next_observations"][base_rows] - self.obs_mean) / self.obs_std,
             "dones": self.base["dones"][base_rows],
+            **{name: flat[rows + self.extra_offsets[name]] for name, flat in self.flat_extras.items()},
         }
 
     def sample(self, batch_size: int) -> Batch:
@@ -257,11 +275,12 @@ class PopulationSampler:
 
     def static_tensors(self) -> list[torch.Tensor]:
         """The tensors a compiled step reads every call (none of them changes address)."""
-        return [*self.base.values(), self.flat_index, self.flat_rewards, self.index_offsets, self.reward_offsets, self.obs_mean, self.obs_std]
+        return [*self.base.values(), self.flat_index, self.flat_rewards, self.index_offsets, self.reward_offsets, self.obs_mean, self.obs_std,
+                *self.flat_extras.values(), *self.extra_offsets.values()]
 
     def device_bytes(self) -> int:
-        """Bytes of device memory the sampler holds (base arrays + index sets + rewards + stats)."""
-        tensors = [*self.base.values(), self.flat_index, self.flat_rewards, self.obs_mean, self.obs_std]
+        """Bytes of device memory the sampler holds (base arrays + index sets + rewards + extras + stats)."""
+        tensors = [*self.base.values(), self.flat_index, self.flat_rewards, *self.flat_extras.values(), self.obs_mean, self.obs_std]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,12 +9,13 @@ functions (``torch.func``): the same math, P times wider kernels, one Python dis
 The data side (each run's view of the base dataset, the shared device-resident sampler) is
 ``data.views``; the optimizer math on stacked tensors is ``engine.functional``. Here:
 
-``IQLPopulation`` / ``CQLPopulation``
+``IQLPopulation`` / ``CQLPopulation`` / ``CalQLPopulation``
     Stacked parameters (``torch.func.stack_module_state``), the losses of ``algos/iql.py``
     and ``algos/cql.py`` (``iql_losses`` / ``cql_losses``, the same wiring the single runs
     use) evaluated through ``functional_call`` + ``grad`` + ``vmap`` over the agent
     dimension, one Adam over the stacked tensors, Polyak-averaged target critics and, for
-    IQL, the cosine actor-LR schedule of ``iql.IQL``. ``compile=True`` wraps the whole step
+    IQL, the cosine actor-LR schedule of ``iql.IQL``. ``CalQLPopulation`` is CQL's with
+    Cal-QL's floor (batches carry ``mc_returns``). ``compile=True`` wraps the whole step
     (batch gather, losses, gradients, Adam, Polyak) in ``torch.compile``, falling back to
     the eager vmapped step with a warning if compilation fails on this platform.
 
@@ -53,6 +54,7 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from ..algos.base import Batch, Metrics
+from ..algos.calql import CalQL
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
 from ..data.views import PopulationSampler
@@ -364,6 +366,8 @@ class _Population:
             "next_observations": torch.zeros(2, self.obs_dim, device=self.device),
             "dones": torch.zeros(2, device=self.device),
         }
+        if getattr(self.config, "uses_mc_returns", False):
+            batch["mc_returns"] = torch.zeros(2, device=self.device)
         first = {key: value[0] for key, value in self.params.items()}
         frozen = {key: value[0] for key, value in self.frozen.items()}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -593,6 +597,8 @@ class _CQLLosses(_LossModule):
     def __init__(self, template: CQL) -> None:
         super().__init__()
         self.config: CQLConfig = template.config
+        # Cal-QL: the policy proposals' Q floored at the batch's Monte-Carlo returns-to-go.
+        self.calibrated = bool(getattr(template.config, "uses_mc_returns", False))
         self.target_entropy = template.target_entropy
         self.actor = _meta_copy(template.actor)
         self.critic = _meta_copy(template.critic)
@@ -605,7 +611,7 @@ class _CQLLosses(_LossModule):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
             self.actor, self.critic, self.target_critic, self.alpha.log_alpha, batch, self.config, self.target_entropy,
-            critic_for_actor=self.frozen_critic, actor_for_critic=self.frozen_actor,
+            critic_for_actor=self.frozen_critic, actor_for_critic=self.frozen_actor, q_floor=batch["mc_returns"] if self.calibrated else None,
         )
         return alpha_loss + actor_loss + critic_loss, metrics
 
@@ -657,7 +663,15 @@ class CQLPopulation(_Population):
             single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
 
 
-POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation}
+class CalQLPopulation(CQLPopulation):
+    """P Cal-QL agents (``calql.CalQL``): CQL's population whose batches carry ``mc_returns``
+    (``PopulationSampler``'s ``extras``, or the online stage's buffers), the floor of the
+    policy proposals' Q in the penalty (``_CQLLosses``)."""
+
+    algorithm_cls = CalQL
+
+
+POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation, "calql": CalQLPopulation}
 
 
 def population_class(algo: str) -> type[_Population] | None:
@@ -674,7 +688,8 @@ def population_class(algo: str) -> type[_Population] | None:
 # compiled step saves ~7 ms per IQL update and ~30 ms per CQL update, and compiling costs
 # ~35-50 s cold (either), ~7-8 s warm: break-even ~6k IQL steps cold; a 1,000-step CQL run
 # is already 1.15x faster compiled from a cold cache (end to end, measured).
-AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000}
+# Cal-QL's step is CQL's plus one elementwise max, so it takes CQL's threshold.
+AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000, "calql": 1_000}
 
 
 def cpp_compiler() -> str | None:
@@ -702,4 +717,4 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
     return device.type == "cpu" and total_steps >= AUTO_COMPILE_MIN_STEPS[algo] and cpp_compiler() is not None
 
 
-__all__ = ["COMPILE_MODES", "CQLPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]
+__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]
