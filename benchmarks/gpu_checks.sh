@@ -2,7 +2,7 @@
 # Checks that only a CUDA machine can run, in one short script (about 6 minutes on an H200):
 # the tests that skip without a GPU, the update throughput of single runs and populations
 # (eager, vmapped, compiled with CUDA graphs), and small Phase II studies on the GPU (CQL
-# parents and fine-tuning as populations of 8; a Cal-QL population; an RLPD run). Run it from
+# parents and fine-tuning as populations of 8; Cal-QL and RLPD populations). Run it from
 # anywhere on a GPU machine:
 #
 #     bash benchmarks/gpu_checks.sh
@@ -84,16 +84,16 @@ if ! grep -qs '"size": 8' "$study"/results_phase2/*/config.json; then
 fi
 cp "$study/results_phase2/recovery.md" "$out/phase2_cql_recovery.md" 2>/dev/null
 
-# Cal-QL as a population of 4 (2 seeds x 2 levels); RLPD, which has no population step, as
-# one run at its own UTD of 20 (the setting a GPU is for).
+# Cal-QL as a population of 4 (2 seeds x 2 levels); RLPD from scratch as a population of 4
+# at its own UTD of 20 (the setting a GPU is for).
 study="$work/calql"
 stage 60 "Phase II Cal-QL study as populations of 4" "$PY" run_phase2.py --method calql --env gen-hopper-medium-v0@100000 --seed 0,1 \
     --total_steps 1000 --online_steps 1000 --eval_every 500 --eval_episodes 3 --device cuda --population on \
     --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
 cp "$study/results_phase2/recovery.md" "$out/phase2_calql_recovery.md" 2>/dev/null
 study="$work/rlpd"
-stage 50 "Phase II RLPD single run" "$PY" run_phase2.py --method rlpd --env gen-hopper-medium-v0@100000 --seed 0 --remove_top_k 0 \
-    --online_steps 500 --warmup_steps 100 --eval_every 500 --eval_episodes 3 --device cuda \
+stage 60 "Phase II RLPD study as a population of 4" "$PY" run_phase2.py --method rlpd --env gen-hopper-medium-v0@100000 --seed 0,1 \
+    --online_steps 500 --warmup_steps 100 --eval_every 500 --eval_episodes 3 --device cuda --population on \
     --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
 
 # Every run's config, metrics and summary (wall time, scores), without checkpoints and data.

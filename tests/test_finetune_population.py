@@ -131,13 +131,43 @@ def test_calql_fine_tunes_as_a_population_with_its_floor(tmp_path, generated_cac
         assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
 
 
+@pytest.mark.parametrize("method", ["rlpd", "sac"])
+def test_from_scratch_runs_train_as_a_population(method, tmp_path, generated_cache, monkeypatch) -> None:
+    """RLPD and SAC from scratch (Phase II's most expensive runs on a GPU) group by dataset
+    and settings: two seeds (and for RLPD two corruption levels of its offline data) train
+    as one population through the random warm-up and the two-phase step, and a killed
+    population resumes to the same bytes."""
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    small = {"rlpd": {"hidden": [32, 32], "ensemble_size": 4, "batch_size": 32}, "sac": {"hidden": [32, 32], "batch_size": 32}}[method]
+    levels = (0.0, 30.0) if method == "rlpd" else (0.0, 0.0)
+    configs = [ft_config(tmp_path / "reference", generated_cache, method=method, parent="scratch", dataset=TINY_DATASET, remove_top_k=k, seed=seed,
+                         utd=2, warmup_steps=40, algo_overrides=small) for k, seed in zip(levels, (2, 5))]
+    assert population_key(configs[0]) == population_key(configs[1]) is not None
+    summaries = finetune_population(configs)
+    for config in configs:
+        assert summaries[config.run_id]["status"] == "completed" and summaries[config.run_id]["steps_done"] == 150
+        run_dir = Path(config.results_dir) / config.run_id
+        assert json.loads((run_dir / "config.json").read_text())["population"]["size"] == 2
+        trains = [r for r in read_records(run_dir) if r["kind"] == "train" and r["step"] > 40]  # after the warm-up
+        assert trains and all({"critic_loss", "actor_loss", "alpha_loss", "q_mean"} <= r.keys() for r in trains)
+    first, second = ([r["return"] for r in read_records(Path(c.results_dir) / c.run_id) if r["kind"] == "episode"] for c in configs)
+    assert first != second
+    killed = [replace(config, results_dir=str(tmp_path / "killed" / "phase2")) for config in configs]
+    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(killed))  # last checkpoint at step 100
+    finetune_population(killed)
+    for config, ref in zip(killed, configs):
+        expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
+        assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
+
+
 def test_fine_tuning_runs_group_into_populations(iql_parents, tmp_path, generated_cache) -> None:
     configs = population_configs(tmp_path, generated_cache, iql_parents)
     scratch = FinetuneConfig(method="sac", parent="scratch", dataset=TINY_DATASET, results_dir=str(tmp_path))
     missing = replace(configs[0], parent=str(tmp_path / "no_such_run"))
     other_budget = replace(configs[1], online_steps=300)
     assert population_key(configs[0]) == population_key(configs[1]) is not None
-    assert population_key(scratch) is None and population_key(missing) is None
+    assert population_key(missing) is None
+    assert population_key(scratch) is not None and population_key(scratch) != population_key(configs[0])
     assert population_key(other_budget) != population_key(configs[0])
     units = plan_units([*configs, scratch, missing], "on", "cpu")
     assert sorted(len(unit) for unit in units) == [1, 1, 2]

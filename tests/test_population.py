@@ -18,11 +18,13 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from hybrid_rl.algos.calql import CalQL, CalQLConfig
 from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
+from hybrid_rl.algos.rlpd import RLPD, RLPDConfig
+from hybrid_rl.algos.sac import SAC, SACConfig
 from hybrid_rl.data.corruption import apply_corruptions
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
 from hybrid_rl.data.views import DatasetView, PopulationSampler, mc_returns_to_go
 from hybrid_rl.engine.functional import cosine_lr_table
-from hybrid_rl.engine.population import CalQLPopulation, CQLPopulation, IQLPopulation, cpp_compiler
+from hybrid_rl.engine.population import CalQLPopulation, CQLPopulation, IQLPopulation, RLPDPopulation, SACPopulation, cpp_compiler
 
 OBS_DIM, ACT_DIM, NUM_TRANSITIONS = 5, 2, 300
 IQL_TINY = IQLConfig(hidden=(32, 32), batch_size=16, max_steps=15, reward_scaling="iql")
@@ -428,6 +430,53 @@ def test_calql_population_of_one_equals_the_single_run(base: OfflineDataset) -> 
     for network in ("actor", "critic", "target_critic"):
         for expected, actual in zip(single.modules[network].parameters(), member.modules[network].parameters()):
             assert_close(actual, expected, network)
+
+
+SAC_TINY = SACConfig(hidden=(16, 16), batch_size=8)
+# actor_every 3: the actor and temperature step on updates 3, 6, ... only (a UTD of 3).
+RLPD_TINY = RLPDConfig(hidden=(16, 16), ensemble_size=4, target_subset=2, batch_size=8, actor_every=3)
+
+
+@pytest.mark.parametrize("algo", ["sac", "rlpd"])
+def test_sac_and_rlpd_populations_of_one_equal_the_single_run(algo: str, base: OfflineDataset) -> None:
+    """The two-phase step (critic, then actor and temperature on the updated critic) against
+    SAC.update / RLPD.update: the same metrics at every update (RLPD's actor metrics only
+    on its actor_every-th updates), the same weights, Adam states and temperature."""
+    cls, pop_cls, config = (SAC, SACPopulation, SAC_TINY) if algo == "sac" else (RLPD, RLPDPopulation, RLPD_TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        population = pop_cls.create(OBS_DIM, ACT_DIM, config, [6])
+    torch.manual_seed(6)
+    single = cls(OBS_DIM, ACT_DIM, config)
+    view = DatasetView.full(base, normalize_observations=True)
+    sampler, single_sampler_ = PopulationSampler(base, [view], [6]), single_sampler(base, view, 6)
+    actor_steps = 0
+    for step in range(7):
+        torch.manual_seed(300 + step)
+        metrics = population.train_step(sampler)
+        torch.manual_seed(300 + step)
+        expected = single.update(single_sampler_.sample(config.batch_size))
+        assert set(metrics) == set(expected), (step, set(metrics) ^ set(expected))
+        for name, value in expected.items():
+            assert_close(metrics[name][0], value, f"step {step} {name}")
+        actor_steps += "actor_loss" in expected
+    assert actor_steps == (7 if algo == "sac" else 2)
+    member = population.member(0)
+    for network in ("actor", "critic", "target_critic"):
+        for expected, actual in zip(single.modules[network].parameters(), member.modules[network].parameters()):
+            assert_close(actual, expected, network)
+    assert_close(member.log_alpha, single.log_alpha, "log_alpha")
+    for name, optimizer in single.optimizers.items():
+        for param, theirs in zip(optimizer.param_groups[0]["params"], member.optimizers[name].param_groups[0]["params"]):
+            mine = member.optimizers[name].state[theirs]
+            assert float(mine["step"]) == float(optimizer.state[param]["step"]), name
+            assert_close(mine["exp_avg_sq"], optimizer.state[param]["exp_avg_sq"], f"{name} exp_avg_sq")
+    # A population rebuilt from its exported member continues where it was (the Adam steps
+    # of critic and actor differ for RLPD) and acts and scores like the single run.
+    rebuilt = pop_cls([member])
+    assert float(rebuilt.step) == 7 and float(rebuilt.actor_step) == actor_steps
+    obs = torch.as_tensor(base.observations[:5])
+    assert_close(rebuilt.agent_q_values(0, obs, torch.as_tensor(base.actions[:5])), single.q_values(obs, torch.as_tensor(base.actions[:5])), "q")
 
 
 def test_cql_agents_do_not_influence_each_other(base: OfflineDataset) -> None:

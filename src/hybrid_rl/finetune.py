@@ -279,13 +279,17 @@ def finetune(config: FinetuneConfig, *, resume: bool = True, lock_wait_s: float 
 def population_key(config: FinetuneConfig) -> str | None:
     """Fine-tuning runs with equal keys can train as one population (``finetune_population``):
     the same method and online settings from parents of one population-capable algorithm
-    that differ only in seed and corruption and stopped at the same step. None if this run
-    cannot (a from-scratch method, a parent that is missing or not finished: it then runs
-    alone and fails with the reason)."""
+    that differ only in seed and corruption and stopped at the same step, or from-scratch
+    runs of one method (``sac``, ``rlpd``) on one dataset that differ only in seed and
+    corruption. None if this run cannot (a parent that is missing or not finished: it then
+    runs alone and fails with the reason)."""
     from .engine.population import population_class
 
     if config.parent == SCRATCH:
-        return None
+        if population_class(config.method) is None:
+            return None
+        shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in POPULATION_FREE_FIELDS}
+        return json.dumps({"run": shared, "scratch": True}, sort_keys=True, default=str)
     try:
         parent = load_parent(config.parent, config.method)
     except HybridRLError:
@@ -311,8 +315,8 @@ def finetune_population(configs: list[FinetuneConfig], *, resume: bool = True, l
     configs = [with_parent(config) for config in configs]
     keys = {population_key(config) for config in configs}
     if None in keys or len(keys) != 1:
-        raise ValueError("a fine-tuning population needs runs of one method and online settings from parents of one population-capable "
-                         f"algorithm that differ only in {', '.join(POPULATION_FREE_FIELDS)} and stopped at the same step")
+        raise ValueError("a fine-tuning population needs runs of one method and online settings, from parents of one population-capable "
+                         f"algorithm that stopped at the same step or from scratch, that differ only in {', '.join(POPULATION_FREE_FIELDS)}")
     if len({config.run_id for config in configs}) != len(configs):
         raise ValueError("a population's configs must be distinct runs (two have the same run id)")
     return run_population(configs, _finetune_locked, finetune, resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)

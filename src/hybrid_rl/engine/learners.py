@@ -114,6 +114,8 @@ class PopulationLearner:
         return self.population.update(source.sample(batch_size))
 
     def metric_rows(self, metrics: Any) -> list[dict[str, float]]:
+        if not metrics:  # no update yet (an online stage's warm-up)
+            return [{} for _ in range(self.num_members)]
         table = metrics.stacked.T.tolist()  # one host sync for every member's metrics
         return [dict(zip(metrics.names, row)) for row in table]
 

@@ -57,6 +57,8 @@ from ..algos.base import Batch, Metrics
 from ..algos.calql import CalQL
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
+from ..algos.rlpd import RLPD, rlpd_actor_loss, rlpd_target
+from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 from ..data.views import PopulationSampler
 from ..grid_options import COMPILE_MODES
 from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
@@ -214,6 +216,14 @@ class _Population:
             raise ValueError(f"agents' optimizers are at different steps {sorted(steps)}; a population steps all of them together")
         self.step.fill_(float(steps.pop() if steps else 0))
 
+    def _optimizer_steps(self, group: str, updates: int) -> int:
+        """Adam steps the optimizer of ``group`` has taken after ``updates`` updates."""
+        return updates
+
+    def _reduce_q(self, q: torch.Tensor) -> torch.Tensor:
+        """The single run's ``q_values`` from the critics' ``(E, ...)`` outputs: the minimum."""
+        return q.min(dim=0).values
+
     def _loss_module(self) -> _LossModule:  # pragma: no cover - subclasses
         raise NotImplementedError
 
@@ -323,10 +333,10 @@ class _Population:
         return self.compile_mode is not None and self.compile_error is None
 
     # --- public API ------------------------------------------------------------------------
-    def _metrics(self, stacked: torch.Tensor) -> PopulationMetrics:
+    def _metrics(self, stacked: torch.Tensor, names: Sequence[str] | None = None) -> PopulationMetrics:
         if self._cudagraphs and self.compile_error is None:
             stacked = stacked.clone()  # CUDA-graph outputs are overwritten by the next replay
-        return PopulationMetrics(self.metric_names, stacked)
+        return PopulationMetrics(self.metric_names if names is None else names, stacked)
 
     def update(self, batch: Batch) -> PopulationMetrics:
         """One gradient step of every agent; ``batch`` holds ``(P, B, ...)`` tensors.
@@ -335,9 +345,10 @@ class _Population:
         algorithm's metric names; reading values syncs with the device, so do it only when
         logging.
         """
-        out = self._update_fn(batch)
+        args, names = self._host_arguments()
+        out = self._update_fn(batch, *args)
         self.total_updates += 1
-        return self._metrics(out)
+        return self._metrics(out, names)
 
     def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> PopulationMetrics:
         """Sample every agent's batch and update: the hot loop's one call.
@@ -353,9 +364,15 @@ class _Population:
                 torch._dynamo.mark_static_address(tensor)
             self._static_samplers.add(sampler)
         rows = sampler.sample_indices(batch_size or self.config.batch_size)
-        out = self._train_step_fn(sampler, rows)
+        args, names = self._host_arguments()
+        out = self._train_step_fn(sampler, rows, *args)
         self.total_updates += 1
-        return self._metrics(out)
+        return self._metrics(out, names)
+
+    def _host_arguments(self) -> tuple[tuple[Any, ...], list[str]]:
+        """Further arguments of this update's step that the host decides (none here), and the
+        names of the metrics it returns."""
+        return (), self.metric_names
 
     def _probe_metric_names(self) -> list[str]:
         """Metric names, in the single-run order, from one eager call on a 2-row dummy batch."""
@@ -415,16 +432,17 @@ class _Population:
         module = self._losses.critic
 
         def q_min(params: Tensors, o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            return functional_call(module, params, (o, a)).min(dim=0).values
+            return self._reduce_q(functional_call(module, params, (o, a)))
 
         dims = (0, 0 if obs.ndim == 3 else None, 0 if actions.ndim == 3 else None)
         return vmap(q_min, in_dims=dims)(critic, obs, actions)
 
     @torch.no_grad()
     def agent_q_values(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the twin critics of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
+        """The single run's ``q_values`` (min over the twin critics; RLPD: the ensemble mean)
+        of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
         critic = self._agent_slice(self.params, "critic.", agent)
-        return functional_call(self._losses.critic, critic, (obs, actions)).min(dim=0).values
+        return self._reduce_q(functional_call(self._losses.critic, critic, (obs, actions)))
 
     def member(self, agent: int) -> Any:
         """Agent ``agent`` as a single-run algorithm object (networks, Adam state, LR
@@ -444,7 +462,7 @@ class _Population:
             optimizer = single.optimizers[group.name]
             for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
                 optimizer.state[param] = {
-                    "step": torch.tensor(float(steps)),
+                    "step": torch.tensor(float(self._optimizer_steps(group.name, steps))),
                     "exp_avg": self.exp_avg[key][agent].clone(),
                     "exp_avg_sq": self.exp_avg_sq[key][agent].clone(),
                 }
@@ -671,7 +689,208 @@ class CalQLPopulation(CQLPopulation):
     algorithm_cls = CalQL
 
 
-POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation, "calql": CalQLPopulation}
+# ---------------------------------------------------------------------------------------
+# SAC and RLPD (Phase II, from scratch): the critic first, then actor and temperature
+# ---------------------------------------------------------------------------------------
+class _ActorCriticLosses(_LossModule):
+    """SAC's and RLPD's losses in their ``update``'s order, as two calls: ``critic_loss`` at
+    the parameters of the step's start, then, after the critic's Adam step, ``actor_loss``
+    (actor and temperature) through the updated critic. The temperature loss sees the
+    log-probabilities only detached and the actor loss only a detached alpha, so the
+    gradient of their sum is, per parameter, each loss's own."""
+
+    def __init__(self, template: SAC | RLPD) -> None:
+        super().__init__()
+        self.config = template.config
+        self.target_entropy = template.target_entropy
+        self.ensemble_target = isinstance(template, RLPD)  # random-subset target, ensemble-mean actor
+        self.actor = _meta_copy(template.actor)
+        self.critic = _meta_copy(template.critic)
+        self.target_critic = _meta_copy(template.target_critic)
+        self.alpha = nn.Module()
+        self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
+
+    def critic_loss(self, batch: Batch, subset: torch.Tensor | None) -> tuple[torch.Tensor, Metrics]:
+        cfg = self.config
+        alpha = self.alpha.log_alpha.exp().detach()
+        if self.ensemble_target:
+            target = rlpd_target(self.target_critic, self.actor, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
+        else:
+            target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, cfg.backup_entropy)
+        q_pred = self.critic(batch["observations"], batch["actions"])
+        loss = td_loss(q_pred, target)
+        return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        alpha = self.alpha.log_alpha.exp().detach()
+        loss_fn = rlpd_actor_loss if self.ensemble_target else sac_actor_loss
+        actor_loss, metrics = loss_fn(self.critic, self.actor, batch["observations"], alpha)
+        alpha_loss = temperature_loss(self.alpha.log_alpha, metrics.pop("log_prob"), self.target_entropy)
+        return actor_loss + alpha_loss, {**metrics, "alpha_loss": alpha_loss.detach()}
+
+
+class _ActorCriticPopulation(_Population):
+    """P SAC-family agents: a two-phase step, as ``SAC.update`` / ``RLPD.update`` do it.
+
+    Phase 1: the critic's gradients at the step's start, its Adam step, Polyak averaging.
+    Phase 2 (RLPD: on every ``actor_every``-th update only, decided on the host from the
+    update count): actor and temperature gradients through the updated critic and their
+    Adam step, counted by their own step counter. RLPD's target subsets are drawn before
+    the step, one ``randperm`` per agent, as the single run draws its one. Randomness as in
+    ``CQLPopulation``: a population of one draws what the single run draws.
+    """
+
+    randomness = "different"
+
+    def _trainable_networks(self) -> list[str]:
+        return ["critic", "actor"]
+
+    def _add_extra_state(self, agents: Sequence[Any]) -> None:
+        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
+        self.network_keys["alpha"] = ["alpha.log_alpha"]
+        self.actor_every = int(getattr(self.config, "actor_every", 1))
+        self.actor_step = torch.zeros(1, dtype=torch.float64, device=self.device)  # Adam steps of actor and temperature
+
+    def _param_groups(self) -> list[ParamGroup]:
+        groups = []
+        for name in ("critic", "actor", "alpha"):
+            lr, betas, eps = adam_hyperparameters(self._template.optimizers[name], f"{self.algorithm_cls.__name__} {name} optimizer")
+            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
+        return groups
+
+    def _loss_module(self) -> _LossModule:
+        return _ActorCriticLosses(self._template)
+
+    def _optimizer_steps(self, group: str, updates: int) -> int:
+        return updates if group == "critic" else updates // self.actor_every
+
+    def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
+        updates = agents[0].total_updates
+        for group in self.groups:
+            expected = self._optimizer_steps(group.name, updates)
+            for agent_index, agent in enumerate(agents):
+                optimizer = agent.optimizers[group.name]
+                for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
+                    state = optimizer.state.get(param)
+                    step = int(state["step"]) if state else 0
+                    if step != expected:
+                        raise ValueError(f"{group.name} optimizer of agent {agent_index} is at step {step}, expected {expected} after {updates} updates")
+                    if state:
+                        self.exp_avg[key][agent_index].copy_(state["exp_avg"])
+                        self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
+        self.step.fill_(float(updates))
+        self.actor_step.fill_(float(self._optimizer_steps("actor", updates)))
+
+    def _export_extra_state(self, single: Any, agent: int) -> None:
+        with torch.no_grad():
+            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*super()._state_tensors(), self.actor_step]
+
+    # --- the two-phase step -----------------------------------------------------------------
+    def _phase_gradients(self, phase: str, keys: Sequence[str], params: Tensors, frozen: Tensors, *args: Any) -> tuple[Tensors, Metrics]:
+        """One agent (inside vmap): gradients of ``phase``'s loss for the parameters in
+        ``keys``; every other tensor enters as a constant."""
+        trainable = {key: params[key] for key in keys}
+        constant = {f"module.{key}": value for key, value in {**params, **frozen}.items() if key not in trainable}
+
+        def loss(trainable: Tensors) -> tuple[torch.Tensor, Metrics]:
+            swapped = {**constant, **{f"module.{key}": value for key, value in trainable.items()}}
+            return functional_call(_MethodCall(self._losses, phase), swapped, args)
+
+        return grad(loss, has_aux=True)(trainable)
+
+    def _critic_gradients(self, params: Tensors, frozen: Tensors, batch: Batch, subset: torch.Tensor | None) -> tuple[Tensors, Metrics]:
+        grads, metrics = self._phase_gradients("critic_loss", self.network_keys["critic"], params, frozen, batch, subset)
+        metrics["grad_norm_critic"] = global_norm(list(grads.values()))
+        return grads, metrics
+
+    def _actor_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
+        grads, metrics = self._phase_gradients("actor_loss", [*self.network_keys["actor"], *self.network_keys["alpha"]], params, frozen, batch)
+        metrics["grad_norm_actor"] = global_norm([grads[key] for key in self.network_keys["actor"]])
+        return grads, metrics
+
+    def _subsets(self) -> torch.Tensor | None:
+        return None
+
+    def _probe_metric_names(self) -> list[str]:
+        """Both phases' metric names from one eager call each on a 2-row dummy batch; the
+        names of a step without an actor phase are the first list (``critic_names``)."""
+        batch = {
+            "observations": torch.zeros(2, self.obs_dim, device=self.device),
+            "actions": torch.zeros(2, self.act_dim, device=self.device),
+            "rewards": torch.zeros(2, device=self.device),
+            "next_observations": torch.zeros(2, self.obs_dim, device=self.device),
+            "dones": torch.zeros(2, device=self.device),
+        }
+        first = {key: value[0] for key, value in self.params.items()}
+        frozen = {key: value[0] for key, value in self.frozen.items()}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            subsets = self._subsets()
+            _, critic_metrics = self._critic_gradients(first, frozen, batch, None if subsets is None else subsets[0])
+            _, actor_metrics = self._actor_gradients(first, frozen, batch)
+        # The vmapped phases (set up here, where the base class asks for the names).
+        critic_dims = (0, 0, 0, None if subsets is None else 0)
+        self._critic_grad_fn = vmap(self._critic_gradients, in_dims=critic_dims, randomness=self.randomness)
+        self._actor_grad_fn = vmap(self._actor_gradients, randomness=self.randomness)
+        self.critic_names = list(critic_metrics)
+        return [*critic_metrics, *actor_metrics]
+
+    def _update_impl(self, batch: Batch, subsets: torch.Tensor | None = None, actor_due: bool = True) -> torch.Tensor:
+        critic_grads, metrics = self._critic_grad_fn(self.params, self.frozen, batch, subsets)
+        adam_step_([g for g in self.groups if g.name == "critic"], self.params, critic_grads, self.exp_avg, self.exp_avg_sq, self.step)
+        self._apply_polyak()  # the target critic is not read by the actor phase
+        if actor_due:
+            actor_grads, actor_metrics = self._actor_grad_fn(self.params, self.frozen, batch)
+            adam_step_([g for g in self.groups if g.name != "critic"], self.params, actor_grads, self.exp_avg, self.exp_avg_sq, self.actor_step)
+            self.actor_step.add_(1.0)
+            metrics = {**metrics, **actor_metrics}
+        self.step.add_(1.0)
+        return torch.stack([metrics[name] for name in (self.metric_names if actor_due else self.critic_names)])
+
+    def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor, subsets: torch.Tensor | None = None,
+                         actor_due: bool = True) -> torch.Tensor:
+        return self._update_impl(sampler.gather(rows), subsets, actor_due)
+
+    def _host_arguments(self) -> tuple[tuple[Any, ...], list[str]]:
+        """This update's target subsets (drawn eagerly, before anything else of the step, as
+        the single run draws them) and whether the actor steps (on its ``actor_every``-th
+        update, from the host's count: no device read)."""
+        actor_due = (self.total_updates + 1) % self.actor_every == 0
+        return (self._subsets(), actor_due), (self.metric_names if actor_due else self.critic_names)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "actor_step": self.actor_step.clone()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.actor_step.copy_(state["actor_step"])
+
+
+class SACPopulation(_ActorCriticPopulation):
+    """P ``sac.SAC`` agents (Phase II's from-scratch floor)."""
+
+    algorithm_cls = SAC
+
+
+class RLPDPopulation(_ActorCriticPopulation):
+    """P ``rlpd.RLPD`` agents: LayerNorm critic ensembles, random-subset targets, the actor
+    and temperature stepping once per ``actor_every`` updates (once per environment step)."""
+
+    algorithm_cls = RLPD
+
+    def _subsets(self) -> torch.Tensor:
+        cfg = self.config
+        return torch.stack([torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset] for _ in range(self.num_agents)])
+
+    def _reduce_q(self, q: torch.Tensor) -> torch.Tensor:
+        return q.mean(dim=0)
+
+
+POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation, "calql": CalQLPopulation,
+                                             "sac": SACPopulation, "rlpd": RLPDPopulation}
 
 
 def population_class(algo: str) -> type[_Population] | None:
@@ -714,7 +933,8 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
         return False
     if mode == "on":
         return True
-    return device.type == "cpu" and total_steps >= AUTO_COMPILE_MIN_STEPS[algo] and cpp_compiler() is not None
+    threshold = AUTO_COMPILE_MIN_STEPS.get(algo)  # none: no measurement says compiling pays
+    return device.type == "cpu" and threshold is not None and total_steps >= threshold and cpp_compiler() is not None
 
 
-__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]
+__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "RLPDPopulation", "SACPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]
