@@ -72,6 +72,11 @@ stage 60 "throughput, eager and vmapped" "$PY" benchmarks/throughput.py --algo i
     --modes eager,vmap --steps 100 --warmup 10 --repeats 2 --json "$out/throughput.json"
 stage 150 "throughput, compiled (CUDA graphs)" "$PY" benchmarks/throughput.py --algo iql --device cuda --population 1,8 \
     --modes eager,compiled --steps 100 --warmup 10 --repeats 2 --json "$out/throughput_compiled.json"
+# Inductor without CUDA graphs: if the CUDA-graph step fails to compile (torch 2.11 on an
+# H200 did), this says whether the failure is in the graph capture or in inductor itself.
+stage 90 "throughput, compiled without CUDA graphs" "$PY" benchmarks/throughput.py --algo iql --device cuda --population 8 \
+    --modes eager,compiled --compile-mode default --steps 100 --warmup 10 --repeats 2 \
+    --json "$out/throughput_compiled_nocg.json"
 
 # Phase II on the GPU: 4 seeds x 2 corruption levels of CQL parents, then their cql
 # fine-tuning, each as one population of 8 (a budget to see it work and time it, not scores).

@@ -198,7 +198,7 @@ def eager_step(algo: str, config, dataset: OfflineDataset, device: torch.device)
     return lambda: agent.update(sampler.sample(config.batch_size))
 
 
-def population_step(algo: str, config, dataset: OfflineDataset, device: torch.device, size: int, compile: bool) -> tuple[Callable[[], Any], Any]:
+def population_step(algo: str, config, dataset: OfflineDataset, device: torch.device, size: int, compile: bool | str) -> tuple[Callable[[], Any], Any]:
     seeds = list(range(size))
     view = DatasetView.full(dataset, normalize_observations=True)
     sampler = PopulationSampler(dataset, [view] * size, seeds, device)
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 if mode == "eager":
                     step = eager_step(algo, config, dataset, device)
                 else:
-                    step, population = population_step(algo, config, dataset, device, size, compile=mode == "compiled")
+                    compile_as: bool | str = (args.compile_mode if args.compile_mode != "auto" else True) if mode == "compiled" else False
+                    step, population = population_step(algo, config, dataset, device, size, compile=compile_as)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", RuntimeWarning)
                     first, rates = measure(step, device, args.warmup, args.steps, args.repeats)
@@ -240,7 +241,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                     if "torch.compile failed" not in str(warning.message):
                         print(f"warning: {warning.message}", file=sys.stderr)
                 ops = count_aten_ops(step) if args.count_ops else None
-                rows.append(Row(algo, str(device), mode, size, statistics.median(rates), rates, first, compiled, ops, flops))
+                label = f"compiled[{args.compile_mode}]" if mode == "compiled" and args.compile_mode != "auto" else mode
+                rows.append(Row(algo, str(device), label, size, statistics.median(rates), rates, first, compiled, ops, flops))
                 print(f"  {algo:4s} {mode:9s} P={size:<3d} {statistics.median(rates):9.1f} updates/s (first step {first:.2f} s)", file=sys.stderr, flush=True)
     return rows
 
@@ -301,6 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed updates per repeat (default 100; reduced 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed updates first, compilation included (default 10; reduced 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats, the median is reported (default 3; reduced 2)")
+    parser.add_argument("--compile-mode", default="auto", choices=["auto", "default", "reduce-overhead"],
+                        help="torch.compile mode of the compiled rows; auto: the library's (CUDA graphs on a GPU, default on a CPU)")
     parser.add_argument("--env", default="halfcheetah", choices=sorted(MUJOCO_SIZES), help="observation/action sizes")
     parser.add_argument("--transitions", type=int, default=None, help="dataset size (default 1,000,000 as D4RL; reduced 10,000)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

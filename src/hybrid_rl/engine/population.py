@@ -296,6 +296,12 @@ class _Population:
         # PyTorch's (fallback_random), a compiled CQL step draws exactly what the eager step
         # draws. (Options instead of mode=..., which torch.compile does not take together.)
         options = {**inductor.list_mode_options(self.compile_mode), "fallback_random": True}
+        if self.device.type == "cuda":
+            # torch 2.11 on an H200 failed to compile this step with an AssertionError in the
+            # scheduler's loop reordering for fusion (Scheduler.reorder_loops_by_dep_pair,
+            # docs/performance.md "GPU measurements"); inductor skips that step on CPU nodes
+            # anyway. Turned off on GPUs until a GPU run shows it is not needed.
+            options.update(loop_ordering_after_fusion=False, loop_reindexing_after_fusion=False)
         compiled = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
         state = {"compiled": False}
 
