@@ -72,6 +72,17 @@ def assert_close_runs(got_dir: Path, want_dir: Path) -> None:
                 assert mine[key] == value, (got_dir.name, mine["step"], key)
 
 
+def assert_killed_population_resumes_identically(configs: list[FinetuneConfig], root: Path, monkeypatch) -> None:
+    """The finished population ``configs`` again under ``root``, killed after step 120 (last
+    checkpoint at 100) and rerun: every member's metrics.jsonl has the same bytes."""
+    killed = [replace(config, results_dir=str(root / "phase2")) for config in configs]
+    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(killed))
+    finetune_population(killed)
+    for config, ref in zip(killed, configs):
+        expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
+        assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_fine_tuning_population_equals_its_single_runs(device, iql_parents, tmp_path, generated_cache, monkeypatch) -> None:
     """On a GPU (benchmarks/gpu_checks.sh runs the cuda case) as on a CPU: the buffers,
@@ -123,12 +134,7 @@ def test_calql_fine_tunes_as_a_population_with_its_floor(tmp_path, generated_cac
         assert json.loads((run_dir / "config.json").read_text())["population"]["size"] == 2
         trains = [r for r in read_records(run_dir) if r["kind"] == "train"]
         assert trains and all(0.0 <= r["calibration_bound_rate"] <= 1.0 for r in trains)
-    killed = [replace(config, results_dir=str(tmp_path / "killed" / "phase2")) for config in configs]
-    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(killed))  # last checkpoint at step 100
-    finetune_population(killed)
-    for config, ref in zip(killed, configs):
-        expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
-        assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
+    assert_killed_population_resumes_identically(configs, tmp_path / "killed", monkeypatch)
 
 
 @pytest.mark.parametrize("method", ["rlpd", "sac"])
@@ -152,12 +158,7 @@ def test_from_scratch_runs_train_as_a_population(method, tmp_path, generated_cac
         assert trains and all({"critic_loss", "actor_loss", "alpha_loss", "q_mean"} <= r.keys() for r in trains)
     first, second = ([r["return"] for r in read_records(Path(c.results_dir) / c.run_id) if r["kind"] == "episode"] for c in configs)
     assert first != second
-    killed = [replace(config, results_dir=str(tmp_path / "killed" / "phase2")) for config in configs]
-    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune_population(killed))  # last checkpoint at step 100
-    finetune_population(killed)
-    for config, ref in zip(killed, configs):
-        expected = (Path(ref.results_dir) / ref.run_id / "metrics.jsonl").read_text()
-        assert (Path(config.results_dir) / config.run_id / "metrics.jsonl").read_text() == expected
+    assert_killed_population_resumes_identically(configs, tmp_path / "killed", monkeypatch)
 
 
 def test_fine_tuning_runs_group_into_populations(iql_parents, tmp_path, generated_cache) -> None:

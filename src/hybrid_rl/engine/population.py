@@ -640,7 +640,34 @@ class _CQLLosses(_LossModule):
         return alpha_loss + actor_loss + critic_loss, metrics
 
 
-class CQLPopulation(_Population):
+class _TemperaturePopulation(_Population):
+    """The SAC family's shared state: actor and critic trained, a learned temperature
+    (``alpha.log_alpha``) as an extra trainable tensor, one Adam per network in
+    ``group_order``, per-agent random draws inside the step."""
+
+    randomness = "different"
+    group_order: tuple[str, ...] = ("alpha", "actor", "critic")
+
+    def _trainable_networks(self) -> list[str]:
+        return ["critic", "actor"]
+
+    def _add_extra_state(self, agents: Sequence[Any]) -> None:
+        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
+        self.network_keys["alpha"] = ["alpha.log_alpha"]
+
+    def _param_groups(self) -> list[ParamGroup]:
+        groups = []
+        for name in self.group_order:
+            lr, betas, eps = adam_hyperparameters(self._template.optimizers[name], f"{self.algorithm_cls.__name__} {name} optimizer")
+            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
+        return groups
+
+    def _export_extra_state(self, single: Any, agent: int) -> None:
+        with torch.no_grad():
+            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
+
+
+class CQLPopulation(_TemperaturePopulation):
     """P CQL agents (``cql.CQL`` semantics) trained together with stacked parameters.
 
     Randomness: CQL draws actions inside its losses; under ``vmap(randomness="different")``
@@ -655,22 +682,6 @@ class CQLPopulation(_Population):
     """
 
     algorithm_cls = CQL
-    randomness = "different"
-
-    def _trainable_networks(self) -> list[str]:
-        return ["critic", "actor"]
-
-    def _add_extra_state(self, agents: Sequence[CQL]) -> None:
-        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
-        self.network_keys["alpha"] = ["alpha.log_alpha"]
-
-    def _param_groups(self) -> list[ParamGroup]:
-        template: CQL = self._template
-        groups = []
-        for name in ("alpha", "actor", "critic"):
-            lr, betas, eps = adam_hyperparameters(template.optimizers[name], f"CQL {name} optimizer")
-            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
-        return groups
 
     def _loss_module(self) -> _LossModule:
         return _CQLLosses(self._template)
@@ -681,10 +692,6 @@ class CQLPopulation(_Population):
         grads, metrics = super()._agent_gradients(params, {**frozen, **detached}, batch)
         metrics.pop("grad_norm_alpha")  # CQL.update does not report it
         return grads, metrics
-
-    def _export_extra_state(self, single: CQL, agent: int) -> None:
-        with torch.no_grad():
-            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
 
 
 class CalQLPopulation(CQLPopulation):
@@ -735,7 +742,7 @@ class _ActorCriticLosses(_LossModule):
         return actor_loss + alpha_loss, {**metrics, "alpha_loss": alpha_loss.detach()}
 
 
-class _ActorCriticPopulation(_Population):
+class _ActorCriticPopulation(_TemperaturePopulation):
     """P SAC-family agents: a two-phase step, as ``SAC.update`` / ``RLPD.update`` do it.
 
     Phase 1: the critic's gradients at the step's start, its Adam step, Polyak averaging.
@@ -746,23 +753,12 @@ class _ActorCriticPopulation(_Population):
     ``CQLPopulation``: a population of one draws what the single run draws.
     """
 
-    randomness = "different"
-
-    def _trainable_networks(self) -> list[str]:
-        return ["critic", "actor"]
+    group_order = ("critic", "actor", "alpha")
 
     def _add_extra_state(self, agents: Sequence[Any]) -> None:
-        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
-        self.network_keys["alpha"] = ["alpha.log_alpha"]
+        super()._add_extra_state(agents)
         self.actor_every = int(getattr(self.config, "actor_every", 1))
         self.actor_step = torch.zeros(1, dtype=torch.float64, device=self.device)  # Adam steps of actor and temperature
-
-    def _param_groups(self) -> list[ParamGroup]:
-        groups = []
-        for name in ("critic", "actor", "alpha"):
-            lr, betas, eps = adam_hyperparameters(self._template.optimizers[name], f"{self.algorithm_cls.__name__} {name} optimizer")
-            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
-        return groups
 
     def _loss_module(self) -> _LossModule:
         return _ActorCriticLosses(self._template)
@@ -786,10 +782,6 @@ class _ActorCriticPopulation(_Population):
                         self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
         self.step.fill_(float(updates))
         self.actor_step.fill_(float(self._optimizer_steps("actor", updates)))
-
-    def _export_extra_state(self, single: Any, agent: int) -> None:
-        with torch.no_grad():
-            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return [*super()._state_tensors(), self.actor_step]
