@@ -380,8 +380,8 @@ class _Population:
         names of the metrics it returns."""
         return (), self.metric_names
 
-    def _probe_metric_names(self) -> list[str]:
-        """Metric names, in the single-run order, from one eager call on a 2-row dummy batch."""
+    def _probe_batch(self) -> Batch:
+        """A 2-row batch of zeros with every field the losses read (names and shapes only)."""
         batch = {
             "observations": torch.zeros(2, self.obs_dim, device=self.device),
             "actions": torch.zeros(2, self.act_dim, device=self.device),
@@ -391,6 +391,11 @@ class _Population:
         }
         if getattr(self.config, "uses_mc_returns", False):
             batch["mc_returns"] = torch.zeros(2, device=self.device)
+        return batch
+
+    def _probe_metric_names(self) -> list[str]:
+        """Metric names, in the single-run order, from one eager call on a 2-row dummy batch."""
+        batch = self._probe_batch()
         first = {key: value[0] for key, value in self.params.items()}
         frozen = {key: value[0] for key, value in self.frozen.items()}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -815,13 +820,7 @@ class _ActorCriticPopulation(_TemperaturePopulation):
     def _probe_metric_names(self) -> list[str]:
         """Both phases' metric names from one eager call each on a 2-row dummy batch; the
         names of a step without an actor phase are the first list (``critic_names``)."""
-        batch = {
-            "observations": torch.zeros(2, self.obs_dim, device=self.device),
-            "actions": torch.zeros(2, self.act_dim, device=self.device),
-            "rewards": torch.zeros(2, device=self.device),
-            "next_observations": torch.zeros(2, self.obs_dim, device=self.device),
-            "dones": torch.zeros(2, device=self.device),
-        }
+        batch = self._probe_batch()
         first = {key: value[0] for key, value in self.params.items()}
         frozen = {key: value[0] for key, value in self.frozen.items()}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
