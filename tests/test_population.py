@@ -479,6 +479,34 @@ def test_sac_and_rlpd_populations_of_one_equal_the_single_run(algo: str, base: O
     assert_close(rebuilt.agent_q_values(0, obs, torch.as_tensor(base.actions[:5])), single.q_values(obs, torch.as_tensor(base.actions[:5])), "q")
 
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compiler: torch.compile's CPU backend cannot run here")
+def test_compiled_rlpd_population_equals_eager(base: OfflineDataset) -> None:
+    """The SAC family's two-phase step compiles (both variants: with and without the actor
+    phase) and gives the eager step's results. Regression: the phase calls were once built
+    inside the traced step, which dynamo refused ("getattr() on nn.Module with pending
+    mutation"), so the step silently fell back to eager."""
+    views = [DatasetView.full(base, normalize_observations=True)] * 2
+    eager = RLPDPopulation.create(OBS_DIM, ACT_DIM, RLPD_TINY, [0, 1])
+    compiled = RLPDPopulation.create(OBS_DIM, ACT_DIM, RLPD_TINY, [0, 1], compile=True)
+    samplers = [PopulationSampler(base, views, [0, 1]) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        for step in range(4):  # the actor steps on update 3 only
+            torch.manual_seed(400 + step)
+            expected = eager.train_step(samplers[0])
+            torch.manual_seed(400 + step)
+            actual = compiled.train_step(samplers[1])
+            assert compiled.compiled, f"fell back to eager at step {step}: {compiled.compile_error}\n{compiled.compile_traceback}"
+            assert set(actual) == set(expected)
+            for name in expected:
+                assert_close(actual[name], expected[name], f"step {step} {name}")
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+    for key, value in eager.params.items():
+        assert_close(compiled.params[key], value, key)
+    assert torch.equal(compiled.actor_step, eager.actor_step) and float(compiled.actor_step) == 1
+
 def test_cql_agents_do_not_influence_each_other(base: OfflineDataset) -> None:
     """Agent 0 of populations (0, 1) and (0, 2) trains identically: no coupling through the stacking."""
     results = []

@@ -199,22 +199,23 @@ class _Population:
         raise NotImplementedError
 
     def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
-        """Start from the agents' Adam moments (zeros for fresh agents), which must agree on the step."""
-        steps = set()
+        """Start from the agents' Adam moments (zeros for fresh agents). Every group's
+        optimizer must be at the step the agents' update count implies
+        (``_optimizer_steps``): a population steps all of them together from there."""
+        updates = agents[0].total_updates
         for group in self.groups:
+            expected = self._optimizer_steps(group.name, updates)
             for agent_index, agent in enumerate(agents):
                 optimizer = agent.optimizers[group.name]
                 for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
                     state = optimizer.state.get(param)
-                    if not state:
-                        steps.add(0)
-                        continue
-                    steps.add(int(state["step"]))
-                    self.exp_avg[key][agent_index].copy_(state["exp_avg"])
-                    self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
-        if len(steps) > 1:
-            raise ValueError(f"agents' optimizers are at different steps {sorted(steps)}; a population steps all of them together")
-        self.step.fill_(float(steps.pop() if steps else 0))
+                    step = int(state["step"]) if state else 0
+                    if step != expected:
+                        raise ValueError(f"{group.name} optimizer of agent {agent_index} is at step {step}, expected {expected} after {updates} updates")
+                    if state:
+                        self.exp_avg[key][agent_index].copy_(state["exp_avg"])
+                        self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
+        self.step.fill_(float(updates))
 
     def _optimizer_steps(self, group: str, updates: int) -> int:
         """Adam steps the optimizer of ``group`` has taken after ``updates`` updates."""
@@ -772,21 +773,8 @@ class _ActorCriticPopulation(_TemperaturePopulation):
         return updates if group == "critic" else updates // self.actor_every
 
     def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
-        updates = agents[0].total_updates
-        for group in self.groups:
-            expected = self._optimizer_steps(group.name, updates)
-            for agent_index, agent in enumerate(agents):
-                optimizer = agent.optimizers[group.name]
-                for param, key in zip(optimizer.param_groups[0]["params"], group.keys):
-                    state = optimizer.state.get(param)
-                    step = int(state["step"]) if state else 0
-                    if step != expected:
-                        raise ValueError(f"{group.name} optimizer of agent {agent_index} is at step {step}, expected {expected} after {updates} updates")
-                    if state:
-                        self.exp_avg[key][agent_index].copy_(state["exp_avg"])
-                        self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
-        self.step.fill_(float(updates))
-        self.actor_step.fill_(float(self._optimizer_steps("actor", updates)))
+        super()._load_optimizer_state(agents)
+        self.actor_step.fill_(float(self._optimizer_steps("actor", agents[0].total_updates)))
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return [*super()._state_tensors(), self.actor_step]
@@ -800,7 +788,7 @@ class _ActorCriticPopulation(_TemperaturePopulation):
 
         def loss(trainable: Tensors) -> tuple[torch.Tensor, Metrics]:
             swapped = {**constant, **{f"module.{key}": value for key, value in trainable.items()}}
-            return functional_call(_MethodCall(self._losses, phase), swapped, args)
+            return functional_call(self._phase_calls[phase], swapped, args)
 
         return grad(loss, has_aux=True)(trainable)
 
@@ -820,6 +808,10 @@ class _ActorCriticPopulation(_TemperaturePopulation):
     def _probe_metric_names(self) -> list[str]:
         """Both phases' metric names from one eager call each on a 2-row dummy batch; the
         names of a step without an actor phase are the first list (``critic_names``)."""
+        # Built once, outside any traced call: a module constructed inside the compiled step
+        # is a pending mutation that dynamo refuses to read ("getattr() on nn.Module with
+        # pending mutation"), and the step would fall back to eager.
+        self._phase_calls = {phase: _MethodCall(self._losses, phase) for phase in ("critic_loss", "actor_loss")}
         batch = self._probe_batch()
         first = {key: value[0] for key, value in self.params.items()}
         frozen = {key: value[0] for key, value in self.frozen.items()}
