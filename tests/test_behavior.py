@@ -41,3 +41,36 @@ def test_a_killed_training_resumes_with_each_evaluation_once(tmp_path: Path, mon
         handle.write(json.dumps({"step": 250, "stochastic_normalized": 0.0}) + "\n")
     train_behavior_policy(TINY, tmp_path, progress=False)
     assert progress_steps(tmp_path) == [100, 200, 300]
+
+
+def test_ship_policy_with_a_separate_replay_training(tmp_path: Path) -> None:
+    """``ship-policy --replay_from``: medium and expert from the main training, medium-replay
+    from a slower one up to its own medium point; the chosen policies re-measured over
+    ``--episodes`` stochastic episodes; the file generates every level."""
+    from hybrid_rl.cli import main as cli_main
+    from hybrid_rl.data import factory
+
+    main = train_behavior_policy(TINY, tmp_path / "main", progress=False)
+    slow = train_behavior_policy(replace(TINY, total_steps=400, update_every=2), tmp_path / "slow", progress=False)
+    out = tmp_path / "hopper-v1.pt"
+    assert cli_main(["dataset", "ship-policy", "--robot", "hopper", "--from", str(main), "--replay_from", str(slow), "--replay_step", "300",
+                     "--medium_step", "200", "--version", "v1", "--episodes", "2", "--out", str(out)]) == 0
+    payload = factory.load_policy_file(out)
+    assert payload["version"] == "v1" and payload["levels"]["medium"]["step"] == 200
+    # The expert is the best of the candidates re-measured over 2 episodes, and says so.
+    expert = payload["levels"]["expert"]
+    candidates = {step: factory.evaluate_snapshot(main, "hopper", step, 2)["stochastic_normalized"] for step in (100, 200, 300)}
+    assert expert["step"] == max(candidates, key=candidates.get)
+    assert expert["shipping_evaluation"]["episodes"] == 2 and len(expert["shipping_evaluation"]["stochastic_returns"]) == 2
+    assert expert["shipping_evaluation"]["stochastic_normalized"] == pytest.approx(candidates[expert["step"]])
+    # medium-replay: the slow training's snapshots before its step 300, its own config.
+    assert factory.replay_source(payload)["step"] == 300 and payload["replay"]["training_config"]["update_every"] == 2
+    assert [entry["step"] for entry in payload["replay_schedule"]] == [100, 200]
+    slow_snapshot = torch.load(slow / "snapshots" / "actor_0000200.pt")
+    torch.testing.assert_close(payload["replay_schedule"][1]["state_dict"]["trunk.0.weight"], slow_snapshot["trunk.0.weight"].half())
+    replay = factory.generate_dataset("gen-hopper-medium-replay-v1", policy_file=out, progress=False)
+    assert len(replay) == 300 and "step 300" in replay.metadata["recipe"]
+    # A replay step the slower training never evaluated is a one-line error.
+    assert cli_main(["dataset", "ship-policy", "--robot", "hopper", "--from", str(main), "--replay_from", str(slow), "--replay_step", "250",
+                     "--episodes", "0", "--out", str(tmp_path / "bad.pt")]) == 2
+    assert not (tmp_path / "bad.pt").exists()

@@ -25,7 +25,7 @@ def fake_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     actors = [TanhGaussianPolicy(11, 3, (32, 32)).state_dict() for _ in range(3)]
     payload = {
-        "format": factory.POLICY_FORMAT, "version": factory.POLICY_VERSION, "robot": "hopper", "gym_env_id": "Hopper-v4",
+        "format": factory.POLICY_FORMAT, "version": "v0", "robot": "hopper", "gym_env_id": "Hopper-v4",
         "obs_dim": 11, "act_dim": 3, "hidden": [32, 32], "random_steps": 300,
         "levels": {"medium": {"step": 900, "state_dict": actors[0], "evaluation": {}}, "expert": {"step": 1200, "state_dict": actors[1], "evaluation": {}}},
         "replay_schedule": [{"step": 300, "state_dict": actors[2]}, {"step": 600, "state_dict": actors[0]}],
@@ -42,11 +42,14 @@ def fake_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("gen-walker2d-medium-replay-v0@50k", "walker2d", "medium-replay", 50_000),
         ("gen-halfcheetah-medium-expert-v0@1.5m", "halfcheetah", "medium-expert", 1_500_000),
         ("gen-hopper-random-v0@1234", "hopper", "random", 1234),
+        ("gen-walker2d-expert-v1@20k", "walker2d", "expert", 20_000),
     ],
 )
 def test_parse_ids(name: str, robot: str, level: str, size) -> None:
     gid = factory.parse_generated_id(name)
     assert (gid.robot, gid.level, gid.size) == (robot, level, size)
+    base = name.split("@")[0]
+    assert gid.version == base[-2:] and gid.base_name == base
 
 
 @pytest.mark.parametrize(
@@ -67,7 +70,28 @@ def test_bad_ids(name: str, message: str) -> None:
 
 def test_generated_names_cannot_be_mistaken_for_d4rl() -> None:
     for name in factory.generated_ids():
-        assert name.startswith("gen-") and name.endswith("-v0") and not name.endswith("-v2")
+        assert name.startswith("gen-") and name[-3:] in ("-v0", "-v1") and not name.endswith("-v2")
+
+
+def test_each_version_reads_its_own_policy_file(fake_policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v0 and v1 ids of one robot generate from policies/ROBOT-v0.pt and ROBOT-v1.pt; a version
+    not shipped for a robot is one clear error, and the listing offers only shipped ids."""
+    import shutil
+
+    monkeypatch.setattr(factory, "POLICY_DIR", tmp_path)
+    shutil.copy(fake_policy_file, tmp_path / "hopper-v0.pt")
+    assert [name for name in factory.generated_ids() if "hopper" in name] == [f"gen-hopper-{level}-v0" for level in factory.LEVELS]
+    with pytest.raises(factory.GeneratedDatasetError, match="v1 of hopper are not shipped"):
+        factory.generate_dataset("gen-hopper-medium-v1@100", progress=False)
+    payload = factory.load_policy_file(fake_policy_file)
+    payload["levels"]["medium"]["state_dict"] = payload["levels"]["expert"]["state_dict"]  # another medium policy
+    atomic_torch_save({k: v for k, v in payload.items() if k != "sha256"}, tmp_path / "hopper-v1.pt")
+    assert "gen-hopper-medium-v1" in factory.generated_ids()
+    v0 = factory.generate_dataset("gen-hopper-medium-v0@300", progress=False)
+    v1 = factory.generate_dataset("gen-hopper-medium-v1@300", progress=False)
+    assert v0.metadata["policy_file_sha256"] == factory.sha256_of_file(tmp_path / "hopper-v0.pt")
+    assert v1.metadata["policy_file_sha256"] == factory.sha256_of_file(tmp_path / "hopper-v1.pt")
+    assert not np.array_equal(v0.actions, v1.actions)
 
 
 @pytest.mark.parametrize("level", ["medium", "medium-replay", "medium-expert", "random"])

@@ -434,19 +434,27 @@ def dataset_command(args: argparse.Namespace) -> int:
     if args.dataset_action == "train-policy":
         import torch
 
+        from .algos.sac import SACConfig
         from .engine.behavior import BehaviorTrainingConfig, train_behavior_policy
 
         torch.set_num_threads(args.threads)
-        config = BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed, update_every=args.update_every)
+        config = BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed, update_every=args.update_every,
+                                        sac=SACConfig(hidden=args.hidden))
         out = train_behavior_policy(config, args.out or f"behavior_training/{args.robot}")
         print(f"training written to {out}; ship it with: hybrid-rl dataset ship-policy --robot {args.robot} --from {out}")
         return 0
     if args.dataset_action == "ship-policy":
-        path = factory.select_and_ship(args.source, args.robot, args.out, medium_step=args.medium_step, expert_step=args.expert_step)
+        path = factory.select_and_ship(args.source, args.robot, args.out, version=args.version or factory.DEFAULT_POLICY_VERSION, medium_step=args.medium_step,
+                                       expert_step=args.expert_step, replay_dir=args.replay_from, replay_step=args.replay_step,
+                                       shipping_episodes=args.episodes)
         payload = factory.load_policy_file(path)
         for level in ("medium", "expert"):
             entry = payload["levels"][level]
-            print(f"{level}: step {entry['step']}, stochastic-policy normalized score {entry['evaluation']['stochastic_normalized']:.1f}")
+            shipped = entry.get("shipping_evaluation")
+            measured = f", {shipped['stochastic_normalized']:.1f} over {shipped['episodes']} episodes" if shipped else ""
+            print(f"{level}: step {entry['step']}, stochastic-policy normalized score {entry['evaluation']['stochastic_normalized']:.1f} in training{measured}")
+        replay = factory.replay_source(payload)
+        print(f"medium-replay: {replay['step']:,} transitions, {len(payload['replay_schedule'])} snapshots")
         print(f"written {path}")
         return 0
     raise HybridRLError(f"unknown dataset action {args.dataset_action!r}")
@@ -492,13 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--seed", type=int, default=0)
     train_policy.add_argument("--threads", type=int, default=1)
     train_policy.add_argument("--update_every", type=positive_int, default=1, help="one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)")
+    train_policy.add_argument("--hidden", type=comma_list(positive_int), default=(128, 128), help="actor and critic layer sizes (v0: 128,128; v1: 256,256)")
     train_policy.add_argument("--out", default=None)
     ship = actions.add_parser("ship-policy", help="select medium/expert snapshots of a training and write the shipped policy file")
     ship.add_argument("--robot", required=True)
     ship.add_argument("--from", dest="source", required=True, help="behaviour training directory")
-    ship.add_argument("--out", default=None, help="policy file (default: the package's policies/ROBOT-v0.pt)")
+    ship.add_argument("--version", default=None, help="policy version the file ships as (v0, v1; default: the default version)")
+    ship.add_argument("--out", default=None, help="policy file (default: the package's policies/ROBOT-VERSION.pt)")
     ship.add_argument("--medium_step", type=int, default=None)
     ship.add_argument("--expert_step", type=int, default=None)
+    ship.add_argument("--replay_from", default=None, help="a separate (slower) training whose buffer up to its medium point is medium-replay")
+    ship.add_argument("--replay_step", type=int, default=None, help="where that buffer ends (default: its medium point)")
+    ship.add_argument("--episodes", type=int, default=30, help="stochastic episodes that measure the chosen policies (0: none)")
     dataset.set_defaults(func=dataset_command)
     return parser
 

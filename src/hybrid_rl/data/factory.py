@@ -1,11 +1,13 @@
 """D4RL-recipe datasets generated offline from behaviour policies the project ships.
 
-Dataset ids: ``gen-{robot}-{level}-v0`` with robot in halfcheetah, hopper, walker2d and
-level in random, medium, medium-replay, expert, medium-expert; an optional ``@SIZE``
-suffix (``gen-hopper-medium-v0@50000``, ``@50k``, ``@1m``) asks for another number of
-transitions. The ``gen-`` prefix and ``-v0`` suffix make them impossible to mistake for
-D4RL's ``-v2`` ids, and every file's metadata says how it was made. ``v0`` names the
-version of the shipped policies (``hybrid_rl/policies/{robot}-v0.pt``).
+Dataset ids: ``gen-{robot}-{level}-{version}`` with robot in halfcheetah, hopper, walker2d,
+level in random, medium, medium-replay, expert, medium-expert, and version the version of
+the shipped behaviour policies (``hybrid_rl/policies/{robot}-{version}.pt``: ``v0``, and
+``v1`` where it is shipped, docs/datasets.md); an optional ``@SIZE`` suffix
+(``gen-hopper-medium-v0@50000``, ``@50k``, ``@1m``) asks for another number of
+transitions. The ``gen-`` prefix and ``-v0``/``-v1`` suffixes make them impossible to
+mistake for D4RL's ``-v2`` ids, and every file's metadata says how it was made. Older
+versions stay loadable, so results made on them stay reproducible.
 
 The recipe follows D4RL (Fu et al. 2020, sec. 5 and appendix):
 - random: uniform random actions;
@@ -17,12 +19,15 @@ The recipe follows D4RL (Fu et al. 2020, sec. 5 and appendix):
   random actions for the warm-up steps, then each snapshot's stochastic policy for the
   steps it was in charge of, in one continuous stream of episodes. This matches the
   buffer's size, order and policy mix at snapshot granularity (documented in metadata).
+  The replay training may be a separate, slower one (v1: ``update_every`` 2, so that
+  the buffer reaches D4RL's size before the medium level), named in the policy file.
 Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true terminations only
 (a step that both terminates and reaches the cap is a termination: it is never bootstrapped).
 """
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -33,14 +38,17 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_torch_save, sha256_of_file
-from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, make_robot_env, read_progress
+from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, evaluate_actor, make_robot_env, read_progress
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .refs import GYM_ENV_IDS, normalized_score
 from ..networks import TanhGaussianPolicy
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-POLICY_VERSION = "v0"
+POLICY_VERSIONS = ("v0", "v1")  # shipped behaviour-policy versions, oldest first
+# The version that defaults and examples use: v1 becomes the default once all three
+# robots ship it (docs/datasets.md).
+DEFAULT_POLICY_VERSION = "v0"
 POLICY_FORMAT = "hybrid-rl-behavior-policies/1"
 DEFAULT_SIZE = 1_000_000
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
@@ -56,10 +64,11 @@ class GeneratedId:
     robot: str
     level: str
     size: int | None  # None: the level's default size
+    version: str = DEFAULT_POLICY_VERSION
 
     @property
     def base_name(self) -> str:
-        return f"gen-{self.robot}-{self.level}-{POLICY_VERSION}"
+        return f"gen-{self.robot}-{self.level}-{self.version}"
 
     @property
     def name(self) -> str:
@@ -85,31 +94,44 @@ def is_generated_id(name: str) -> bool:
 
 
 def generated_ids() -> list[str]:
-    return [f"gen-{robot}-{level}-{POLICY_VERSION}" for robot in FACTORY_ROBOTS for level in LEVELS]
+    """Every generated id whose behaviour policies this installation ships."""
+    return [f"gen-{robot}-{level}-{version}" for version in POLICY_VERSIONS for robot in FACTORY_ROBOTS
+            if policy_path(robot, version).exists() for level in LEVELS]
 
 
 def parse_generated_id(name: str) -> GeneratedId:
     match = _ID_PATTERN.match(name)
     if not match:
         raise GeneratedDatasetError(
-            f"{name!r} is not a generated dataset id; the form is gen-ROBOT-LEVEL-{POLICY_VERSION}[@SIZE], "
-            f"e.g. gen-hopper-medium-{POLICY_VERSION} or gen-hopper-medium-{POLICY_VERSION}@50k"
+            f"{name!r} is not a generated dataset id; the form is gen-ROBOT-LEVEL-VERSION[@SIZE], "
+            f"e.g. gen-hopper-medium-{DEFAULT_POLICY_VERSION} or gen-hopper-medium-{DEFAULT_POLICY_VERSION}@50k"
         )
     robot, level, version = match["robot"], match["level"], match["version"]
     if robot not in FACTORY_ROBOTS:
         raise GeneratedDatasetError(f"no generated datasets for robot {robot!r}; choose one of {list(FACTORY_ROBOTS)}")
     if level not in LEVELS:
         raise GeneratedDatasetError(f"unknown level {level!r} in {name!r}; choose one of {list(LEVELS)}")
-    if version != POLICY_VERSION:
-        raise GeneratedDatasetError(f"{name!r}: this release ships behaviour policies {POLICY_VERSION}, not {version}")
-    return GeneratedId(robot, level, parse_size(match["size"]) if match["size"] else None)
+    if version not in POLICY_VERSIONS:
+        raise GeneratedDatasetError(f"{name!r}: this release ships behaviour policies {' and '.join(POLICY_VERSIONS)}, not {version}")
+    return GeneratedId(robot, level, parse_size(match["size"]) if match["size"] else None, version)
 
 
 # ---------------------------------------------------------------------------------------
 # Shipped behaviour policies
 # ---------------------------------------------------------------------------------------
-def policy_path(robot: str) -> Path:
-    return POLICY_DIR / f"{robot}-{POLICY_VERSION}.pt"
+def policy_path(robot: str, version: str = DEFAULT_POLICY_VERSION) -> Path:
+    return POLICY_DIR / f"{robot}-{version}.pt"
+
+
+def shipped_policy_file(robot: str, version: str) -> dict[str, Any]:
+    """The package's behaviour policy file of ``robot`` at ``version``, loaded and checked."""
+    path = policy_path(robot, version)
+    if not path.exists() and version != POLICY_VERSIONS[0]:
+        raise GeneratedDatasetError(
+            f"behaviour policies {version} of {robot} are not shipped in this installation yet; use gen-{robot}-...-"
+            f"{POLICY_VERSIONS[0]} (docs/datasets.md lists what each version ships)"
+        )
+    return load_policy_file(path)
 
 
 def load_policy_file(path: str | Path) -> dict[str, Any]:
@@ -136,37 +158,66 @@ def build_actor(payload: dict[str, Any], state_dict: dict[str, torch.Tensor]) ->
     return actor.eval()
 
 
-def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path | None = None, *, medium_step: int | None = None, expert_step: int | None = None) -> Path:
+def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path | None = None, *, version: str = DEFAULT_POLICY_VERSION,
+                    medium_step: int | None = None, expert_step: int | None = None, replay_dir: str | Path | None = None,
+                    replay_step: int | None = None, shipping_episodes: int = 30, expert_candidates: int = 5) -> Path:
     """Pick the medium and expert snapshots of a behaviour training and write the policy file.
 
     medium: unless given, the earliest snapshot whose stochastic-policy score lies inside
     the middle 70% of the robot's target window (early stopping as in D4RL), else the one
-    closest to the window's centre. expert: unless given, the best stochastic score.
-    The file holds those two actors, every snapshot up to the medium step (the
-    medium-replay schedule) and the training's evaluation table.
-    """
-    import json
+    closest to the window's centre. expert: unless given, the best of the
+    ``expert_candidates`` snapshots with the best training evaluations, re-measured over
+    ``shipping_episodes`` stochastic episodes (a training evaluation has few episodes, and
+    the best of many noisy evaluations overstates its policy). Both chosen policies'
+    ``shipping_evaluation`` holds that re-measurement (0: none is made).
 
+    medium-replay comes from ``replay_dir`` when given (a separate, slower training whose
+    medium point, chosen by the same rule unless ``replay_step`` is given, ends the
+    replay buffer), else from ``training_dir`` up to its medium step. The file holds the
+    two actors, the replay snapshots (the medium-replay schedule) and every evaluation.
+    """
+    if version not in POLICY_VERSIONS:
+        raise GeneratedDatasetError(f"unknown policy version {version!r}; choose one of {list(POLICY_VERSIONS)}")
     training_dir = Path(training_dir)
-    progress = read_progress(training_dir)
-    if not progress:
-        raise GeneratedDatasetError(f"{training_dir} has no evaluations yet (progress.jsonl); train longer")
-    steps = [record["step"] for record in progress]
-    scores = {record["step"]: record["stochastic_normalized"] for record in progress}
+    progress = _training_progress(training_dir)
     if medium_step is None:
-        low, high = MEDIUM_TARGET_RANGE[robot]
-        margin = 0.15 * (high - low)
-        inside = [step for step in steps if low + margin <= scores[step] <= high - margin]
-        centre = (low + high) / 2
-        medium_step = inside[0] if inside else min(steps, key=lambda s: abs(scores[s] - centre))
-    if expert_step is None:
-        expert_step = max(steps, key=lambda s: scores[s])
+        medium_step = _medium_step(progress, robot)
+    replay_dir = Path(replay_dir) if replay_dir is not None else training_dir
+    replay_progress = progress if replay_dir == training_dir else _training_progress(replay_dir)
+    if replay_step is None:
+        replay_step = medium_step if replay_dir == training_dir else _medium_step(replay_progress, robot)
     config = json.loads((training_dir / "config.json").read_text())
-    snapshot = lambda step: torch.load(training_dir / "snapshots" / f"actor_{step:07d}.pt", map_location="cpu")  # noqa: E731
+    replay_config = json.loads((replay_dir / "config.json").read_text())
+    if replay_config["sac"]["hidden"] != config["sac"]["hidden"]:
+        raise GeneratedDatasetError(f"{replay_dir} trains {replay_config['sac']['hidden']} actors, {training_dir} {config['sac']['hidden']}; one policy file holds one architecture")
+    # Every chosen step checked before the (slow) measurements: bad input costs nothing.
+    for step, records, directory in ((medium_step, progress, training_dir), (expert_step, progress, training_dir), (replay_step, replay_progress, replay_dir)):
+        if step is not None:
+            _record_at(records, step, directory)
+    measured: dict[int, dict[str, Any]] = {}
+
+    def measure(step: int) -> dict[str, Any]:
+        if step not in measured:
+            measured[step] = evaluate_snapshot(training_dir, robot, step, shipping_episodes)
+        return measured[step]
+
+    if expert_step is None:
+        ranked = sorted(progress, key=lambda record: -record["stochastic_normalized"])[:max(expert_candidates, 1)]
+        if shipping_episodes > 0:
+            expert_step = max((record["step"] for record in ranked), key=lambda step: measure(step)["stochastic_normalized"])
+        else:
+            expert_step = ranked[0]["step"]
     env = make_robot_env(robot)
+
+    def level(step: int) -> dict[str, Any]:
+        entry = {"step": step, "state_dict": _snapshot(training_dir, step), "evaluation": _record_at(progress, step, training_dir)}
+        if shipping_episodes > 0:
+            entry["shipping_evaluation"] = measure(step)
+        return entry
+
     payload = {
         "format": POLICY_FORMAT,
-        "version": POLICY_VERSION,
+        "version": version,
         "robot": robot,
         "gym_env_id": GYM_ENV_IDS[robot],
         "obs_dim": int(env.observation_space.shape[0]),
@@ -174,19 +225,76 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
         "hidden": list(config["sac"]["hidden"]),
         "training_config": config,
         "random_steps": int(config["random_steps"]),
-        "levels": {
-            "medium": {"step": medium_step, "state_dict": snapshot(medium_step), "evaluation": next(r for r in progress if r["step"] == medium_step)},
-            "expert": {"step": expert_step, "state_dict": snapshot(expert_step), "evaluation": next(r for r in progress if r["step"] == expert_step)},
-        },
+        "levels": {"medium": level(medium_step), "expert": level(expert_step)},
         # Replay snapshots only collect medium-replay data: float16 halves the shipped file.
-        "replay_schedule": [{"step": step, "state_dict": {k: v.half() for k, v in snapshot(step).items()}} for step in steps if step < medium_step],
+        "replay_schedule": [{"step": record["step"], "state_dict": {k: v.half() for k, v in _snapshot(replay_dir, record["step"]).items()}}
+                            for record in replay_progress if record["step"] < replay_step],
+        "replay": {"step": replay_step, "random_steps": int(replay_config["random_steps"]), "training_config": replay_config,
+                   "evaluation": _record_at(replay_progress, replay_step, replay_dir), "progress": replay_progress},
         "progress": progress,
         "versions": package_versions(),
     }
     env.close()
-    out = Path(out_file) if out_file else policy_path(robot)
+    out = Path(out_file) if out_file else policy_path(robot, version)
     atomic_torch_save(payload, out)
     return out
+
+
+def replay_source(payload: dict[str, Any]) -> dict[str, Any]:
+    """Where a policy file's medium-replay data ends (``step``) and how many uniform-random
+    warm-up steps it starts with; files from before separate replay trainings (v0) replay
+    their main training up to the medium policy."""
+    return payload.get("replay") or {"step": payload["levels"]["medium"]["step"], "random_steps": payload["random_steps"]}
+
+
+def evaluate_snapshot(training_dir: str | Path, robot: str, step: int, episodes: int) -> dict[str, Any]:
+    """Stochastic-policy returns of a training's snapshot over ``episodes`` episodes: reset
+    seeds 30000 + step + i (apart from the training's own evaluations), action noise from
+    torch seeded with the same number, so a measurement can be repeated exactly."""
+    env = make_robot_env(robot)
+    obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    env.close()
+    config = json.loads((Path(training_dir) / "config.json").read_text())
+    actor = build_actor({"obs_dim": obs_dim, "act_dim": act_dim, "hidden": config["sac"]["hidden"]}, _snapshot(Path(training_dir), step))
+    with torch.random.fork_rng():
+        torch.manual_seed(30_000 + step)
+        returns = evaluate_actor(actor, robot, episodes, seed=30_000 + step, deterministic=False)
+    mean = float(np.mean(returns))
+    return {"episodes": episodes, "stochastic_return": mean, "stochastic_return_std": float(np.std(returns)),
+            "stochastic_normalized": normalized_score(robot, mean), "stochastic_returns": returns}
+
+
+def _training_progress(training_dir: Path) -> list[dict[str, Any]]:
+    if not (training_dir / "progress.jsonl").exists():
+        raise GeneratedDatasetError(f"{training_dir} is not a behaviour training directory (no progress.jsonl); train it with `hybrid-rl dataset train-policy`")
+    progress = read_progress(training_dir)
+    if not progress:
+        raise GeneratedDatasetError(f"{training_dir} has no evaluations yet (progress.jsonl); train longer")
+    return progress
+
+
+def _medium_step(progress: list[dict[str, Any]], robot: str) -> int:
+    """The earliest evaluation inside the middle 70% of the robot's medium window (D4RL's
+    early stopping), else the one closest to the window's centre."""
+    low, high = MEDIUM_TARGET_RANGE[robot]
+    margin = 0.15 * (high - low)
+    inside = [r["step"] for r in progress if low + margin <= r["stochastic_normalized"] <= high - margin]
+    centre = (low + high) / 2
+    return inside[0] if inside else min(progress, key=lambda r: abs(r["stochastic_normalized"] - centre))["step"]
+
+
+def _record_at(progress: list[dict[str, Any]], step: int, training_dir: Path) -> dict[str, Any]:
+    for record in progress:
+        if record["step"] == step:
+            return record
+    raise GeneratedDatasetError(f"{training_dir} has no evaluation at step {step}; choose one of {[r['step'] for r in progress]}")
+
+
+def _snapshot(training_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    path = training_dir / "snapshots" / f"actor_{step:07d}.pt"
+    if not path.exists():
+        raise GeneratedDatasetError(f"{path} is missing; that training kept no snapshot at step {step}")
+    return torch.load(path, map_location="cpu")
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,7 +459,10 @@ def _generate_dataset(name: str, *, seed: int, policy_file: str | Path | None, n
     env = make_robot_env(robot)
     act_dim = int(env.action_space.shape[0])
     env.close()
-    payload = load_policy_file(policy_file or policy_path(robot)) if level != "random" else None
+    if level == "random":
+        payload = None
+    else:
+        payload = load_policy_file(policy_file) if policy_file else shipped_policy_file(robot, gid.version)
     metadata: dict[str, Any] = {
         "source": "generated",
         "not_d4rl": "generated by hybrid-rl's dataset factory following the D4RL recipe; this is not D4RL data",
@@ -392,23 +503,24 @@ def _generate_dataset(name: str, *, seed: int, policy_file: str | Path | None, n
             arrays = rollout(robot, policy_of(level, seed), size, num_envs=num_envs, seed=seed, progress=progress, desc=name)
             metadata["recipe"] = f"stochastic rollouts of the SAC {level} policy (step {payload['levels'][level]['step']})"
         else:  # medium-replay
-            medium_step = payload["levels"]["medium"]["step"]
-            size = gid.size or medium_step
+            replay = replay_source(payload)
+            replay_step = replay["step"]
+            size = gid.size or replay_step
             schedule: list[tuple[int, PolicyFn]] = [(0, uniform_policy(act_dim, seed))]
             schedule += [
                 (entry["step"], stochastic_actor_policy(build_actor(payload, entry["state_dict"]), seed + 1 + i))
                 for i, entry in enumerate(payload["replay_schedule"])
             ]
             # Stretch the schedule when a different size is asked for, keeping its proportions.
-            scale = size / medium_step
+            scale = size / replay_step
             schedule = [(int(start * scale), fn) for start, fn in schedule]
             arrays = rollout_sequential(robot, scheduled_policy(schedule), size, seed=seed, progress=progress, desc=name)
             metadata["recipe"] = (
-                f"SAC replay buffer up to the medium point (step {medium_step}) re-created from actor snapshots: "
-                f"uniform random actions for the first {payload['random_steps']} steps, then each of "
+                f"SAC replay buffer up to the medium point (step {replay_step}) re-created from actor snapshots: "
+                f"uniform random actions for the first {replay['random_steps']} steps, then each of "
                 f"{len(payload['replay_schedule'])} snapshots' stochastic policy for the steps it was in charge of"
             )
-            metadata["medium_policy_step"] = medium_step
+            metadata["medium_policy_step"] = replay_step
         dataset = _to_dataset(arrays, name, metadata)
     returns = dataset.trajectory_returns()
     metadata.update(
@@ -460,7 +572,7 @@ def _stale_reason(path: Path, name: str, policy_file: str | Path | None) -> str 
     gid = parse_generated_id(name)
     if gid.level == "random":
         return None
-    current = sha256_of_file(Path(policy_file or policy_path(gid.robot)))
+    current = sha256_of_file(Path(policy_file or policy_path(gid.robot, gid.version)))
     if cached_sha != current:
         return "the behaviour policy file changed since it was generated"
     return None

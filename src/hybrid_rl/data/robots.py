@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 
+from ..rollouts import episode_returns
 from .envs import register_envs
 from .refs import GYM_ENV_IDS
 
@@ -33,6 +36,23 @@ def make_robot_env(robot: str, **kwargs: Any) -> gym.Env:
         raise ValueError(f"unknown robot {robot!r}; choose one of {sorted(GYM_ENV_IDS)}")
     register_envs()
     return gym.make(GYM_ENV_IDS[robot], max_episode_steps=EPISODE_LIMIT, **kwargs)
+
+
+@torch.no_grad()
+def evaluate_actor(actor: torch.nn.Module, robot: str, episodes: int, seed: int, deterministic: bool) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes of a behaviour actor (``TanhGaussianPolicy``)
+    in the robot's env, env ``i`` reset with ``seed + i``, inference batched."""
+    envs = [make_robot_env(robot) for _ in range(episodes)]
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs)
+        return (actor.deterministic(obs_t) if deterministic else actor.sample(obs_t)).numpy()
+
+    try:
+        return episode_returns(envs, policy, seed)
+    finally:
+        for env in envs:
+            env.close()
 
 
 def read_progress(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -30,10 +30,9 @@ import torch
 
 from ..algos.sac import SAC, SACConfig
 from ..data.replay import ReplayBuffer
-from ..data.refs import GYM_ENV_IDS, normalized_score
-from ..data.robots import make_robot_env
+from ..data.refs import normalized_score
+from ..data.robots import evaluate_actor, make_robot_env
 from ..fileio import atomic_torch_save, atomic_write_text
-from ..rollouts import episode_returns
 
 
 @dataclass(frozen=True)
@@ -46,28 +45,14 @@ class BehaviorTrainingConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 25_000
     update_every: int = 1  # one SAC update per this many environment steps (> 1: a slower learner, for medium-replay)
-    # 2x128 rather than SAC's 2x256: a third of the compute per update on a 2-core CPU,
-    # and these policies only need to reach medium-to-good locomotion levels.
+    # v0's 2x128 rather than SAC's 2x256: half the time per update on this CPU
+    # (benchmarks/behavior_sac.py); v1 trains 2x256 (SACConfig(hidden=(256, 256)),
+    # `train-policy --hidden 256,256`) to reach D4RL's expert level (docs/datasets.md).
     sac: SACConfig = SACConfig(hidden=(128, 128))
 
     def __post_init__(self) -> None:
         if self.update_every < 1:
             raise ValueError(f"update_every must be at least 1, got {self.update_every}")
-
-
-@torch.no_grad()
-def evaluate_policy(actor: torch.nn.Module, robot: str, episodes: int, seed: int, deterministic: bool) -> list[float]:
-    """Undiscounted returns of `episodes` episodes of the actor (batched inference)."""
-    envs = [make_robot_env(robot) for _ in range(episodes)]
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs)
-        return (actor.deterministic(obs_t) if deterministic else actor.sample(obs_t)).numpy()
-
-    returns = episode_returns(envs, policy, seed)
-    for env in envs:
-        env.close()
-    return returns
 
 
 def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
@@ -124,8 +109,8 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
             batch = {k: torch.as_tensor(v) for k, v in buffer.sample(config.sac.batch_size).items()}
             agent.update(batch)
         if step % config.eval_every == 0:
-            stochastic = evaluate_policy(agent.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
-            deterministic = evaluate_policy(agent.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
+            stochastic = evaluate_actor(agent.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
+            deterministic = evaluate_actor(agent.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
             record = {
                 "step": step,
                 "stochastic_return": float(np.mean(stochastic)),
@@ -172,21 +157,3 @@ def _drop_progress_after(path: Path, step: int) -> None:
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m hybrid_rl.engine.behavior --robot hopper --steps 300000 --out DIR``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train a SAC behaviour policy for the dataset factory (resumable).")
-    parser.add_argument("--robot", required=True, choices=sorted(GYM_ENV_IDS))
-    parser.add_argument("--steps", type=int, default=300_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    train_behavior_policy(BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed), args.out)
-
-
-if __name__ == "__main__":
-    main()
