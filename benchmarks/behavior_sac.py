@@ -4,8 +4,10 @@ The dataset factory's behaviour policies (``hybrid-rl dataset train-policy``) ar
 with ``algos/sac.py``: one ``SAC.update`` (batch 256) and one environment step per
 environment step. v0 used 2x128 networks, v1 SAC's published 2x256 (docs/datasets.md).
 This times, in one process and one thread (as the trainer runs), ``SAC.update`` on
-random robot-sized batches for each size, then one robot environment step with the
-actor's sampled action, and reports updates/s and the ratio to the first size.
+random robot-sized batches for each size, the trainer's compiled step (``--compile``
+auto/on: a ``SACPopulation`` of one under torch.compile, compilation left out of the
+timing) on the same batches, and one robot environment step with a sampled action; it
+reports updates/s and the ratios to the first size's eager update.
 
     python benchmarks/behavior_sac.py                      # hopper sizes, 128,128 vs 256,256
     python benchmarks/behavior_sac.py --robot walker2d --updates 300
@@ -28,6 +30,7 @@ from throughput import other_running_tasks  # noqa: E402
 
 from hybrid_rl.algos.sac import SAC, SACConfig  # noqa: E402
 from hybrid_rl.data.robots import make_robot_env  # noqa: E402
+from hybrid_rl.engine.population import SACPopulation, cpp_compiler  # noqa: E402
 
 
 def random_batch(obs_dim: int, act_dim: int, size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -41,14 +44,14 @@ def random_batch(obs_dim: int, act_dim: int, size: int, seed: int) -> dict[str, 
     }
 
 
-def updates_per_second(agent: SAC, batch: dict[str, torch.Tensor], updates: int, repeats: int) -> float:
-    for _ in range(20):  # warm-up: allocator, first-call dispatch
-        agent.update(batch)
+def updates_per_second(update, batch: dict[str, torch.Tensor], updates: int, repeats: int) -> float:
+    for _ in range(20):  # warm-up: compilation, allocator, first-call dispatch
+        update(batch)
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(updates):
-            agent.update(batch)
+            update(batch)
         rates.append(updates / (time.perf_counter() - started))
     return statistics.median(rates)
 
@@ -81,18 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     env.close()
     batch = random_batch(obs_dim, act_dim, 256, seed=0)
     print(f"{args.robot} (obs {obs_dim}, act {act_dim}), batch 256, 1 thread, median of {args.repeats} x {args.updates} updates")
-    print("| networks | SAC updates/s | env steps/s (act + step) | trainer steps/s (estimate) | update cost vs first |")
-    print("|---|---|---|---|---|")
+    print("| networks | update | updates/s | x first eager | env steps/s (act + step) | trainer steps/s (estimate) |")
+    print("|---|---|---|---|---|---|")
     first = None
+    stacked = {key: value[None] for key, value in batch.items()}
     for text in args.sizes.split(";"):
         hidden = tuple(int(width) for width in text.split(","))
         torch.manual_seed(0)
         agent = SAC(obs_dim, act_dim, SACConfig(hidden=hidden))
-        rate = updates_per_second(agent, batch, args.updates, args.repeats)
         env_rate = env_steps_per_second(agent, args.robot, 1000)
-        first = first or rate
-        trainer = 1.0 / (1.0 / rate + 1.0 / env_rate)
-        print(f"| {'x'.join(map(str, hidden))} | {rate:.1f} | {env_rate:.0f} | {trainer:.1f} | {first / rate:.2f}x |")
+        paths = [("eager (SAC.update)", agent.update, batch)]
+        if cpp_compiler() is not None:
+            population = SACPopulation([SAC(obs_dim, act_dim, SACConfig(hidden=hidden))], compile=True)
+            paths.append(("compiled (population of one)", population.update, stacked))
+        for name, update, data in paths:
+            rate = updates_per_second(update, data, args.updates, args.repeats)
+            first = first or rate
+            trainer = 1.0 / (1.0 / rate + 1.0 / env_rate)
+            print(f"| {'x'.join(map(str, hidden))} | {name} | {rate:.1f} | {rate / first:.2f} | {env_rate:.0f} | {trainer:.1f} |", flush=True)
     return 0
 
 

@@ -11,11 +11,12 @@ import torch
 
 from hybrid_rl.algos.sac import SAC, SACConfig
 from hybrid_rl.engine.behavior import BehaviorTrainingConfig, train_behavior_policy
+from hybrid_rl.engine.population import cpp_compiler
 
 from conftest import run_killed
 
 TINY = BehaviorTrainingConfig(robot="hopper", total_steps=300, seed=0, random_steps=100, eval_every=100, eval_episodes=1, checkpoint_every=100,
-                              sac=SACConfig(hidden=(16, 16), batch_size=32))
+                              sac=SACConfig(hidden=(16, 16), batch_size=32), compile="off")
 
 
 def progress_steps(out: Path) -> list[int]:
@@ -74,3 +75,24 @@ def test_ship_policy_with_a_separate_replay_training(tmp_path: Path) -> None:
     assert cli_main(["dataset", "ship-policy", "--robot", "hopper", "--from", str(main), "--replay_from", str(slow), "--replay_step", "250",
                      "--episodes", "0", "--out", str(tmp_path / "bad.pt")]) == 2
     assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compiler: torch.compile's CPU backend cannot run here")
+def test_the_compiled_trainer_follows_the_eager_one(tmp_path: Path) -> None:
+    """compile="on" trains through a compiled population of one: the same exploration draws,
+    updates and exports as SAC.update, so after 100 updates its networks match the eager
+    trainer's to float tolerance, and its checkpoint resumes in either path."""
+    short = replace(TINY, total_steps=200)
+    eager = train_behavior_policy(short, tmp_path / "eager", progress=False)
+    compiled = train_behavior_policy(replace(short, compile="on"), tmp_path / "compiled", progress=False)
+    records = [json.loads(line) for line in (compiled / "progress.jsonl").read_text().splitlines()]
+    assert [record["update_step"] for record in records] == ["compiled", "compiled"]
+    states = [torch.load(path / "checkpoint.pt", weights_only=False)["agent"] for path in (eager, compiled)]
+    assert states[0]["total_updates"] == states[1]["total_updates"] == 101
+    for network in ("actor", "critic", "target_critic"):
+        for key, value in states[0]["modules"][network].items():
+            torch.testing.assert_close(states[1]["modules"][network][key], value, rtol=1e-3, atol=1e-4, msg=f"{network}.{key}")
+    # The compiled path's checkpoint is a SAC checkpoint: the eager trainer continues it.
+    train_behavior_policy(replace(TINY, compile="off"), compiled, progress=False)
+    assert progress_steps(compiled) == [100, 200, 300]
