@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("name")
     info.add_argument("--cache_dir", default=None)
     info.add_argument("--mirror", default=None)
-    make = actions.add_parser("make", help="generate a D4RL-recipe dataset (gen-ROBOT-LEVEL-v0)")
+    make = actions.add_parser("make", help="generate a D4RL-recipe dataset (gen-ROBOT-LEVEL-VERSION, e.g. gen-hopper-medium-v0)")
     make.add_argument("name", help="e.g. gen-hopper-medium-v0")
     make.add_argument("--size", default=None, help="transitions (e.g. 200000, 200k, 1m); default 1M (medium-replay: the replay size)")
     make.add_argument("--seed", type=int, default=0)
