@@ -186,22 +186,33 @@ def deterministic_episode_score(robot: str, actor, seed: int = 0) -> float:
     return d4rl_normalized(robot, total)
 
 
-@pytest.mark.parametrize("robot", ["halfcheetah", "hopper", "walker2d"])
-def test_shipped_policies(robot: str) -> None:
+# v0 of every robot must ship; v1 files are checked where they ship (docs/datasets.md).
+SHIPPED = [(robot, "v0") for robot in ("halfcheetah", "hopper", "walker2d")]
+SHIPPED += [(robot, version) for version in factory.POLICY_VERSIONS[1:] for robot in ("halfcheetah", "hopper", "walker2d")
+            if factory.policy_path(robot, version).exists()]
+
+
+@pytest.mark.parametrize("robot, version", SHIPPED)
+def test_shipped_policies(robot: str, version: str) -> None:
     import torch
 
-    path = factory.policy_path(robot)
+    path = factory.policy_path(robot, version)
     # The policy files are tracked in git (src/hybrid_rl/policies): a missing one is a packaging bug.
     assert path.exists(), f"shipped behaviour policy {path} is missing from the package"
     payload = factory.load_policy_file(path)
     low, high = factory.MEDIUM_TARGET_RANGE[robot]
-    assert payload["robot"] == robot and payload["format"] == factory.POLICY_FORMAT
+    assert payload["robot"] == robot and payload["format"] == factory.POLICY_FORMAT and payload["version"] == version
     medium = payload["levels"]["medium"]["evaluation"]["stochastic_normalized"]
     assert low - 5 <= medium <= high + 5, f"medium policy scores {medium:.1f}, outside {low}-{high}"
     for level in ("medium", "expert"):  # stored scores are D4RL's normalization of the stored returns
         evaluation = payload["levels"][level]["evaluation"]
         assert evaluation["stochastic_normalized"] == pytest.approx(d4rl_normalized(robot, evaluation["stochastic_return"]), rel=1e-6)
-    assert all(entry["step"] < payload["levels"]["medium"]["step"] for entry in payload["replay_schedule"])
+    assert all(entry["step"] < factory.replay_source(payload)["step"] for entry in payload["replay_schedule"])
+    if version != "v0":  # from v1 on, both chosen policies are measured over 30+ stochastic episodes at shipping
+        for level in ("medium", "expert"):
+            shipped = payload["levels"][level]["shipping_evaluation"]
+            assert shipped["episodes"] >= 30 and len(shipped["stochastic_returns"]) == shipped["episodes"]
+            assert shipped["stochastic_normalized"] == pytest.approx(d4rl_normalized(robot, float(np.mean(shipped["stochastic_returns"]))), rel=1e-6)
 
     # The weights themselves: every actor loads and acts on a real observation of the robot's env.
     env = make_robot_env(robot)
