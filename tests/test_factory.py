@@ -244,3 +244,13 @@ def test_shipped_policies(robot: str, version: str) -> None:
     for level in ("medium", "expert"):
         score = deterministic_episode_score(robot, factory.build_actor(payload, payload["levels"][level]["state_dict"]))
         assert score > 25.0, f"{robot} {level} actor scores {score:.1f} in one deterministic episode"
+
+
+def test_replay_ends_where_the_policy_first_reached_the_medium_level() -> None:
+    """A learner that jumps over the medium window between evaluations (hopper: 28 -> 73)
+    still ends its replay buffer there; one that never gets there is a one-line error."""
+    scores = [(10_000, 5.0), (20_000, 27.6), (30_000, 73.3), (40_000, 50.0)]
+    progress = [{"step": step, "stochastic_normalized": score} for step, score in scores]
+    assert factory.replay_end_step(progress, "hopper") == 30_000  # hopper's window 40-60: reached at 43
+    with pytest.raises(factory.GeneratedDatasetError, match="never reached the medium level"):
+        factory.replay_end_step(progress[:2], "hopper")

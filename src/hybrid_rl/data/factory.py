@@ -172,8 +172,8 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
     ``shipping_evaluation`` holds that re-measurement (0: none is made).
 
     medium-replay comes from ``replay_dir`` when given (a separate, slower training whose
-    medium point, chosen by the same rule unless ``replay_step`` is given, ends the
-    replay buffer), else from ``training_dir`` up to its medium step. The file holds the
+    buffer ends where its policy first reached the medium level, ``replay_end_step``,
+    unless ``replay_step`` is given), else from ``training_dir`` up to its medium step. The file holds the
     two actors, the replay snapshots (the medium-replay schedule) and every evaluation.
     """
     if version not in POLICY_VERSIONS:
@@ -185,7 +185,7 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
     replay_dir = Path(replay_dir) if replay_dir is not None else training_dir
     replay_progress = progress if replay_dir == training_dir else _training_progress(replay_dir)
     if replay_step is None:
-        replay_step = medium_step if replay_dir == training_dir else _medium_step(replay_progress, robot)
+        replay_step = medium_step if replay_dir == training_dir else replay_end_step(replay_progress, robot, replay_dir)
     config = json.loads((training_dir / "config.json").read_text())
     replay_config = json.loads((replay_dir / "config.json").read_text())
     if replay_config["sac"]["hidden"] != config["sac"]["hidden"]:
@@ -281,6 +281,20 @@ def _medium_step(progress: list[dict[str, Any]], robot: str) -> int:
     inside = [r["step"] for r in progress if low + margin <= r["stochastic_normalized"] <= high - margin]
     centre = (low + high) / 2
     return inside[0] if inside else min(progress, key=lambda r: abs(r["stochastic_normalized"] - centre))["step"]
+
+
+def replay_end_step(progress: list[dict[str, Any]], robot: str, training_dir: str | Path = "the training") -> int:
+    """Where a replay training's policy first reached the medium level: its earliest
+    evaluation at or above the low end of the middle 70% of the robot's window (D4RL's
+    medium-replay ends "when the policy reached the medium level"). A learner can jump
+    over the window between two evaluations (hopper went from 28 to 73 in 10k steps), so
+    reaching it counts, not landing inside it."""
+    low, high = MEDIUM_TARGET_RANGE[robot]
+    threshold = low + 0.15 * (high - low)
+    for record in progress:
+        if record["stochastic_normalized"] >= threshold:
+            return record["step"]
+    raise GeneratedDatasetError(f"{training_dir} never reached the medium level ({threshold:.1f}); train it longer or pass --replay_step")
 
 
 def _record_at(progress: list[dict[str, Any]], step: int, training_dir: Path) -> dict[str, Any]:
