@@ -96,3 +96,20 @@ def test_the_compiled_trainer_follows_the_eager_one(tmp_path: Path) -> None:
     # The compiled path's checkpoint is a SAC checkpoint: the eager trainer continues it.
     train_behavior_policy(replace(TINY, compile="off"), compiled, progress=False)
     assert progress_steps(compiled) == [100, 200, 300]
+
+
+def test_train_policy_command_passes_its_flags_on(tmp_path: Path) -> None:
+    """`hybrid-rl dataset train-policy` writes the training it was asked for (here 200
+    warm-up steps only: no update, no evaluation, a final checkpoint); bad flags exit 2."""
+    from hybrid_rl.cli import main as cli_main
+
+    out = tmp_path / "run"
+    assert cli_main(["dataset", "train-policy", "--robot", "hopper", "--steps", "200", "--hidden", "24,24", "--lr", "1e-4",
+                     "--update_every", "4", "--compile", "off", "--seed", "3", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["sac"]["hidden"] == [24, 24] and config["sac"]["actor_lr"] == config["sac"]["critic_lr"] == 1e-4
+    assert (config["update_every"], config["compile"], config["seed"], config["total_steps"]) == (4, "off", 3, 200)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 200
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "train-policy", "--robot", "hopper", "--hidden", "24,x", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()

@@ -439,7 +439,7 @@ def dataset_command(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
         config = BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed, update_every=args.update_every,
-                                        sac=SACConfig(hidden=args.hidden), compile=args.compile)
+                                        sac=SACConfig(hidden=args.hidden, actor_lr=args.lr, critic_lr=args.lr), compile=args.compile)
         out = train_behavior_policy(config, args.out or f"behavior_training/{args.robot}")
         print(f"training written to {out}; ship it with: hybrid-rl dataset ship-policy --robot {args.robot} --from {out}")
         return 0
@@ -501,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--threads", type=int, default=1)
     train_policy.add_argument("--update_every", type=positive_int, default=1, help="one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)")
     train_policy.add_argument("--hidden", type=comma_list(positive_int), default=(128, 128), help="actor and critic layer sizes (v0: 128,128; v1: 256,256)")
+    train_policy.add_argument("--lr", type=float, default=3e-4, help="actor and critic learning rate (SAC's 3e-4; smaller: a slower learner, for medium-replay)")
     train_policy.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                               help="SAC's update as a compiled population of one (auto: where a C++ compiler exists; off: SAC.update)")
     train_policy.add_argument("--out", default=None)
