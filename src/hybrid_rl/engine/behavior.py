@@ -51,7 +51,7 @@ class BehaviorTrainingConfig:
     # `train-policy --hidden 256,256`) to reach D4RL's expert level (docs/datasets.md).
     sac: SACConfig = SACConfig(hidden=(128, 128))
     # The update path: "off" is SAC.update; "on" a population of one under torch.compile
-    # (engine.population.SACPopulation: the same math, 1.7-1.9x the updates/s at 2x256 on
+    # (engine.population.SACPopulation: the same math, 1.8-1.9x the updates/s at 2x256 on
     # this CPU, benchmarks/behavior_sac.py); "auto" is "on" where a C++ compiler exists.
     compile: str = "auto"
 
@@ -149,9 +149,9 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
             batch = {k: torch.as_tensor(v) for k, v in buffer.sample(config.sac.batch_size).items()}
             stepper.update(batch)
         if step % config.eval_every == 0:
-            agent = stepper.current()
-            stochastic = evaluate_actor(agent.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
-            deterministic = evaluate_actor(agent.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
+            current = stepper.current()
+            stochastic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
+            deterministic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
             record = {
                 "step": step,
                 "stochastic_return": float(np.mean(stochastic)),
@@ -159,11 +159,11 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
                 "stochastic_returns": stochastic,
                 "deterministic_return": float(np.mean(deterministic)),
                 "deterministic_normalized": normalized_score(config.robot, float(np.mean(deterministic))),
-                "alpha": float(agent.alpha),
+                "alpha": float(current.alpha),
                 "wall_time_s": time.time() - started,
                 "update_step": stepper.update_step,
             }
-            atomic_torch_save(agent.actor.state_dict(), out / "snapshots" / f"actor_{step:07d}.pt")
+            atomic_torch_save(current.actor.state_dict(), out / "snapshots" / f"actor_{step:07d}.pt")
             with open(out / "progress.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(stoch=f"{record['stochastic_normalized']:.1f}", det=f"{record['deterministic_normalized']:.1f}")
