@@ -110,6 +110,7 @@ def test_train_policy_command_passes_its_flags_on(tmp_path: Path) -> None:
     assert config["sac"]["hidden"] == [24, 24] and config["sac"]["actor_lr"] == config["sac"]["critic_lr"] == 1e-4
     assert (config["update_every"], config["compile"], config["seed"], config["total_steps"]) == (4, "off", 3, 200)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 200
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["dataset", "train-policy", "--robot", "hopper", "--hidden", "24,x", "--out", str(tmp_path / "bad")])
-    assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
+    for bad in (["--hidden", "24,x"], ["--lr", "-1e-4"], ["--lr", "nan"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["dataset", "train-policy", "--robot", "hopper", *bad, "--out", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()

@@ -43,6 +43,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A positive finite number (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn expected errors (bad input, unavailable data) into one line and exit code 2."""
 
@@ -501,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--threads", type=int, default=1)
     train_policy.add_argument("--update_every", type=positive_int, default=1, help="one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)")
     train_policy.add_argument("--hidden", type=comma_list(positive_int), default=(128, 128), help="actor and critic layer sizes (v0: 128,128; v1: 256,256)")
-    train_policy.add_argument("--lr", type=float, default=3e-4, help="actor and critic learning rate (SAC's 3e-4; smaller: a slower learner, for medium-replay)")
+    train_policy.add_argument("--lr", type=positive_float, default=3e-4, help="actor and critic learning rate (SAC's 3e-4; smaller: a slower learner, for medium-replay)")
     train_policy.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                               help="SAC's update as a compiled population of one (auto: where a C++ compiler exists; off: SAC.update)")
     train_policy.add_argument("--out", default=None)
