@@ -25,6 +25,12 @@ Phase II fine-tuning from a finished Phase I run (docs/performance.md, "Phase II
     python benchmarks/end_to_end.py --command finetune --from results/iql__gen-hopper-medium-v0__k0__noise0__s0 \
         --online_steps 10000 --variant eager=.:'--compile off' --variant compiled=.:'--compile on' --rounds 2
 
+A from-scratch method (SAC, RLPD) on a dataset's environment:
+
+    python benchmarks/end_to_end.py --command finetune --from scratch --env gen-hopper-medium-v0 --method sac \
+        --online_steps 6000 --variant eager=.:'--compile off --warmup_steps 1000 --eval_every 3000 --eval_episodes 5' \
+        --variant compiled=.:'--compile on --warmup_steps 1000 --eval_every 3000 --eval_episodes 5' --rounds 2
+
 Measure on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -56,7 +62,8 @@ def run_once(src: Path, flags: list[str], args: argparse.Namespace, inductor_cac
         if args.command == "train":
             what = ["train", "--algo", args.algo, "--env", args.env, "--total_steps", str(args.total_steps)]
         else:
-            what = ["finetune", "--from", str(Path(args.parent).resolve()), "--method", args.method, "--online_steps", str(args.online_steps)]
+            parent = ["scratch", "--env", args.env] if args.parent == "scratch" else [str(Path(args.parent).resolve())]
+            what = ["finetune", "--from", *parent, "--method", args.method, "--online_steps", str(args.online_steps)]
         command = [sys.executable, "-m", "hybrid_rl.cli", *what, "--seed", "0", "--results", str(Path(scratch) / "results"), *flags]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -71,7 +78,7 @@ def run_once(src: Path, flags: list[str], args: argparse.Namespace, inductor_cac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--command", choices=("train", "finetune"), default="train")
-    parser.add_argument("--from", dest="parent", default=None, help="with --command finetune: the finished Phase I run to fine-tune")
+    parser.add_argument("--from", dest="parent", default=None, help="with --command finetune: the finished Phase I run to fine-tune, or scratch (with --env)")
     parser.add_argument("--method", default="iql", help="with --command finetune")
     parser.add_argument("--online_steps", type=int, default=10_000, help="with --command finetune")
     parser.add_argument("--algo", default="iql")
