@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_torch_save, sha256_of_file
-from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, evaluate_actor, make_robot_env, read_progress
+from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, evaluate_actor, make_robot_env, read_progress, robot_dimensions
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .refs import GYM_ENV_IDS, normalized_score
@@ -207,7 +207,7 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
             expert_step = max((record["step"] for record in ranked), key=lambda step: measure(step)["stochastic_normalized"])
         else:
             expert_step = ranked[0]["step"]
-    env = make_robot_env(robot)
+    obs_dim, act_dim = robot_dimensions(robot)
 
     def level(step: int) -> dict[str, Any]:
         entry = {"step": step, "state_dict": _snapshot(training_dir, step), "evaluation": _record_at(progress, step, training_dir)}
@@ -220,8 +220,8 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
         "version": version,
         "robot": robot,
         "gym_env_id": GYM_ENV_IDS[robot],
-        "obs_dim": int(env.observation_space.shape[0]),
-        "act_dim": int(env.action_space.shape[0]),
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
         "hidden": list(config["sac"]["hidden"]),
         "training_config": config,
         "random_steps": int(config["random_steps"]),
@@ -234,7 +234,6 @@ def select_and_ship(training_dir: str | Path, robot: str, out_file: str | Path |
         "progress": progress,
         "versions": package_versions(),
     }
-    env.close()
     out = Path(out_file) if out_file else policy_path(robot, version)
     atomic_torch_save(payload, out)
     return out
@@ -251,9 +250,7 @@ def evaluate_snapshot(training_dir: str | Path, robot: str, step: int, episodes:
     """Stochastic-policy returns of a training's snapshot over ``episodes`` episodes: reset
     seeds 30000 + step + i (apart from the training's own evaluations), action noise from
     torch seeded with the same number, so a measurement can be repeated exactly."""
-    env = make_robot_env(robot)
-    obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
-    env.close()
+    obs_dim, act_dim = robot_dimensions(robot)
     config = json.loads((Path(training_dir) / "config.json").read_text())
     actor = build_actor({"obs_dim": obs_dim, "act_dim": act_dim, "hidden": config["sac"]["hidden"]}, _snapshot(Path(training_dir), step))
     with torch.random.fork_rng():
@@ -470,9 +467,7 @@ def generate_dataset(
 def _generate_dataset(name: str, *, seed: int, policy_file: str | Path | None, num_envs: int, progress: bool) -> OfflineDataset:
     gid = parse_generated_id(name)
     robot, level = gid.robot, gid.level
-    env = make_robot_env(robot)
-    act_dim = int(env.action_space.shape[0])
-    env.close()
+    act_dim = robot_dimensions(robot)[1]
     if level == "random":
         payload = None
     else:

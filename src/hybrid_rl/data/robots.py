@@ -38,6 +38,15 @@ def make_robot_env(robot: str, **kwargs: Any) -> gym.Env:
     return gym.make(GYM_ENV_IDS[robot], max_episode_steps=EPISODE_LIMIT, **kwargs)
 
 
+def robot_dimensions(robot: str) -> tuple[int, int]:
+    """(observation size, action size) of the robot's env."""
+    env = make_robot_env(robot)
+    try:
+        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    finally:
+        env.close()
+
+
 @torch.no_grad()
 def evaluate_actor(actor: torch.nn.Module, robot: str, episodes: int, seed: int, deterministic: bool) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes of a behaviour actor (``TanhGaussianPolicy``)

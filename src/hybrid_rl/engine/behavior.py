@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..algos.sac import SAC, SACConfig
+from .learners import AgentLearner, PopulationLearner
 from .population import SACPopulation, cpp_compiler
 from ..data.replay import ReplayBuffer
 from ..data.refs import normalized_score
@@ -62,36 +63,16 @@ class BehaviorTrainingConfig:
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
-class _SACStepper:
-    """The trainer's SAC: its exploration and update, eager or compiled.
+class _ReplayBatches:
+    """The host replay buffer as a learner's batch source (``engine.learners``): torch
+    tensors, stacked as a population of one when the learner steps a population."""
 
-    The compiled path keeps the networks in a population of one, so the agent the trainer
-    evaluates, snapshots and checkpoints is exported from it (``current``); both paths draw
-    exploration noise and update randomness from torch's global generator in the same order.
-    """
+    def __init__(self, buffer: ReplayBuffer, stacked: bool) -> None:
+        self.buffer, self.stacked = buffer, stacked
 
-    def __init__(self, agent: SAC, compiled: bool) -> None:
-        self.agent = agent
-        self.population = SACPopulation([agent], compile=True) if compiled else None
-
-    def explore(self, obs: np.ndarray) -> np.ndarray:
-        if self.population is None:
-            return self.agent.act(obs.astype(np.float32), deterministic=False)
-        noise = torch.randn(1, self.agent.act_dim)  # what SAC.act's sample draws
-        return self.population.explore(obs[None].astype(np.float32), noise.numpy())[0].numpy()
-
-    def update(self, batch: dict[str, torch.Tensor]) -> None:
-        if self.population is None:
-            self.agent.update(batch)
-        else:
-            self.population.update({key: value[None] for key, value in batch.items()})
-
-    def current(self) -> SAC:
-        return self.agent if self.population is None else self.population.member(0)
-
-    @property
-    def update_step(self) -> str:
-        return "eager" if self.population is None else ("compiled" if self.population.compiled else "vmap (compile failed)")
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        batch = {key: torch.as_tensor(value) for key, value in self.buffer.sample(batch_size).items()}
+        return {key: value[None] for key, value in batch.items()} if self.stacked else batch
 
 
 def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
@@ -126,7 +107,19 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         step = state["step"]
         _drop_progress_after(out / "progress.jsonl", step)
         print(f"resuming behaviour training of {config.robot} at step {step}")
-    stepper = _SACStepper(agent, config.compile == "on" or (config.compile == "auto" and cpp_compiler() is not None))
+    # The compiled path keeps the networks in a population of one: ``agent`` is brought up
+    # to date from it (``trained_agent``) for evaluations, snapshots and checkpoints. Both
+    # paths draw exploration noise and update randomness from torch's global generator in
+    # the same order.
+    population = SACPopulation([agent], compile=True) if config.compile == "on" or (config.compile == "auto" and cpp_compiler() is not None) else None
+    learner = AgentLearner(agent) if population is None else PopulationLearner(population)
+    batches = _ReplayBatches(buffer, learner.stacked_batches)
+
+    def trained_agent() -> SAC:
+        if population is not None:
+            agent.load_state_dict(learner.member_state(0))
+        return agent
+
     obs, _ = env.reset(seed=config.seed + step)
     episode_return, episode_len = 0.0, 0
     bar = tqdm(total=config.total_steps, initial=step, desc=f"SAC {config.robot}", disable=not progress, mininterval=5)
@@ -135,7 +128,8 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         if step < config.random_steps:
             action = rng.uniform(-1.0, 1.0, size=act_dim).astype(np.float32)
         else:
-            action = stepper.explore(obs)
+            noise = torch.randn(1, act_dim).numpy()  # the draw of SAC.act's sample
+            action = learner.explore(obs[None].astype(np.float32), noise)[0]
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add_batch(obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]), np.array([truncated]))
         obs = next_obs
@@ -146,10 +140,9 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
             obs, _ = env.reset()
             episode_return, episode_len = 0.0, 0
         if step >= config.random_steps and step % config.update_every == 0:
-            batch = {k: torch.as_tensor(v) for k, v in buffer.sample(config.sac.batch_size).items()}
-            stepper.update(batch)
+            learner.train_step(batches, config.sac.batch_size)
         if step % config.eval_every == 0:
-            current = stepper.current()
+            current = trained_agent()
             stochastic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
             deterministic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
             record = {
@@ -161,7 +154,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
                 "deterministic_normalized": normalized_score(config.robot, float(np.mean(deterministic))),
                 "alpha": float(current.alpha),
                 "wall_time_s": time.time() - started,
-                "update_step": stepper.update_step,
+                "update_step": "eager" if population is None else ("compiled" if population.compiled else "vmap (compile failed)"),
             }
             atomic_torch_save(current.actor.state_dict(), out / "snapshots" / f"actor_{step:07d}.pt")
             with open(out / "progress.jsonl", "a") as handle:
@@ -171,7 +164,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
             size = buffer.size
             atomic_torch_save(
                 {
-                    "agent": stepper.current().state_dict(),
+                    "agent": trained_agent().state_dict(),
                     "buffer": {
                         **{k: getattr(buffer, k)[:size].copy() for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")},
                         "position": buffer.position,
