@@ -44,6 +44,14 @@ def test_a_killed_training_resumes_with_each_evaluation_once(tmp_path: Path, mon
     assert progress_steps(tmp_path) == [100, 200, 300]
 
 
+def test_a_training_killed_before_its_first_checkpoint_starts_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Killed at update 50 (step 150): the evaluation at 100 is logged, no checkpoint exists yet.
+    run_killed(monkeypatch, SAC, "update", 50, lambda: train_behavior_policy(replace(TINY, checkpoint_every=300), tmp_path, progress=False))
+    assert progress_steps(tmp_path) == [100] and not (tmp_path / "checkpoint.pt").exists()
+    train_behavior_policy(TINY, tmp_path, progress=False)
+    assert progress_steps(tmp_path) == [100, 200, 300]
+
+
 def test_ship_policy_with_a_separate_replay_training(tmp_path: Path) -> None:
     """``ship-policy --replay_from``: medium and expert from the main training, medium-replay
     from a slower one up to its own medium point; the chosen policies re-measured over

@@ -105,8 +105,10 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
-        _drop_progress_after(out / "progress.jsonl", step)
         print(f"resuming behaviour training of {config.robot} at step {step}")
+    # From a checkpoint the evaluations after it are made again; from scratch, those of a
+    # run that died before its first checkpoint are stale.
+    _drop_progress_after(out / "progress.jsonl", step)
     # The compiled path keeps the networks in a population of one: ``agent`` is brought up
     # to date from it (``trained_agent``) for evaluations, snapshots and checkpoints. Both
     # paths draw exploration noise and update randomness from torch's global generator in
