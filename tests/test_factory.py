@@ -254,3 +254,21 @@ def test_replay_ends_where_the_policy_first_reached_the_medium_level() -> None:
     assert factory.replay_end_step(progress, "hopper") == 30_000  # hopper's window 40-60: reached at 43
     with pytest.raises(factory.GeneratedDatasetError, match="never reached the medium level"):
         factory.replay_end_step(progress[:2], "hopper")
+
+
+def test_levels_table_benchmark(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/dataset_levels.py (the docs table of generated levels) runs, one row per level."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dataset_levels.py"
+    spec = importlib.util.spec_from_file_location("dataset_levels_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    assert module.main(["--version", "v0", "--robots", "hopper", "--levels", "random,medium", "--size", "300"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| gen-")]
+    assert [row.split(" | ")[0:2] for row in rows] == [["| gen-hopper-random-v0@300", "300"], ["| gen-hopper-medium-v0@300", "300"]]
+    with pytest.raises(SystemExit) as exit_info:  # a bad level: argparse's one-line error, exit 2
+        module.main(["--levels", "medium,best"])
+    assert exit_info.value.code == 2 and "unknown level 'best'" in capsys.readouterr().err
