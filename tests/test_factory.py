@@ -256,6 +256,23 @@ def test_replay_ends_where_the_policy_first_reached_the_medium_level() -> None:
         factory.replay_end_step(progress[:2], "hopper")
 
 
+def test_defaults_use_the_default_policy_version() -> None:
+    """The dataset a run or study uses when none is named, and the ids that messages
+    suggest, follow factory.DEFAULT_POLICY_VERSION (flipping it to v1 flips them all)."""
+    from hybrid_rl.cli import default_datasets
+    from hybrid_rl.data.loader import default_generated_version
+    from hybrid_rl.grid_options import DEFAULT_DATASET
+    from hybrid_rl.phase2 import Phase2Spec
+    from hybrid_rl.train import TrainConfig
+
+    version = factory.DEFAULT_POLICY_VERSION
+    assert default_generated_version() == version
+    assert factory.parse_generated_id(DEFAULT_DATASET).version == version
+    assert TrainConfig().dataset == DEFAULT_DATASET and Phase2Spec().datasets == (DEFAULT_DATASET,)
+    generated, _ = default_datasets("/nonexistent-d4rl-cache")
+    assert all(factory.parse_generated_id(name).version == version for name in generated)
+
+
 def test_levels_table_benchmark(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """benchmarks/dataset_levels.py (the docs table of generated levels) runs, one row per level."""
     import importlib.util

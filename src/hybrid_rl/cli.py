@@ -126,12 +126,13 @@ def check_launcher_arguments(args: argparse.Namespace) -> None:
 
 def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
     """The grid's default datasets and a sentence saying why they were chosen."""
+    from .data.factory import DEFAULT_POLICY_VERSION
     from .data.loader import d4rl_cached_path
     from .grid_options import D4RL_DEFAULT_ENVS
 
     if all(d4rl_cached_path(name, cache_dir) is not None for name in D4RL_DEFAULT_ENVS):
         return D4RL_DEFAULT_ENVS, "D4RL files found in the local cache"
-    generated = tuple(f"gen-{name.split('-')[0]}-medium-v0" for name in D4RL_DEFAULT_ENVS)
+    generated = tuple(f"gen-{name.split('-')[0]}-medium-{DEFAULT_POLICY_VERSION}" for name in D4RL_DEFAULT_ENVS)
     return generated, (
         "D4RL halfcheetah-medium-v2 / hopper-medium-v2 are not in the local cache, so the grid runs on the embedded "
         f"generated datasets {', '.join(generated)} (D4RL-recipe data made by hybrid-rl, not D4RL). "
@@ -228,8 +229,10 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grid_options import DEFAULT_DATASET
+
     parser.add_argument("--algo", default="iql", type=str.lower)
-    parser.add_argument("--env", "--dataset", dest="env", default="gen-hopper-medium-v0", help="dataset id or HDF5 path")
+    parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=float, default=0.0)
     parser.add_argument("--reward_noise_std", type=float, default=0.0)
     parser.add_argument("--total_steps", type=positive_int, default=500_000)
@@ -314,11 +317,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import PHASE2_DEFAULT_METHODS
+    from .grid_options import DEFAULT_DATASET, PHASE2_DEFAULT_METHODS
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
                         help=f"fine-tuning methods, comma-separated (iql, cql, calql, rlpd, sac); default {','.join(PHASE2_DEFAULT_METHODS)}")
-    parser.add_argument("--env", type=comma_list(str), default=("gen-hopper-medium-v0",), help="datasets, comma-separated; default gen-hopper-medium-v0")
+    parser.add_argument("--env", type=comma_list(str), default=(DEFAULT_DATASET,), help=f"datasets, comma-separated; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
     parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
     parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")

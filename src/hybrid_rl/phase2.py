@@ -28,7 +28,7 @@ from .errors import HybridRLError
 from .fileio import atomic_write_text
 from .finetune import METHODS, SCRATCH, FinetuneConfig
 from .grid import GridSpec, check_datasets, check_writable_dir, grid_lock, run_grid, run_units_locally, threads_per_run
-from .grid_options import DEFAULT_MAX_POPULATION
+from .grid_options import DEFAULT_DATASET, DEFAULT_MAX_POPULATION
 from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
 from .train import resolve_device
 from .units import plan_units, run_state
@@ -41,7 +41,7 @@ DATA_FREE_METHODS = ("sac",)
 @dataclass(frozen=True)
 class Phase2Spec:
     methods: tuple[str, ...] = DEFAULT_METHODS
-    datasets: tuple[str, ...] = ("gen-hopper-medium-v0",)
+    datasets: tuple[str, ...] = (DEFAULT_DATASET,)
     remove_top_k: tuple[float, ...] = (0.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0, 1, 2)

@@ -38,7 +38,7 @@ from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
 from .eval.stats import final_score
 from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
-from .grid_options import COMPILE_MODES
+from .grid_options import COMPILE_MODES, DEFAULT_DATASET
 from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
                          DIVERGED, finished_summary)
 
@@ -57,7 +57,7 @@ class TrainConfig:
     """One run. Steps are gradient updates; returns are undiscounted episode returns."""
 
     algo: str = "iql"
-    dataset: str = "gen-hopper-medium-v0"
+    dataset: str = DEFAULT_DATASET
     remove_top_k: float = 0.0  # percent of highest-return trajectories removed
     reward_noise_std: float = 0.0  # std of Gaussian noise added to rewards (reward units)
     extra_corruptions: tuple[dict, ...] = ()  # further corruption specs (see data.corruption)

@@ -84,6 +84,15 @@ def generated_dataset_ids() -> list[str]:
         return [f"gen-{robot}-{level}-v0" for robot in GENERATED_ROBOTS for level in GENERATED_LEVELS]
 
 
+def default_generated_version() -> str:
+    """The behaviour-policy version that suggestions of a generated id name (the factory's
+    default; v0, which stays shipped, if the factory cannot be imported)."""
+    try:
+        return str(importlib.import_module("hybrid_rl.data.factory").DEFAULT_POLICY_VERSION)
+    except ImportError:
+        return "v0"
+
+
 def is_generated_id(name: str) -> bool:
     """Generated ids start with ``gen-``; the factory validates the rest (robot, level, size)."""
     return name.startswith("gen-")
@@ -346,7 +355,8 @@ def download_file(
 
 def _unavailable_message(dataset_id: str, path: Path, url: str, reason: str) -> str:
     robot, level = _D4RL_ID.match(dataset_id).group("robot", "level")  # type: ignore[union-attr]
-    generated = f"gen-{robot}-{level}-v0" if robot in GENERATED_ROBOTS else "gen-<robot>-<level>-v0"
+    version = default_generated_version()
+    generated = f"gen-{robot}-{level}-{version}" if robot in GENERATED_ROBOTS else f"gen-<robot>-<level>-{version}"
     return (
         f"cannot get {dataset_id} ({path.name}) from {url}: {reason}. "
         f"If you have the file, put it at {path} (or point ${CACHE_ENV_VAR} / cache_dir= at its folder); "
@@ -535,7 +545,7 @@ def _load_minari(name: str) -> OfflineDataset:
         raise DatasetUnavailableError(
             f"cannot load Minari dataset {name!r} ({type(exc).__name__}: {exc}). Check the id with "
             "`minari list remote`, or download it while online with `minari download " + name + "`; "
-            "offline alternatives: a generated dataset gen-<robot>-<level>-v0 (`hybrid-rl dataset make`) or a local HDF5 path."
+            f"offline alternatives: a generated dataset gen-<robot>-<level>-{default_generated_version()} (`hybrid-rl dataset make`) or a local HDF5 path."
         ) from exc
     return minari_to_offline_dataset(minari_dataset, name=name)
 
