@@ -19,8 +19,9 @@ The recipe follows D4RL (Fu et al. 2020, sec. 5 and appendix):
   random actions for the warm-up steps, then each snapshot's stochastic policy for the
   steps it was in charge of, in one continuous stream of episodes. This matches the
   buffer's size, order and policy mix at snapshot granularity (documented in metadata).
-  The replay training may be a separate, slower one (v1: ``update_every`` 2, so that
-  the buffer reaches D4RL's size before the medium level), named in the policy file.
+  The replay training may be a separate, slower one (``ship-policy --replay_from``, named
+  in the policy file) where slowing the learner brings the buffer nearer D4RL's size;
+  otherwise it is the main training, as in D4RL (docs/datasets.md).
 Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true terminations only
 (a step that both terminates and reaches the cap is a termination: it is never bootstrapped).
 """
