@@ -6,7 +6,7 @@ markdown row per level as it finishes: transitions, episodes, trajectory return 
 std, D4RL-normalized score of the mean, generation time and transitions per second.
 Nothing is kept: the files are deleted with the temporary directory.
 
-    python benchmarks/dataset_levels.py --version v0                  # 15 levels, about 30 min
+    python benchmarks/dataset_levels.py --version v0                  # 15 levels, about 80 min on the 2-core machine
     python benchmarks/dataset_levels.py --version v1 --robots hopper  # 5 levels
     python benchmarks/dataset_levels.py --version v0 --size 20k       # a quick look, not the table
 
