@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from hybrid_rl.algos.sac import SAC, SACConfig
 from hybrid_rl.data.views import PopulationSampler
 from hybrid_rl.engine.population import AUTO_COMPILE_MIN_STEPS, compiled_step_wanted, cpp_compiler
+from hybrid_rl.finetune import FinetuneConfig, _online_learner
 from hybrid_rl.train import TrainConfig, train
 
 from conftest import run_killed
@@ -48,6 +50,17 @@ def test_compile_modes_pick_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
         compiled_step_wanted("iql", "yes", CPU, 1)
     with pytest.raises(ValueError, match="compile must be one of"):
         TrainConfig(compile="yes")
+
+
+def test_fine_tuning_counts_gradient_steps_after_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAC from scratch makes no updates in its warm-up: 14,999 online steps after a 5,000-step
+    warm-up are 9,999 updates, one short of SAC's threshold, so `auto` stays eager there."""
+    monkeypatch.setattr("hybrid_rl.engine.population.cpp_compiler", lambda: "/usr/bin/g++")
+    short = FinetuneConfig(method="sac", parent="scratch", dataset="gen-hopper-medium-v0", online_steps=AUTO_COMPILE_MIN_STEPS["sac"] + 4_999, warmup_steps=5_000)
+    agent = SAC(3, 2, SACConfig(hidden=(8, 8)), CPU)
+    assert _online_learner([agent], [short], CPU)[1] == {"update_step": "eager"}
+    assert _online_learner([agent], [replace(short, online_steps=short.online_steps + 1)], CPU)[1] == {"update_step": "compiled"}
+    assert _online_learner([agent], [replace(short, online_steps=short.online_steps + 1, compile="off")], CPU)[1] == {"update_step": "eager"}
 
 
 # ---------------------------------------------------------------------------------------

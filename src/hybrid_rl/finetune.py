@@ -27,8 +27,9 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
 
-Update paths as in Phase I (``compile``): ``iql``, ``cql`` and ``calql`` runs long enough
-take the compiled step of a population of one. ``finetune_population`` trains runs whose parents
+Update paths as in Phase I (``compile``): ``iql``, ``cql``, ``calql`` and ``sac`` runs long
+enough take the compiled step of a population of one (``rlpd`` under ``--compile on`` only:
+not timed yet). ``finetune_population`` trains runs whose parents
 differ only in seed and corruption as one population (every member in its own environment,
 one stacked update): the Phase II study does so on GPUs (``--population``).
 """
@@ -106,7 +107,7 @@ class FinetuneConfig:
     algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
     parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
     device: str = "auto"
-    compile: str = "auto"  # update path of iql, cql and calql fine-tuning: auto | on | off (engine.population.compiled_step_wanted)
+    compile: str = "auto"  # update path: auto | on | off (engine.population.compiled_step_wanted)
     threads: int | None = None
     tensorboard: bool = False
     progress: bool = True
@@ -408,12 +409,13 @@ def exploration_noise(config: FinetuneConfig, algorithm: Any) -> float:
 def _online_learner(algorithms: list, configs: Sequence[FinetuneConfig], device: torch.device):
     """(learner, extra config.json fields): the agent updated eagerly, or, for several runs or
     where ``compiled_step_wanted`` says the compiled step pays (counted in gradient steps:
-    online steps x UTD), a population (of one) of them."""
+    online steps after the warm-up x UTD), a population (of one) of them."""
     from .engine.learners import AgentLearner, PopulationLearner
     from .engine.population import compiled_step_wanted, population_class
 
     first = configs[0]
-    compiled = compiled_step_wanted(first.algo, first.compile, device, first.online_steps * first.resolved_utd)
+    gradient_steps = max(first.online_steps - first.resolved_warmup_steps, 0) * first.resolved_utd  # no updates during the warm-up
+    compiled = compiled_step_wanted(first.algo, first.compile, device, gradient_steps)
     if len(algorithms) == 1 and not compiled:
         return AgentLearner(algorithms[0]), {"update_step": "eager"}
     population = population_class(first.algo)(algorithms, compile=compiled)

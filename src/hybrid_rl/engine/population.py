@@ -896,8 +896,10 @@ def population_class(algo: str) -> type[_Population] | None:
 # compiled step saves ~7 ms per IQL update and ~30 ms per CQL update, and compiling costs
 # ~35-50 s cold (either), ~7-8 s warm: break-even ~6k IQL steps cold; a 1,000-step CQL run
 # is already 1.15x faster compiled from a cold cache (end to end, measured).
-# Cal-QL's step is CQL's plus one elementwise max, so it takes CQL's threshold.
-AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000, "calql": 1_000}
+# Cal-QL's step is CQL's plus one elementwise max, so it takes CQL's threshold. SAC from
+# scratch (2x256): ~3.2 ms saved per update end to end, ~30 s to compile cold: break-even
+# ~9,500 updates. RLPD (an ensemble of 10 critics, UTD 20) is not timed yet: eager.
+AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000, "calql": 1_000, "sac": 10_000}
 
 
 def cpp_compiler() -> str | None:
