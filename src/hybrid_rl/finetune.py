@@ -157,6 +157,11 @@ class FinetuneConfig:
     def resolved_warmup_steps(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else self.recipe.warmup_steps
 
+    @property
+    def gradient_steps(self) -> int:
+        """Updates the run makes: UTD per online step after the warm-up (which makes none)."""
+        return max(self.online_steps - self.resolved_warmup_steps, 0) * self.resolved_utd
+
     # --- what RunBook and the analysis read of a run's config ---------------------------------
     @property
     def total_steps(self) -> int:
@@ -408,14 +413,13 @@ def exploration_noise(config: FinetuneConfig, algorithm: Any) -> float:
 
 def _online_learner(algorithms: list, configs: Sequence[FinetuneConfig], device: torch.device):
     """(learner, extra config.json fields): the agent updated eagerly, or, for several runs or
-    where ``compiled_step_wanted`` says the compiled step pays (counted in gradient steps:
-    online steps after the warm-up x UTD), a population (of one) of them."""
+    where ``compiled_step_wanted`` says the compiled step pays (counted in
+    ``FinetuneConfig.gradient_steps``), a population (of one) of them."""
     from .engine.learners import AgentLearner, PopulationLearner
     from .engine.population import compiled_step_wanted, population_class
 
     first = configs[0]
-    gradient_steps = max(first.online_steps - first.resolved_warmup_steps, 0) * first.resolved_utd  # no updates during the warm-up
-    compiled = compiled_step_wanted(first.algo, first.compile, device, gradient_steps)
+    compiled = compiled_step_wanted(first.algo, first.compile, device, first.gradient_steps)
     if len(algorithms) == 1 and not compiled:
         return AgentLearner(algorithms[0]), {"update_step": "eager"}
     population = population_class(first.algo)(algorithms, compile=compiled)
