@@ -34,14 +34,32 @@ def test_training_writes_snapshots_and_update_every_slows_the_learner(tmp_path: 
         replace(TINY, update_every=0)
 
 
-def test_a_killed_training_resumes_with_each_evaluation_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def evaluations(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"} for line in (out / "progress.jsonl").read_text().splitlines()]
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each evaluation is logged once, and the resumed run's evaluations, snapshots and
+    networks are the uninterrupted run's exactly: the checkpoint keeps the environment
+    mid-episode (at step 200 a hopper episode is under way; restarting it changes every
+    later number)."""
+    straight = train_behavior_policy(TINY, tmp_path / "straight", progress=False)
+    killed = tmp_path / "killed"
     # Killed at update 150 (step 250): the checkpoint is at step 200, the evaluation at 200 is kept.
-    run_killed(monkeypatch, SAC, "update", 150, lambda: train_behavior_policy(TINY, tmp_path, progress=False))
-    assert progress_steps(tmp_path) == [100, 200]
-    with open(tmp_path / "progress.jsonl", "a") as handle:  # as if killed between an evaluation and the next checkpoint
+    run_killed(monkeypatch, SAC, "update", 150, lambda: train_behavior_policy(TINY, killed, progress=False))
+    assert progress_steps(killed) == [100, 200]
+    with open(killed / "progress.jsonl", "a") as handle:  # as if killed between an evaluation and the next checkpoint
         handle.write(json.dumps({"step": 250, "stochastic_normalized": 0.0}) + "\n")
-    train_behavior_policy(TINY, tmp_path, progress=False)
-    assert progress_steps(tmp_path) == [100, 200, 300]
+    train_behavior_policy(TINY, killed, progress=False)
+    assert progress_steps(killed) == [100, 200, 300]
+    assert evaluations(killed) == evaluations(straight)
+    for snapshot in ("actor_0000300.pt",):
+        for key, value in torch.load(straight / "snapshots" / snapshot).items():
+            assert torch.equal(torch.load(killed / "snapshots" / snapshot)[key], value), key
+    states = [torch.load(path / "checkpoint.pt", weights_only=False)["agent"]["modules"] for path in (straight, killed)]
+    for network, weights in states[0].items():
+        for key, value in weights.items():
+            assert torch.equal(states[1][network][key], value), f"{network}.{key}"
 
 
 def test_a_training_killed_before_its_first_checkpoint_starts_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

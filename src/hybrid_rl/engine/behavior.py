@@ -9,10 +9,13 @@ evaluation so the medium / expert policies and the replay schedule can be chosen
 afterwards (``data.factory.select_and_ship``). Training is the engine's job, so it lives
 here and not in ``data/``, which never imports the algorithms.
 
-Training is checkpointed (SAC state, replay buffer, RNG states) and resumes after an
-interruption: evaluations logged after the checkpoint are dropped from ``progress.jsonl``
-and made again, so every step appears once. An interrupted episode is restarted, so a
-resumed training is a valid SAC run but not bit-identical to an uninterrupted one.
+Training is checkpointed (SAC state, replay buffer, RNG states, and the environment's
+exact state and current observation, as the online stage keeps them: ``engine.online.env_state``)
+and resumes after an interruption to the same evaluations, snapshots and networks as an
+uninterrupted run (on CPU): evaluations logged after the checkpoint are dropped from
+``progress.jsonl`` and made again, so every step appears once. Checkpoints written before
+the environment's state was kept (earlier versions) resume by restarting the interrupted
+episode: a valid SAC run, but not bit-identical to an uninterrupted one.
 
 ``update_every`` slows the learner down the way D4RL's medium-replay needs it: one SAC
 update every n environment steps (D4RL's SAC took ~200k-400k steps to reach its medium
@@ -30,6 +33,7 @@ import torch
 
 from ..algos.sac import SAC, SACConfig
 from .learners import AgentLearner, PopulationLearner
+from .online import env_state, set_env_state
 from .population import SACPopulation, cpp_compiler
 from ..data.replay import ReplayBuffer
 from ..data.refs import normalized_score
@@ -94,6 +98,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     buffer = ReplayBuffer(obs_dim, act_dim, config.total_steps, seed=config.seed)
     rng = np.random.default_rng(config.seed)
     step = 0
+    state = None
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -123,7 +128,9 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         return agent
 
     obs, _ = env.reset(seed=config.seed + step)
-    episode_return, episode_len = 0.0, 0
+    if state is not None and "env" in state:  # continue the interrupted episode exactly
+        set_env_state(env, state["env"])
+        obs = state["observation"]
     bar = tqdm(total=config.total_steps, initial=step, desc=f"SAC {config.robot}", disable=not progress, mininterval=5)
     started = time.time()
     while step < config.total_steps:
@@ -135,12 +142,9 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         next_obs, reward, terminated, truncated, _ = env.step(action)
         buffer.add_batch(obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]), np.array([truncated]))
         obs = next_obs
-        episode_return += reward
-        episode_len += 1
         step += 1
         if terminated or truncated:
             obs, _ = env.reset()
-            episode_return, episode_len = 0.0, 0
         if step >= config.random_steps and step % config.update_every == 0:
             learner.train_step(batches, config.sac.batch_size)
         if step % config.eval_every == 0:
@@ -175,6 +179,8 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
                     },
                     "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
+                    "env": env_state(env),
+                    "observation": obs.copy(),
                     "step": step,
                 },
                 checkpoint_path,
