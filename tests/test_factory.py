@@ -246,6 +246,44 @@ def test_shipped_policies(robot: str, version: str) -> None:
         assert score > 25.0, f"{robot} {level} actor scores {score:.1f} in one deterministic episode"
 
 
+def test_the_medium_snapshot_is_chosen_on_re_measured_scores() -> None:
+    """5-episode evaluations are noisy (one fallen walker or flipped cheetah moves the mean by
+    5-10 points): every evaluation within two standard errors of the window is re-measured,
+    in step order, and the first inside the middle 70% is the medium policy. The returns and
+    30-episode scores are those of walker2d-v1's and halfcheetah-v1's trainings."""
+    from hybrid_rl.data.refs import normalized_score
+
+    def evaluations(robot: str, returns: dict[int, list[float]]) -> list[dict]:
+        return [{"step": step, "stochastic_normalized": normalized_score(robot, float(np.mean(r))), "stochastic_returns": r} for step, r in returns.items()]
+
+    def measured(scores: dict[int, float]):
+        asked = []
+
+        def measure(step: int) -> dict:
+            asked.append(step)
+            return {"stochastic_normalized": scores[step]}
+        return measure, asked
+
+    # walker2d (window 55-75, middle 58-72): 5-episode scores 28.2, 49.5, 41.2, 54.5, 38.0,
+    # 72.3, 61.2; re-measured over 30 episodes 340k lies inside (67.2, where 5 episodes said 54.5).
+    walker = evaluations("walker2d", {310_000: [1209, 1307, 1351, 1456, 1163], 320_000: [3677, 1954, 1544, 1625, 2570],
+                                      330_000: [3392, 1507, 1504, 1287, 1773], 340_000: [3531, 3416, 2459, 1340, 1770],
+                                      350_000: [3451, 2251, 1208, 1141, 683], 360_000: [2702, 3452, 3547, 3354, 3543],
+                                      370_000: [3573, 3461, 3797, 1604, 1623]})
+    measure, asked = measured({320_000: 42.3, 330_000: 50.8, 340_000: 67.2, 350_000: 41.0, 360_000: 58.0, 370_000: 58.4})
+    assert factory._medium_step(walker, "walker2d", measure) == 340_000 and asked == [320_000, 330_000, 340_000]
+    assert factory._medium_step(walker, "walker2d") == 370_000  # by the 5-episode evaluations alone
+    # halfcheetah (window 38-45, middle 39.05-43.95): 5-episode scores 35.2, 37.6, 36.1 (one
+    # flipped episode), 45.8 jump over the window; re-measured, 90k lies inside.
+    cheetah = evaluations("halfcheetah", {70_000: [4069, 3822, 4154, 4039, 4380], 80_000: [4007, 4406, 4555, 4515, 4477],
+                                          90_000: [1961, 4814, 4841, 4721, 4683], 100_000: [5359, 5363, 5370, 5670, 5244]})
+    measure, asked = measured({80_000: 36.9, 90_000: 40.8, 100_000: 45.7})
+    assert factory._medium_step(cheetah, "halfcheetah", measure) == 90_000 and asked == [80_000, 90_000]
+    # None inside after re-measuring: the candidate closest to the window's centre (41.5).
+    measure, _ = measured({80_000: 37.0, 90_000: 37.5, 100_000: 46.0})
+    assert factory._medium_step(cheetah, "halfcheetah", measure) == 90_000
+
+
 def test_replay_ends_where_the_policy_first_reached_the_medium_level() -> None:
     """A learner that jumps over the medium window between evaluations (hopper: 28 -> 73)
     still ends its replay buffer there; one that never gets there is a one-line error."""
