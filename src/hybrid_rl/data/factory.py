@@ -292,7 +292,8 @@ def _medium_step(progress: list[dict[str, Any]], robot: str, measure: Callable[[
         return low + margin <= score <= high - margin
 
     if measure is not None:
-        candidates = [r["step"] for r in progress if low - 2 * _standard_error(r, robot) <= r["stochastic_normalized"] <= high + 2 * _standard_error(r, robot)]
+        near = [(r, 2 * _standard_error(r, robot)) for r in progress]
+        candidates = [r["step"] for r, reach in near if low - reach <= r["stochastic_normalized"] <= high + reach]
         for step in candidates:
             if inside(measure(step)["stochastic_normalized"]):
                 return step
