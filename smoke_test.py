@@ -27,11 +27,13 @@ FIGURE_KINDS = ("learning_curves", "q_values", "critic_loss_variance", "corrupti
 
 
 def main() -> int:
+    from hybrid_rl.grid_options import DEFAULT_DATASET
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=None, help="results directory (default: a fresh temporary one)")
     parser.add_argument("--plots", default=None)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--dataset", default="gen-hopper-medium-v0@20000")
+    parser.add_argument("--dataset", default=f"{DEFAULT_DATASET}@20000")
     args = parser.parse_args()
 
     from hybrid_rl.cli import phase1_main

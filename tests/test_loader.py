@@ -334,7 +334,7 @@ def _assert_actionable(message: str, url: str, cache: Path) -> None:
     assert url in message
     assert str(cache / "hopper_medium-v2.hdf5") in message  # where to put a manual download
     assert "HYBRID_RL_D4RL_MIRROR" in message
-    assert "hybrid-rl dataset make" in message and "gen-hopper-medium-v0" in message
+    assert "hybrid-rl dataset make" in message and f"gen-hopper-medium-{loader.default_generated_version()}" in message
     assert "local" in message
 
 

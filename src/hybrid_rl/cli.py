@@ -79,7 +79,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"), help="algorithms, comma-separated (cql, iql, calql, bc, td3bc); default cql,iql")
     parser.add_argument(
         "--env", type=comma_list(str), default=None,
-        help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v0[@SIZE]), "
+        help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v1[@SIZE]), "
         "Minari ids or HDF5 paths. Default: halfcheetah-medium-v2,hopper-medium-v2 if both are in the local D4RL cache, "
         "else their generated counterparts (the embedded offline default)",
     )
@@ -501,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("name")
     info.add_argument("--cache_dir", default=None)
     info.add_argument("--mirror", default=None)
-    make = actions.add_parser("make", help="generate a D4RL-recipe dataset (gen-ROBOT-LEVEL-VERSION, e.g. gen-hopper-medium-v0)")
-    make.add_argument("name", help="e.g. gen-hopper-medium-v0")
+    make = actions.add_parser("make", help="generate a D4RL-recipe dataset (gen-ROBOT-LEVEL-VERSION, e.g. gen-hopper-medium-v1)")
+    make.add_argument("name", help="e.g. gen-hopper-medium-v1")
     make.add_argument("--size", default=None, help="transitions (e.g. 200000, 200k, 1m); default 1M (medium-replay: the replay size)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", default=None, help="directory (default $HYBRID_RL_DATA_DIR or ~/.hybrid_rl/datasets)")

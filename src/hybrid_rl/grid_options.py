@@ -6,7 +6,7 @@ D4RL_DEFAULT_ENVS = ("halfcheetah-medium-v2", "hopper-medium-v2")
 # The dataset of a single run and of the Phase II study when none is named: generated data
 # (it works offline) of the default behaviour-policy version, data.factory.DEFAULT_POLICY_VERSION
 # (a test keeps the two in step).
-DEFAULT_DATASET = "gen-hopper-medium-v0"
+DEFAULT_DATASET = "gen-hopper-medium-v1"
 QUICK_STEPS = 20_000
 POPULATION_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("auto", "on", "off")  # the update path (engine.population.compiled_step_wanted)

@@ -47,9 +47,9 @@ from ..networks import TanhGaussianPolicy
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 POLICY_VERSIONS = ("v0", "v1")  # shipped behaviour-policy versions, oldest first
-# The version that defaults and examples use: v1 becomes the default once all three
-# robots ship it (docs/datasets.md).
-DEFAULT_POLICY_VERSION = "v0"
+# The version that defaults and examples use: v1, whose expert levels are nearest D4RL's
+# (docs/datasets.md); v0 stays shipped so results made on it stay reproducible.
+DEFAULT_POLICY_VERSION = "v1"
 POLICY_FORMAT = "hybrid-rl-behavior-policies/1"
 DEFAULT_SIZE = 1_000_000
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
