@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,25 @@ def test_a_killed_training_resumes_to_the_uninterrupted_run(tmp_path: Path, monk
     for network, weights in states[0].items():
         for key, value in weights.items():
             assert torch.equal(states[1][network][key], value), f"{network}.{key}"
+
+
+def test_a_finished_training_continued_with_more_steps_is_the_longer_run(tmp_path: Path) -> None:
+    """``train-policy --steps`` raised on a finished training continues it to the run that
+    had the larger ``--steps`` from the start: same evaluations, snapshots and networks (its
+    replay buffer grows, and the full buffer of the shorter run is laid out oldest first)."""
+    straight = train_behavior_policy(TINY, tmp_path / "straight", progress=False)
+    extended = train_behavior_policy(replace(TINY, total_steps=200), tmp_path / "extended", progress=False)
+    train_behavior_policy(TINY, extended, progress=False)
+    assert evaluations(extended) == evaluations(straight)
+    for key, value in torch.load(straight / "snapshots" / "actor_0000300.pt").items():
+        assert torch.equal(torch.load(extended / "snapshots" / "actor_0000300.pt")[key], value), key
+    states = [torch.load(path / "checkpoint.pt", weights_only=False) for path in (straight, extended)]
+    for network, weights in states[0]["agent"]["modules"].items():
+        for key, value in weights.items():
+            assert torch.equal(states[1]["agent"]["modules"][network][key], value), f"{network}.{key}"
+    assert states[1]["buffer"]["size"] == 300 and np.array_equal(states[1]["buffer"]["rewards"], states[0]["buffer"]["rewards"])
+    with pytest.raises(ValueError, match="trained to step 300, past --steps 200: pass --steps 300 or more"):
+        train_behavior_policy(replace(TINY, total_steps=200), extended, progress=False)
 
 
 def test_a_training_killed_before_its_first_checkpoint_starts_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

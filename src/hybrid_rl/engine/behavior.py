@@ -102,10 +102,11 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
+        if state["step"] > config.total_steps:
+            raise ValueError(f"{out} was trained to step {state['step']}, past --steps {config.total_steps}: "
+                             f"pass --steps {state['step']} or more to continue it, or another --out to start afresh")
         agent.load_state_dict(state["agent"])
-        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
-            getattr(buffer, key)[: len(state["buffer"][key])] = state["buffer"][key]
-        buffer.position, buffer.size = state["buffer"]["position"], state["buffer"]["size"]
+        _restore_buffer(buffer, state["buffer"])
         buffer.rng.bit_generator.state = state["buffer"]["rng"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -189,6 +190,22 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     bar.close()
     env.close()
     return out
+
+
+def _restore_buffer(buffer: ReplayBuffer, saved: dict) -> None:
+    """Put a checkpoint's replay rows back. The buffer holds ``total_steps`` rows, so a
+    training continued with a larger ``--steps`` gets a larger one: its rows are then laid
+    out oldest first, as in a buffer that had the larger size from the start (the
+    checkpoint's own layout would point the next write at the oldest row of a full
+    buffer, overwriting it and leaving unwritten rows to be sampled)."""
+    size, position = int(saved["size"]), int(saved["position"])
+    rows = np.arange(size)
+    if size != buffer.capacity:
+        rows = (position + rows) % max(size, 1)  # oldest first: the saved rows are a full ring or unwrapped
+        position = size
+    for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+        getattr(buffer, key)[:size] = saved[key][rows]
+    buffer.position, buffer.size = position, size
 
 
 def _drop_progress_after(path: Path, step: int) -> None:
