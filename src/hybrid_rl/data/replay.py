@@ -241,6 +241,38 @@ class ReplayBuffer:
             return np.arange(self.size)
         return (self.position + np.arange(self.capacity)) % self.capacity
 
+    _ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows (copies, in storage order), write position, size, the sampling
+        generator's state and any info arrays."""
+        return {
+            **{key: getattr(self, key)[:self.size].copy() for key in self._ARRAYS},
+            "infos": {key: value[:self.size].copy() for key, value in self.infos.items()},
+            "position": self.position,
+            "size": self.size,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` exactly into a buffer of the same capacity. A buffer of
+        a larger capacity (a behaviour training continued with more steps) gets the rows
+        oldest first, as a buffer that had the larger capacity from the start holds them:
+        the saved layout would point the next write at the oldest row of a full buffer."""
+        size, position = int(state["size"]), int(state["position"])
+        if size > self.capacity:
+            raise ValueError(f"replay state holds {size} rows, more than this buffer's capacity {self.capacity}")
+        rows = np.arange(size)
+        if size != self.capacity:
+            rows = (position + rows) % max(size, 1)  # the saved rows are a full ring or unwrapped
+            position = size
+        for key in self._ARRAYS:
+            getattr(self, key)[:size] = state[key][rows]
+        for key, value in state.get("infos", {}).items():
+            self.infos[key][:size] = value[rows]
+        self.position, self.size = position, size
+        self.rng.bit_generator.state = state["rng"]
+
     def as_dataset(self, name: str, metadata: dict | None = None) -> OfflineDataset:
         rows = self._ordered_rows()
         return OfflineDataset(

@@ -106,8 +106,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
             raise ValueError(f"{out} was trained to step {state['step']}, past --steps {config.total_steps}: "
                              f"pass --steps {state['step']} or more to continue it, or another --out to start afresh")
         agent.load_state_dict(state["agent"])
-        _restore_buffer(buffer, state["buffer"])
-        buffer.rng.bit_generator.state = state["buffer"]["rng"]
+        buffer.load_state_dict(state["buffer"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
@@ -168,16 +167,10 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(stoch=f"{record['stochastic_normalized']:.1f}", det=f"{record['deterministic_normalized']:.1f}")
         if step % config.checkpoint_every == 0 or step == config.total_steps:
-            size = buffer.size
             atomic_torch_save(
                 {
                     "agent": trained_agent().state_dict(),
-                    "buffer": {
-                        **{k: getattr(buffer, k)[:size].copy() for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")},
-                        "position": buffer.position,
-                        "size": size,
-                        "rng": buffer.rng.bit_generator.state,
-                    },
+                    "buffer": buffer.state_dict(),
                     "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
                     "env": env_state(env),
@@ -190,22 +183,6 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     bar.close()
     env.close()
     return out
-
-
-def _restore_buffer(buffer: ReplayBuffer, saved: dict) -> None:
-    """Put a checkpoint's replay rows back. The buffer holds ``total_steps`` rows, so a
-    training continued with a larger ``--steps`` gets a larger one: its rows are then laid
-    out oldest first, as in a buffer that had the larger size from the start (the
-    checkpoint's own layout would point the next write at the oldest row of a full
-    buffer, overwriting it and leaving unwritten rows to be sampled)."""
-    size, position = int(saved["size"]), int(saved["position"])
-    rows = np.arange(size)
-    if size != buffer.capacity:
-        rows = (position + rows) % max(size, 1)  # oldest first: the saved rows are a full ring or unwrapped
-        position = size
-    for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
-        getattr(buffer, key)[:size] = saved[key][rows]
-    buffer.position, buffer.size = position, size
 
 
 def _drop_progress_after(path: Path, step: int) -> None:
