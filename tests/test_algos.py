@@ -549,23 +549,23 @@ def test_registry_errors_name_the_valid_choices() -> None:
         make_config("iql", overrides={"expectile": 1.5})
 
 
-def test_reference_overrides_apply_to_d4rl_and_generated_datasets() -> None:
+def test_reference_overrides_follow_the_task() -> None:
     hopper = {"reward_scaling": "iql", "deterministic_actor": True, "tau": 0.001}
-    for dataset in ("hopper-medium-v2", "hopper-medium-replay-v2", "gen-hopper-medium-v0", "gen-hopper-medium-replay-v0"):
-        assert reference_overrides("iql", dataset) == hopper, dataset
-        config = make_config("iql", dataset)
+    for task in ("hopper-medium", "hopper-medium-replay"):
+        assert reference_overrides("iql", task) == hopper, task
+        config = make_config("iql", task)
         assert (config.reward_scaling, config.deterministic_actor, config.tau) == ("iql", True, 0.001)
-    others = ("halfcheetah-medium-v2", "walker2d-medium-replay-v2", "hopper-expert-v2", "gen-hopper-expert-v0")
-    for dataset in (*others, "mujoco/hopper/medium-v0", None, "/data/hopper-medium-v2.hdf5"):
-        assert reference_overrides("iql", dataset) == {}, dataset
-    assert make_config("iql", "halfcheetah-medium-v2") == make_config("iql")
-    assert make_config("cql", "gen-hopper-medium-v0").reward_scaling == "iql"
-    assert make_config("cql", "hopper-medium-replay-v2").reward_scaling == "none"
-    assert reference_overrides("bc", "hopper-medium-v2") == {} and reference_overrides("td3bc", "hopper-medium-v2") == {}
+    for task in ("halfcheetah-medium", "walker2d-medium-replay", "hopper-expert", "hopper-simple", None):
+        assert reference_overrides("iql", task) == {}, task
+    assert make_config("iql", "halfcheetah-medium") == make_config("iql")
+    assert make_config("cql", "hopper-medium").reward_scaling == "iql"
+    assert make_config("calql", "hopper-medium").reward_scaling == "iql"
+    assert make_config("cql", "hopper-medium-replay").reward_scaling == "none"
+    assert reference_overrides("bc", "hopper-medium") == {} and reference_overrides("td3bc", "hopper-medium") == {}
 
 
 def test_user_overrides_beat_reference_overrides_and_lists_become_tuples() -> None:
-    config = make_config("iql", "hopper-medium-v2", {"tau": 0.01, "hidden": [32, 32]})
+    config = make_config("iql", "hopper-medium", {"tau": 0.01, "hidden": [32, 32]})
     assert config.tau == 0.01 and config.deterministic_actor is True and config.hidden == (32, 32)
 
 

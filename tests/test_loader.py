@@ -173,6 +173,41 @@ def test_ids_and_file_names_match_d4rl():
     assert d4rl_url("ant-medium-v2", "https://mirror.example/d4rl/") == "https://mirror.example/d4rl/ant_medium-v2.hdf5"
 
 
+def test_every_form_of_a_dataset_id_resolves_to_its_task(hopper_dataset, tmp_path):
+    forms = ["hopper-medium-v2", "gen-hopper-medium-v0", "gen-hopper-medium-v1", "gen-hopper-medium-v1@20000",
+             "gen-hopper-medium-v1@50k", "gen-hopper-medium-v1@1.5M", "mujoco/hopper/medium-v0", "  Hopper-Medium-v2 "]
+    named = tmp_path / "hopper_medium-v2.hdf5"  # d4rl's file name, copied anywhere
+    write_hdf5(hopper_dataset.replace(metadata={}), named)
+    exported = tmp_path / "anything.hdf5"  # a file that carries its source id
+    write_hdf5(hopper_dataset.replace(name="mine", metadata={"source_dataset_id": "gen-hopper-medium-v1@20000"}), exported)
+    for form in [*forms, named, str(exported)]:
+        assert loader.dataset_task(form) == "hopper-medium", form
+    assert loader.dataset_task("gen-hopper-medium-replay-v1@200k") == "hopper-medium-replay"
+    assert loader.dataset_task("halfcheetah-medium-expert-v2") == "halfcheetah-medium-expert"
+    anonymous = tmp_path / "anonymous.hdf5"
+    write_hdf5(hopper_dataset.replace(name="anonymous", metadata={}), anonymous)
+    not_hdf5 = tmp_path / "notes.hdf5"
+    not_hdf5.write_text("not an HDF5 file")
+    for unknown in (None, "", "antmaze", anonymous, not_hdf5, tmp_path / "missing.hdf5"):
+        assert loader.dataset_task(unknown) is None, unknown
+
+
+def test_every_form_of_a_dataset_id_trains_with_the_same_presets(hopper_dataset, tmp_path):
+    """The trainer's algorithm config follows the task: a sized or Minari id of hopper-medium
+    gets CORL's hopper-medium IQL settings, not the generic ones."""
+    import torch
+
+    from hybrid_rl.train import TrainConfig, build_algorithm
+
+    exported = tmp_path / "exported.hdf5"
+    write_hdf5(hopper_dataset.replace(metadata={"source_dataset_id": "hopper-medium-v2"}), exported)
+    for form in ("hopper-medium-v2", "gen-hopper-medium-v1", "gen-hopper-medium-v1@20000", "mujoco/hopper/medium-v0", str(exported)):
+        config = build_algorithm(TrainConfig(algo="iql", dataset=form, total_steps=10), hopper_dataset, torch.device("cpu")).config
+        assert (config.tau, config.deterministic_actor, config.reward_scaling) == (0.001, True, "iql"), form
+    generic = build_algorithm(TrainConfig(algo="iql", dataset="gen-hopper-expert-v1@20000", total_steps=10), hopper_dataset, torch.device("cpu")).config
+    assert (generic.tau, generic.deterministic_actor, generic.reward_scaling) == (0.005, False, "none")
+
+
 def test_cache_dir_follows_d4rl(monkeypatch, tmp_path):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl"))
     assert d4rl_cache_path("hopper-medium-v2") == tmp_path / "d4rl" / "hopper_medium-v2.hdf5"

@@ -191,9 +191,10 @@ def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
     """The run's overrides of its algorithm's settings; raises ValueError (naming the valid
     fields) for an unknown algorithm or field, without building anything."""
     from .algos.registry import make_config
+    from .data.loader import dataset_task
 
     overrides = dict(config.algo_overrides)
-    if hasattr(make_config(config.algo, config.dataset, overrides), "max_steps"):
+    if hasattr(make_config(config.algo, dataset_task(config.dataset), overrides), "max_steps"):
         overrides.setdefault("max_steps", config.total_steps)  # LR schedules span the run
     return overrides
 
@@ -201,10 +202,12 @@ def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
 def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
     """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
     from .algos.registry import make_algorithm
+    from .data.loader import dataset_task
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, dataset_name=config.dataset, overrides=algorithm_overrides(config))
+    return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, task=dataset_task(config.dataset),
+                          overrides=algorithm_overrides(config))
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = True, lock_wait_s: float = 0.0,

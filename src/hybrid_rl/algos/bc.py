@@ -37,7 +37,7 @@ class BCConfig:
             raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
 
 
-def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+def reference_overrides(task: str | None) -> dict[str, Any]:
     """CORL uses the same BC settings on every MuJoCo dataset: always ``{}``."""
     return {}
 

@@ -40,9 +40,9 @@ class CalQLConfig(CQLConfig):
         return True
 
 
-def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+def reference_overrides(task: str | None) -> dict[str, Any]:
     """CQL's per-dataset settings (Cal-QL publishes no locomotion configuration of its own)."""
-    return cql.reference_overrides(dataset_name)
+    return cql.reference_overrides(task)
 
 
 class CalQL(CQL):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -92,20 +91,13 @@ REFERENCE_OVERRIDES: dict[str, dict[str, Any]] = {
     "hopper-medium": {"reward_scaling": "iql"},
 }
 
-# D4RL ids ("hopper-medium-v2") and the factory's generated ids ("gen-hopper-medium-v0").
-_DATASET_ID = re.compile(r"^(?:gen-)?(?P<key>[a-z0-9]+-[a-z-]+?)-v\d+$")
+def reference_overrides(task: str | None) -> dict[str, Any]:
+    """Config fields that CORL changes for this task (``{}`` if none or unknown).
 
-
-def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
-    """Config fields that CORL changes for this dataset (``{}`` if none or unknown).
-
-    Generated datasets of the same robot and level (``gen-hopper-medium-v0``) get the same
-    settings. Pass the *source* dataset id, not the name of a corrupted derivative.
+    ``task`` is ``"<robot>-<level>"`` (``data.loader.dataset_task`` of the source dataset),
+    the same for every form of a dataset id.
     """
-    if not dataset_name:
-        return {}
-    match = _DATASET_ID.match(dataset_name.strip().lower())
-    return dict(REFERENCE_OVERRIDES.get(match["key"], {})) if match else {}
+    return dict(REFERENCE_OVERRIDES.get(task or "", {}))
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Config resolution, lowest to highest precedence:
 1. the config dataclass defaults (the paper's / CORL's settings),
-2. ``reference_overrides(dataset_name)`` of the algorithm's module (CORL's per-dataset
-   settings, e.g. IQL on hopper-medium),
+2. ``reference_overrides(task)`` of the algorithm's module (CORL's per-dataset settings,
+   e.g. IQL on hopper-medium; ``task`` is ``"<robot>-<level>"``, which the caller resolves
+   from the dataset with ``data.loader.dataset_task`` so every form of an id agrees),
 3. the user's ``overrides``.
 
 The trainer should build the config first (``make_config``) to read the preprocessing
@@ -64,12 +65,12 @@ def apply_overrides(config: Any, changes: dict[str, Any], source: str) -> Any:
     return dataclasses.replace(config, **{key: _coerce(value, hints[key]) for key, value in changes.items()})
 
 
-def reference_overrides(name: str, dataset_name: str | None) -> dict[str, Any]:
-    """The per-dataset reference settings ``make_config`` applies for this algorithm."""
-    return _lookup(name)[2].reference_overrides(dataset_name)
+def reference_overrides(name: str, task: str | None) -> dict[str, Any]:
+    """The per-task reference settings ``make_config`` applies for this algorithm."""
+    return _lookup(name)[2].reference_overrides(task)
 
 
-def make_config(name: str, dataset_name: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
+def make_config(name: str, task: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """The algorithm's frozen config: defaults, then dataset reference overrides, then ``overrides``.
 
     Raises ValueError for an unknown algorithm or an unknown config field (listing the
@@ -77,7 +78,7 @@ def make_config(name: str, dataset_name: str | None = None, overrides: dict[str,
     """
     _, config_cls, module = _lookup(name)
     config = config_cls()
-    config = apply_overrides(config, module.reference_overrides(dataset_name), f"reference overrides for {dataset_name!r}")
+    config = apply_overrides(config, module.reference_overrides(task), f"reference overrides for {task!r}")
     return apply_overrides(config, dict(overrides or {}), "overrides")
 
 
@@ -86,14 +87,14 @@ def make_algorithm(
     obs_dim: int,
     act_dim: int,
     device: torch.device | str = "cpu",
-    dataset_name: str | None = None,
+    task: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Algorithm:
     """Build algorithm ``name`` for ``obs_dim``/``act_dim`` on ``device``.
 
-    ``dataset_name`` (the source dataset id, e.g. ``hopper-medium-v2`` or
-    ``gen-hopper-medium-v0``) selects CORL's per-dataset settings; ``overrides`` (e.g.
+    ``task`` (``"<robot>-<level>"`` of the source dataset, e.g. ``"hopper-medium"``) selects
+    CORL's per-dataset settings; ``overrides`` (e.g.
     ``{"max_steps": 500_000}`` for IQL's LR schedule) are applied last.
     """
     algorithm_cls = _lookup(name)[0]
-    return algorithm_cls(obs_dim, act_dim, make_config(name, dataset_name, overrides), device)
+    return algorithm_cls(obs_dim, act_dim, make_config(name, task, overrides), device)

@@ -55,7 +55,7 @@ class RLPDConfig:
             raise ValueError(f"actor_every must be at least 1, got {self.actor_every}")
 
 
-def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+def reference_overrides(task: str | None) -> dict[str, Any]:
     return {}
 
 

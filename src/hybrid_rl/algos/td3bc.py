@@ -57,7 +57,7 @@ class TD3BCConfig:
             raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
 
 
-def reference_overrides(dataset_name: str | None) -> dict[str, Any]:
+def reference_overrides(task: str | None) -> dict[str, Any]:
     """TD3+BC uses one setting for every MuJoCo dataset: always ``{}``."""
     return {}
 

@@ -109,6 +109,12 @@ def _read_metadata(group: h5py.Group, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_hdf5_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata/`` group of a D4RL-format file (``{}`` if it has none), without its arrays."""
+    with h5py.File(path, "r") as handle:
+        return _read_metadata(handle["metadata"]) if "metadata" in handle else {}
+
+
 def read_hdf5(path: str | Path, *, name: str | None = None, validate: bool = True) -> OfflineDataset:
     """Load a D4RL-format file as an OfflineDataset.
 

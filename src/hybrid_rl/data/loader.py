@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
 from ..fileio import atomic_write_text, file_lock, sha256_of_file
 from .dataset import OfflineDataset
-from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5
+from .hdf5io import DatasetFileError, read_hdf5, read_hdf5_metadata, validate_hdf5
 from .envs import register_envs
 from .refs import GYM_ENV_IDS, robot_of
 
@@ -63,6 +63,15 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 SHOW_PROGRESS = True
 
 _D4RL_ID = re.compile(r"^(?P<robot>[a-z0-9]+)-(?P<level>[a-z-]+)-v2$")
+# The spellings of one task ("<robot>-<level>") that per-dataset algorithm presets follow:
+# D4RL ids of any version, generated ids of any policy version and size, Minari's mujoco ids.
+_TASK_SPELLINGS = (
+    re.compile(r"^(?:gen-)?(?P<robot>[a-z0-9]+)-(?P<level>[a-z]+(?:-[a-z]+)*)-v\d+(?:@[0-9.]+[km]?)?$"),
+    re.compile(r"^mujoco/(?P<robot>[a-z0-9]+)/(?P<level>[a-z]+(?:-[a-z]+)*)-v\d+$"),
+)
+# Metadata keys, most specific first, that name the dataset a local file was made from
+# (an exported file's source id, a generated or D4RL file's own id).
+_SOURCE_ID_KEYS = ("source_dataset_id", "dataset_id", "env_name", "name")
 
 
 # ---------------------------------------------------------------------------------------
@@ -590,6 +599,42 @@ def export_minari(dataset: OfflineDataset, dataset_id: str, *, env_id: str | Non
     finally:
         env.close()
     return dataset_id
+
+
+def dataset_task(name_or_path: str | os.PathLike | None) -> str | None:
+    """The task ``"<robot>-<level>"`` a dataset is a version of, or None when it names none.
+
+    Every form of one dataset gives the same task, so per-dataset algorithm presets follow
+    the data, not its spelling: ``hopper-medium-v2``, ``gen-hopper-medium-v1``,
+    ``gen-hopper-medium-v1@20000`` and ``mujoco/hopper/medium-v0`` are all
+    ``hopper-medium``. A local file is recognised by d4rl's file name
+    (``hopper_medium-v2.hdf5``) or, failing that, by the source id its metadata carries
+    (exported and generated files record one); only the metadata is read.
+    """
+    if name_or_path is None:
+        return None
+    name = os.fspath(name_or_path).strip()
+    path = Path(name).expanduser()
+    if path.is_file():
+        d4rl_id = _d4rl_id_from_filename(path.name)
+        if d4rl_id is not None:
+            return dataset_task(d4rl_id)
+        try:
+            metadata = read_hdf5_metadata(path)
+        except (OSError, ValueError):  # not an HDF5 file: loading it reports the problem
+            return None
+        for key in _SOURCE_ID_KEYS:
+            value = metadata.get(key)
+            if isinstance(value, str) and not Path(value).expanduser().is_file():
+                task = dataset_task(value)
+                if task is not None:
+                    return task
+        return None
+    for spelling in _TASK_SPELLINGS:
+        match = spelling.match(name.lower())
+        if match:
+            return f"{match['robot']}-{match['level']}"
+    return None
 
 
 def _looks_like_path(name: str) -> bool:
