@@ -581,3 +581,33 @@ def test_defaults_are_the_published_settings() -> None:
     assert (c.alpha, c.policy_noise, c.noise_clip, c.policy_freq) == (2.5, 0.2, 0.5, 2)
     cql_algo = make_algorithm("cql", OBS_DIM, ACT_DIM, overrides=TINY["cql"])
     assert cql_algo.target_entropy == -ACT_DIM and cql_algo.log_alpha.item() == pytest.approx(0.0)
+
+
+def test_rlpd_q_values_are_its_targets_expected_subset_minimum() -> None:
+    """RLPD bootstraps with the minimum over a random pair of its critics: its Q estimate for
+    Q - MC is that minimum's mean over every pair, not the ensemble mean."""
+    import itertools
+
+    from hybrid_rl.algos.rlpd import expected_subset_min
+
+    q = torch.randn(5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for size in (1, 2, 3, 5):
+        brute = torch.stack([q[list(subset)].min(dim=0).values for subset in itertools.combinations(range(5), size)]).mean(dim=0)
+        torch.testing.assert_close(expected_subset_min(q, size), brute)
+    from hybrid_rl.algos.rlpd import RLPD, RLPDConfig
+
+    rlpd = RLPD(OBS_DIM, ACT_DIM, RLPDConfig(hidden=(8, 8), ensemble_size=4))
+    obs, actions = torch.randn(6, OBS_DIM), torch.rand(6, ACT_DIM) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(rlpd.q_values(obs, actions), expected_subset_min(rlpd.critic(obs, actions), 2))
+
+
+def test_soft_q_methods_say_what_their_backup_adds() -> None:
+    from hybrid_rl.algos.sac import SAC, SACConfig
+
+    sac = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(8, 8)))
+    obs, actions = torch.randn(6, OBS_DIM), torch.rand(6, ACT_DIM) * 1.8 - 0.9
+    torch.testing.assert_close(sac.entropy_bonus(obs, actions), -sac.alpha * sac.actor.log_prob(obs, actions))
+    assert SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(8, 8), backup_entropy=False)).entropy_bonus(obs, actions) is None
+    assert make_algorithm("iql", OBS_DIM, ACT_DIM, overrides=TINY["iql"]).entropy_bonus(obs, actions) is None  # IQL's critic learns the plain return
+    assert make_algorithm("cql", OBS_DIM, ACT_DIM, overrides=TINY["cql"]).entropy_bonus(obs, actions) is None  # CQL: no entropy in the backup

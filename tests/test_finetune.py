@@ -13,6 +13,7 @@ from hybrid_rl.cli import main as cli_main
 from hybrid_rl.data.refs import normalized_score
 from hybrid_rl.data.replay import DeviceReplayBuffer, MixedSampler
 from hybrid_rl.data.dataset import TransitionSampler
+from hybrid_rl.engine.loop import OfflineStage
 from hybrid_rl.engine.online import OnlineMember, OnlineStage
 from hybrid_rl.errors import HybridRLError
 from hybrid_rl.finetune import FinetuneConfig, finetune
@@ -44,7 +45,7 @@ def parents(tmp_path_factory: pytest.TempPathFactory, generated_cache: Path) -> 
 
 
 def ft_config(tmp_path: Path, generated_cache: Path, **changes) -> FinetuneConfig:
-    base = dict(online_steps=150, eval_every=50, eval_episodes=2, log_every=25, checkpoint_every=50, device="cpu", progress=False,
+    base = dict(online_steps=150, eval_every=50, eval_episodes=2, switch_episodes=4, log_every=25, checkpoint_every=50, device="cpu", progress=False,
                 results_dir=str(tmp_path / "phase2"), cache_dir=str(generated_cache), seed=2)
     return FinetuneConfig(**{**base, **changes})
 
@@ -64,7 +65,12 @@ def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_
     assert written["parent"]["run_id"] == parents["iql"].name and written["parent"]["switch_score"] == parent_summary["final_normalized_return"]
     assert len(written["parent"]["checkpoint_sha256"]) == 64
     assert written["algo"] == "iql" and written["method"] == "iql" and written["corruption"]["remove_top_k"] == 30.0
-    assert written["online"]["sampling"] == "uniform" and written["online"]["utd"] == 1
+    assert written["online"]["sampling"] == "uniform" and written["online"]["utd"] == 1 and written["variant"] == "iql"
+    # The starting policy is measured first, at step 0, over switch_episodes episodes; its
+    # first eval_episodes episodes are the ones every later evaluation plays (same seeds).
+    switch, *rest = read_records(run_dir)
+    assert (switch["step"], switch["kind"], switch["switch"], switch["episodes"], len(switch["episode_returns"])) == (0, "eval", True, 4, 4)
+    assert [r["step"] for r in rest if r["kind"] == "eval"] == [50, 100, 150]  # the summary's evaluations leave the switch out
     episodes = [r for r in read_records(run_dir) if r["kind"] == "episode"]
     assert episodes and sum(r["length"] for r in episodes) <= 150
     for record in episodes:
@@ -78,10 +84,13 @@ def test_iql_fine_tuning_names_its_parent_and_logs_online_episodes(parents, tmp_
     assert checkpoint["algorithm"]["total_updates"] == 60 + 150  # UTD 1 from the parent's 60 updates on
 
 
-@pytest.mark.parametrize("method", ["iql", "cql", "calql", "rlpd", "sac"])
+@pytest.mark.parametrize("method", ["iql", "cql", "calql", "rlpd", "sac", "offline"])
 def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, tmp_path, generated_cache, monkeypatch) -> None:
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
-    if method == "sac":
+    stage = OnlineStage
+    if method == "offline":  # the control: the IQL parent trains on offline, two updates per step
+        changes, stage = dict(method="offline", parent=str(parents["iql"]), utd=2), OfflineStage
+    elif method == "sac":
         changes = dict(method="sac", parent="scratch", dataset=TINY_DATASET, warmup_steps=40, algo_overrides={"hidden": [32, 32], "batch_size": 64})
     elif method == "rlpd":  # from scratch on damaged data, UTD 3
         changes = dict(method="rlpd", parent="scratch", dataset=TINY_DATASET, remove_top_k=30.0, warmup_steps=40, utd=3,
@@ -91,13 +100,67 @@ def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(method, parents, 
     reference = ft_config(tmp_path / "uninterrupted", generated_cache, **changes)
     finetune(reference)
     config = ft_config(tmp_path, generated_cache, **changes)
-    run_killed(monkeypatch, OnlineStage, "train_step", 120, lambda: finetune(config))  # killed at step 121, last checkpoint at 100
+    run_killed(monkeypatch, stage, "train_step", 120, lambda: finetune(config))  # killed at step 121, last checkpoint at 100
     run_dir = Path(config.results_dir) / reference.run_id
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 100 and not (run_dir / "summary.json").exists()
     finetune(config)
     expected = (Path(reference.results_dir) / reference.run_id / "metrics.jsonl").read_text()
     assert (run_dir / "metrics.jsonl").read_text() == expected
-    assert any(json.loads(line)["kind"] == "episode" for line in expected.splitlines())
+    assert any(json.loads(line)["kind"] == "episode" for line in expected.splitlines()) == (method != "offline")
+    assert json.loads(expected.splitlines()[0])["switch"]  # measured once, kept through the resume
+
+
+def test_the_controls_offline_training_and_the_frozen_policy(parents, tmp_path, generated_cache, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "phase2"
+    common = ["--from", str(parents["iql"]), "--results", str(results), "--online_steps", "60", "--eval_every", "30", "--eval_episodes", "2",
+              "--switch_episodes", "3", "--device", "cpu", "--cache_dir", str(generated_cache), "--compile", "off"]
+    parent_updates = torch.load(parents["iql"] / "checkpoint.pt", weights_only=False)["algorithm"]["total_updates"]
+
+    assert cli_main(["finetune", "--method", "iql", "--utd", "0", *common]) == 0
+    frozen = json.loads(capsys.readouterr().out)
+    run_dir = results / frozen["run_id"]
+    assert frozen["run_id"] == f"ft-iql__from__{parents['iql'].name}__utd0__uniform__s0"
+    assert json.loads((run_dir / "config.json").read_text())["variant"] == "frozen"
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)["algorithm"]
+    parent = torch.load(parents["iql"] / "checkpoint.pt", weights_only=False)["algorithm"]
+    assert checkpoint["total_updates"] == parent_updates  # never updated
+    for name, tensor in parent["modules"]["actor"].items():
+        assert torch.equal(checkpoint["modules"]["actor"][name], tensor), name
+    records = read_records(run_dir)
+    switch, evals = records[0], [r for r in records if r["kind"] == "eval" and not r.get("switch")]
+    # An unchanged deterministic policy plays the same evaluation episodes: every evaluation is
+    # the switch measurement's first eval_episodes episodes, the noise floor of the metrics.
+    assert [r["episode_returns"] for r in evals] == [switch["episode_returns"][:2]] * 2
+    assert any(r["kind"] == "episode" for r in records)  # it still acts in the environment
+
+    assert cli_main(["finetune", "--method", "offline", *common]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    run_dir = results / offline["run_id"]
+    written = json.loads((run_dir / "config.json").read_text())
+    assert offline["run_id"] == f"ft-offline__from__{parents['iql'].name}__utd1__offline__s0" and written["variant"] == "offline"
+    assert written["online"]["interacts"] is False and written["algo"] == "iql"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["algorithm"]["total_updates"] == parent_updates + 60
+    records = read_records(run_dir)
+    assert not any(r["kind"] == "episode" for r in records) and records[0]["switch"]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 30, 60]
+
+
+def test_bad_control_settings_get_one_line_and_write_nothing(parents, tmp_path, generated_cache, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "phase2"
+    for args, message in ((["--from", str(parents["iql"]), "--method", "iql", "--utd", "-1"], "must be a whole number >= 0"),
+                          (["--from", "scratch", "--env", TINY_DATASET, "--method", "offline"], "pass --from RESULTS/RUN_ID, not --from scratch"),
+                          (["--from", str(parents["iql"]), "--method", "offline", "--utd", "0"], "would do nothing"),
+                          (["--from", str(parents["iql"]), "--method", "offline", "--sampling", "uniform"], "offline data only"),
+                          (["--from", "scratch", "--env", TINY_DATASET, "--method", "sac", "--utd", "0"], "none to freeze")):
+        try:
+            code = cli_main(["finetune", "--results", str(results), "--online_steps", "50", "--device", "cpu", "--cache_dir", str(generated_cache), *args])
+        except SystemExit as exc:  # argparse's own check of --utd's type, one line too
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+        assert not results.exists()
 
 
 def test_calql_fine_tuning_floors_online_transitions_at_their_episodes_returns(parents, tmp_path, generated_cache, monkeypatch) -> None:
@@ -229,8 +292,13 @@ def test_q_calibration_against_hand_computed_returns() -> None:
     from hybrid_rl.engine.online import q_calibration
 
     class ConstantQ:
+        bonus = None
+
         def q_values(self, member, obs, actions):
             return torch.full((len(obs),), 2.0)
+
+        def entropy_bonus(self, member, obs, actions):
+            return None if self.bonus is None else torch.full((len(obs),), self.bonus)
 
     def episode(length: int) -> dict:
         return {"observations": np.zeros((length, 3), np.float32), "actions": np.zeros((length, 1), np.float32), "rewards": np.ones(length, np.float32)}
@@ -243,6 +311,12 @@ def test_q_calibration_against_hand_computed_returns() -> None:
     cut = q_calibration(ConstantQ(), 0, episode(301), mc, 0.99, False, torch.device("cpu"))
     assert cut["q_mc_transitions"] == 1 and cut["mc_return_mean"] == 0.0
     assert q_calibration(ConstantQ(), 0, episode(300), mc[:300], 0.99, False, torch.device("cpu")) == {}
+    # A soft-Q critic: its backup adds the bonus b of each next action, so the Monte-Carlo target
+    # sums r_t + gamma b_t+1 (nothing after the last step): with b = 0.4, 1.2, 1.2, 1 -> 2.05, 1.7, 1.
+    soft = ConstantQ()
+    soft.bonus = 0.4
+    calibrated = q_calibration(soft, 0, episode(3), np.array([1.75, 1.5, 1.0]), 0.5, True, torch.device("cpu"))
+    assert calibrated["mc_return_mean"] == pytest.approx(4.75 / 3) and calibrated["entropy_bonus_mean"] == pytest.approx(0.4)
 
 
 def test_online_stage_stores_truncations_as_timeouts_not_terminals() -> None:

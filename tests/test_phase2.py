@@ -18,7 +18,7 @@ from conftest import TINY_DATASET
 def tiny_spec(tmp_path: Path, cache: Path) -> Phase2Spec:
     return Phase2Spec(
         methods=("iql", "rlpd", "sac"), datasets=(TINY_DATASET,), remove_top_k=(0.0, 30.0), seeds=(0,), pretrain_steps=40, online_steps=60,
-        utd=1, eval_every=30, pretrain_eval_every=40, eval_episodes=2, checkpoint_every=30, device="cpu",
+        utd=1, eval_every=30, pretrain_eval_every=40, eval_episodes=2, switch_episodes=3, checkpoint_every=30, device="cpu",
         results_dir=str(tmp_path / "results"), phase2_results=str(tmp_path / "results_phase2"), cache_dir=str(cache),
         algo_overrides={"iql": {"hidden": [16, 16], "batch_size": 32}},
         method_overrides={"rlpd": {"hidden": [16, 16], "batch_size": 32, "ensemble_size": 3}, "sac": {"hidden": [16, 16], "batch_size": 32}},
@@ -26,32 +26,48 @@ def tiny_spec(tmp_path: Path, cache: Path) -> Phase2Spec:
 
 
 def test_the_study_trains_parents_then_every_method_and_reports(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
     from hybrid_rl.eval.recovery_report import build_recovery_report
 
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     monkeypatch.chdir(tmp_path)
-    spec = tiny_spec(tmp_path, generated_cache)
+    # The study's default methods and a method without data: RLPD at its recipe and without offline data.
+    spec = replace(tiny_spec(tmp_path, generated_cache), methods=("iql", "offline", "iql@utd0", "rlpd", "rlpd@online_only", "sac"), seeds=(0, 1))
     status = run_phase2(spec, workers=1, log=lambda line: None, progress=False)
-    # iql at k 0 and 30, rlpd at k 0 and 30, sac once (it uses no offline data)
-    assert status["failed"] == {} and status["runs"] == 5 and status["ran"] == 5
+    # per seed: iql, offline, frozen and rlpd at k 0 and 30; rlpd without data and sac once (they use no offline data)
+    assert status["failed"] == {} and status["runs"] == 2 * (4 * 2 + 2) and status["ran"] == status["runs"]
     parents = sorted(p.name for p in (tmp_path / "results").iterdir() if p.is_dir())
-    assert parents == ["iql__gen-hopper-random-v0@3000__k0__noise0__s0", "iql__gen-hopper-random-v0@3000__k30__noise0__s0"]
+    assert parents == [f"iql__gen-hopper-random-v0@3000__k{k}__noise0__s{seed}" for k in (0, 30) for seed in (0, 1)]  # offline continues them
     runs = sorted(p.name for p in (tmp_path / "results_phase2").iterdir() if p.is_dir())
-    assert [name.split("__")[0] for name in runs] == ["ft-iql", "ft-iql", "ft-rlpd", "ft-rlpd", "ft-sac"]
+    assert sorted({name.split("__")[0] for name in runs}) == ["ft-iql", "ft-offline", "ft-rlpd", "ft-sac"]
 
     written = build_recovery_report(tmp_path / "results_phase2", tmp_path / "plots")
     rows = list(csv.DictReader((tmp_path / "results_phase2" / "recovery.csv").open()))
-    assert {(r["method"], r["corruption"]) for r in rows} == {("iql", "clean"), ("iql", "k=30%"), ("rlpd", "clean"), ("rlpd", "k=30%"), ("sac", "clean")}
-    iql_clean = next(r for r in rows if r["method"] == "iql" and r["corruption"] == "clean")
-    parent_summary = json.loads((tmp_path / "results" / parents[0] / "summary.json").read_text())
-    assert float(iql_clean["switch_mean"]) == pytest.approx(parent_summary["final_normalized_return"], abs=1e-3)
+    # The study's UTD 1 departs from RLPD's recipe (20), and its name says so.
+    assert {(r["variant"], r["corruption"]) for r in rows} == {(v, c) for v in ("iql", "offline", "frozen", "rlpd utd1") for c in ("clean", "k=30%")} | {
+        ("rlpd utd1 online_only", "clean"), ("sac", "clean")}
+    assert all(r["n"] == "2" and r["interval"] == "mean, Student-t over seeds" for r in rows)
+    # The switch is measured at step 0 of each run: every run from one parent measures the same policy on the same episodes.
+    iql_clean = next(r for r in rows if r["variant"] == "iql" and r["corruption"] == "clean")
+    frozen_clean = next(r for r in rows if r["variant"] == "frozen" and r["corruption"] == "clean")
+    switches = [json.loads((tmp_path / "results_phase2" / name / "metrics.jsonl").read_text().splitlines()[0])["normalized_return_mean"]
+                for name in runs if name.startswith("ft-iql__from__iql__gen-hopper-random-v0@3000__k0__") and "utd1" in name]
+    assert float(iql_clean["switch_point"]) == pytest.approx(sum(switches) / 2, abs=1e-3) and iql_clean["switch_point"] == frozen_clean["switch_point"]
+    assert float(frozen_clean["gain_point"]) == pytest.approx(float(frozen_clean["final_point"]) - float(frozen_clean["switch_point"]), abs=1e-3)
+    paired = list(csv.DictReader((tmp_path / "results_phase2" / "recovery_paired.csv").open()))
+    assert {(r["comparison"], r["variant"], r["against"]) for r in paired if r["corruption"] == "k=30%"} == {
+        ("damaged - clean", v, "clean") for v in ("iql", "offline", "frozen", "rlpd utd1")} | {
+        ("method - control", "iql", "offline"), ("method - control", "iql", "frozen"), ("method - control", "rlpd utd1", "rlpd utd1 online_only")}
+    assert all(r["n_pairs"] == "2" for r in paired)
     assert {p.name for p in written["figures"]} == {f"recovery_{kind}_gen-hopper-random-v0_3000.{ext}" for kind in ("curves", "bars", "q") for ext in ("png", "pdf")}
-    # Hopper episodes of these weak policies end by falling: every method's critic is checked on them.
-    assert all(math.isfinite(float(r["q_minus_mc_final_mean"])) for r in rows)
-    assert "switch -> final" in (tmp_path / "results_phase2" / "recovery.md").read_text()
+    # Hopper episodes of these weak policies end by falling: every interacting method's critic is checked on them.
+    assert all(math.isfinite(float(r["q_minus_mc_final_mean"])) for r in rows if r["variant"] != "offline")
+    text = (tmp_path / "results_phase2" / "recovery.md").read_text()
+    assert "| switch | final | interval | gain | dip |" in text and "## Paired differences (by seed)" in text
 
     again = run_phase2(spec, workers=1, log=lambda line: None, progress=False)
-    assert again["ran"] == 0 and again["skipped_complete"] == 5
+    assert again["ran"] == 0 and again["skipped_complete"] == status["runs"]
 
 
 def test_the_study_trains_populations_when_asked(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,11 +87,20 @@ def test_the_study_trains_populations_when_asked(tmp_path: Path, generated_cache
 
 def test_bad_phase2_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for args, message in ((["--method", "iql,awac"], "unknown fine-tuning method"), (["--remove_top_k", "100"], "outside [0, 100)"),
-                          (["--sampling", "mostly"], "unknown sampling mode")):
+                          (["--sampling", "mostly"], "unknown sampling mode"), (["--method", "iql@fast"], "unknown option 'fast'"),
+                          (["--method", "iql,iql@utd1"], "names one run twice")):
         code = phase2_main([*args, "--results", str(tmp_path / "r"), "--results_phase2", str(tmp_path / "r2"), "--plots", str(tmp_path / "p")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert not any(tmp_path.iterdir())
+
+
+def test_a_report_needs_fine_tuning_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "r2").mkdir()
+    code = phase2_main(["--plot_only", "--results_phase2", str(tmp_path / "r2"), "--plots", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no fine-tuning runs in" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p").exists() and not any((tmp_path / "r2").iterdir())
 
 
 STUDY_SCRIPT = """

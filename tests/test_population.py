@@ -477,6 +477,9 @@ def test_sac_and_rlpd_populations_of_one_equal_the_single_run(algo: str, base: O
     assert float(rebuilt.step) == 7 and float(rebuilt.actor_step) == actor_steps
     obs = torch.as_tensor(base.observations[:5])
     assert_close(rebuilt.agent_q_values(0, obs, torch.as_tensor(base.actions[:5])), single.q_values(obs, torch.as_tensor(base.actions[:5])), "q")
+    # The soft bonus of the Monte-Carlo target (both learn soft Q) from the member's own actor and temperature.
+    actions = torch.as_tensor(base.actions[:5]).clamp(-0.9, 0.9)
+    assert_close(rebuilt.agent_entropy_bonus(0, obs, actions), single.entropy_bonus(obs, actions), "entropy bonus")
 
 
 

@@ -18,6 +18,13 @@ from .errors import HybridRLError
 EXIT_BAD_INPUT = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (usage is what --help is for), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def comma_list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -41,6 +48,17 @@ def positive_int(text: str) -> int:
     if value <= 0 or value != number:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (a UTD of 0 freezes the policy)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if number < 0 or number != int(number):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return int(number)
 
 
 def positive_float(text: str) -> float:
@@ -274,7 +292,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
     config = FinetuneConfig(
         method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
-        online_steps=args.online_steps, utd=args.utd, sampling=args.sampling,
+        online_steps=args.online_steps, utd=args.utd, sampling=args.sampling, switch_episodes=args.switch_episodes,
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
         exploration_noise=args.exploration_noise, seed=args.seed, eval_every=min(args.eval_every, args.online_steps),
         eval_episodes=args.eval_episodes, log_every=min(args.log_every, args.online_steps), checkpoint_every=args.checkpoint_every,
@@ -296,15 +314,20 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grid_options import DEFAULT_SWITCH_EPISODES
+
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
-    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm) or rlpd, sac (from scratch); see docs/recovery.md")
+    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm), "
+                        "rlpd, sac (from scratch), or the control offline (the parent keeps training offline); see docs/recovery.md")
     parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
     parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
     parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
     parser.add_argument("--online_steps", type=positive_int, default=250_000, help="online environment steps; default 250000")
-    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step; default: the method's")
+    parser.add_argument("--utd", type=non_negative_int, default=None, help="gradient steps per environment step (0: a frozen policy, evaluated only); default: the method's")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")
+    parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
+                        help=f"episodes of the starting policy's evaluation at step 0 (the switch score); default {DEFAULT_SWITCH_EPISODES}")
     parser.add_argument("--online_fraction", type=float, default=0.5, help="online share of a symmetric batch; default 0.5")
     parser.add_argument("--warmup_steps", type=int, default=None, help="environment steps before the first update; default: the method's")
     parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
@@ -317,20 +340,23 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_DATASET, PHASE2_DEFAULT_METHODS
+    from .grid_options import DEFAULT_DATASET, DEFAULT_SWITCH_EPISODES, PHASE2_DEFAULT_METHODS
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
-                        help=f"fine-tuning methods, comma-separated (iql, cql, calql, rlpd, sac); default {','.join(PHASE2_DEFAULT_METHODS)}")
+                        help="methods, comma-separated: iql, cql, calql, rlpd, sac, the control offline, with variants NAME@utdN or NAME@SAMPLING "
+                        f"(iql@utd0: the frozen policy; rlpd@online_only: RLPD without data); default {','.join(PHASE2_DEFAULT_METHODS)}")
     parser.add_argument("--env", type=comma_list(str), default=(DEFAULT_DATASET,), help=f"datasets, comma-separated; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
     parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
     parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")
     parser.add_argument("--total_steps", type=positive_int, default=None, help="Phase I steps of the pretrained parents; default 500000 (10000 with --quick)")
     parser.add_argument("--online_steps", type=positive_int, default=None, help="online environment steps; default 250000 (5000 with --quick)")
-    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method; default: each method's (1 with --quick)")
+    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method without its own @utdN; default: each method's (1 with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
     parser.add_argument("--eval_every", type=positive_int, default=None, help="online steps between evaluations; default 5000 (500 with --quick)")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
+                        help=f"episodes of each run's starting-policy evaluation at step 0; default {DEFAULT_SWITCH_EPISODES}")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--warmup_steps", type=int, default=None, help="random warm-up steps of the from-scratch methods (rlpd, sac); default 5000 (1000 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a small CPU budget, one seed: parents of 10k steps, 5k online steps, UTD 1 (about 20 min on 2 cores, data generation included)")
@@ -370,7 +396,7 @@ def phase2_command(args: argparse.Namespace) -> int:
         online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
         eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
-        eval_episodes=args.eval_episodes, device=args.device, population=args.population, max_population=args.max_population, compile=args.compile,
+        eval_episodes=args.eval_episodes, switch_episodes=args.switch_episodes, device=args.device, population=args.population, max_population=args.max_population, compile=args.compile,
         results_dir=args.results, phase2_results=args.results_phase2, cache_dir=args.cache_dir, mirror=args.mirror,
     )
     workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs())) if args.launcher == "local" else 1
@@ -383,7 +409,7 @@ def phase2_command(args: argparse.Namespace) -> int:
 
 def phase2_main(argv: Sequence[str] | None = None) -> int:
     """``python run_phase2.py [flags]``: the Phase II study."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="run_phase2.py",
         description="Phase II: fine-tune agents pretrained on damaged data online (and train from-scratch baselines) and measure how "
         "they recover; resumable; writes results_phase2/ and plots_phase2/.",
@@ -397,11 +423,22 @@ def phase2_main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 @guarded
 def report_command(args: argparse.Namespace) -> int:
-    from .eval.report import build_report
+    from .eval.recovery_report import build_recovery_report
+    from .eval.report import NoRunsError, build_report
+    from .eval.runs import finetune_run_dirs
     from .grid import check_writable_dir
 
     check_writable_dir(args.plots, "--plots")
-    written = build_report(args.results, args.plots)
+    written: dict[str, Any] = {}
+    # A Phase II results directory gets the recovery report; Phase I runs (in the same
+    # directory or alone) get the Phase I report.
+    if finetune_run_dirs(args.results):
+        written["recovery"] = build_recovery_report(args.results, args.plots)
+    try:
+        written.update(build_report(args.results, args.plots))
+    except NoRunsError:
+        if not written:
+            raise
     print(json.dumps(written, indent=2, default=str))
     return 0
 
@@ -475,7 +512,7 @@ def dataset_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
+    parser = OneLineParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     grid = sub.add_parser("grid", help="run the Phase I experiment grid (same flags as run_phase1.py)")
     add_grid_arguments(grid)
@@ -540,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def phase1_main(argv: Sequence[str] | None = None) -> int:
     """``python run_phase1.py [flags]``: the Phase I grid."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="run_phase1.py",
         description="Phase I: train CQL and IQL on D4RL-style datasets with their best trajectories removed (and noisy rewards); "
         "resumable; writes results/ and plots/.",

@@ -27,6 +27,18 @@ Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
 ``sac``  SAC from scratch without offline data (the floor every method must beat): 5,000
          uniformly random warm-up steps, then UTD 1 on the online buffer alone.
 
+Controls that make causes separable (docs/recovery.md):
+
+``offline`` the parent keeps training on its own (damaged) offline data, with the fine-tuning
+         recipe's optimizer settings, for the same gradient steps on the same evaluation
+         schedule (one step = ``utd`` gradient steps) and no interaction: recovery against
+         more training.
+``--utd 0`` any pretrained method as a frozen policy: it acts and is evaluated, never
+         updated (the metrics' noise floor).
+
+Every run first measures its starting policy over ``switch_episodes`` episodes at step 0,
+before any update (the switch score of every recovery metric).
+
 Update paths as in Phase I (``compile``): ``iql``, ``cql``, ``calql`` and ``sac`` runs long
 enough take the compiled step of a population of one (``rlpd`` under ``--compile on`` only:
 not timed yet). ``finetune_population`` trains runs whose parents
@@ -48,6 +60,7 @@ from .data.refs import normalized_score
 from .data.robots import EPISODE_LIMIT
 from .errors import HybridRLError
 from .fileio import sha256_of_file
+from .grid_options import DEFAULT_SWITCH_EPISODES
 from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
 from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
@@ -67,6 +80,7 @@ class Method:
     warmup_steps: int
     random_warmup: bool  # uniform random actions during the warm-up (else the policy acts)
     source: str
+    interacts: bool = True  # False: the offline control (no environment, no online buffer)
 
 
 METHODS: dict[str, Method] = {
@@ -75,6 +89,7 @@ METHODS: dict[str, Method] = {
     "calql": Method("calql", ("calql",), "symmetric", 1, 0, False, "Nakamoto et al. 2023, Cal-QL"),
     "rlpd": Method("rlpd", (), "symmetric", 20, 5_000, True, "Ball et al. 2023, RLPD"),
     "sac": Method("sac", (), "online_only", 1, 5_000, True, "Haarnoja et al. 2018, SAC from scratch"),
+    "offline": Method("offline", ("iql", "cql", "calql"), "offline", 1, 0, False, "control: continued offline training of the parent", interacts=False),
 }
 
 
@@ -91,7 +106,7 @@ class FinetuneConfig:
     reward_noise_std: float = 0.0
     extra_corruptions: tuple[dict, ...] = ()
     online_steps: int = 250_000
-    utd: int | None = None  # gradient steps per env step; None: the method's
+    utd: int | None = None  # gradient steps per env step (0: a frozen policy); None: the method's
     sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
     online_fraction: float = 0.5  # share of online data in a symmetric batch
     warmup_steps: int | None = None  # env steps before the first update; None: the method's
@@ -100,6 +115,7 @@ class FinetuneConfig:
     seed: int = 0
     eval_every: int = 5_000
     eval_episodes: int = 10
+    switch_episodes: int = DEFAULT_SWITCH_EPISODES  # episodes of the starting policy's evaluation at step 0
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     loss_variance_window: int = 1_000
@@ -118,15 +134,21 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(METHODS)}")
-        for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
+        for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "switch_episodes", "loss_variance_window"):
             if getattr(self, name) <= 0:
                 raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
         from .data.replay import SAMPLING_MODES
 
-        if self.sampling is not None and self.sampling not in SAMPLING_MODES:
+        if not self.recipe.interacts and self.sampling not in (None, self.recipe.sampling):
+            raise HybridRLError(f"method {self.method} samples its parent's offline data only: drop --sampling {self.sampling}")
+        if self.sampling is not None and self.recipe.interacts and self.sampling not in SAMPLING_MODES:
             raise HybridRLError(f"unknown sampling mode {self.sampling!r}; use one of {', '.join(SAMPLING_MODES)}")
-        if self.utd is not None and self.utd < 1:
-            raise HybridRLError(f"--utd must be at least 1, got {self.utd}")
+        if self.utd is not None and self.utd < 0:
+            raise HybridRLError(f"--utd must be >= 0 (0: a frozen policy, evaluated only), got {self.utd}")
+        if self.utd == 0 and not self.recipe.interacts:
+            raise HybridRLError(f"method {self.method} at --utd 0 would do nothing: the frozen-policy control is a pretrained method at --utd 0 (e.g. --method iql --utd 0)")
+        if self.utd == 0 and not self.recipe.parent_algos:
+            raise HybridRLError(f"--utd 0 freezes a pretrained policy; method {self.method} starts from scratch, so there is none to freeze")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise HybridRLError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.buffer_size is not None and self.buffer_size <= 0:
@@ -139,6 +161,8 @@ class FinetuneConfig:
             raise HybridRLError(f"unknown compile mode {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
         if self.parent == SCRATCH and not self.dataset:
             raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
+        if self.parent == SCRATCH and self.recipe.parent_algos and not self.recipe.interacts:
+            raise HybridRLError(f"method {self.method} continues a pretrained agent's offline training: pass --from RESULTS/RUN_ID, not --from scratch")
 
     # --- the recipe with defaults filled in ---------------------------------------------------
     @property
@@ -156,6 +180,22 @@ class FinetuneConfig:
     @property
     def resolved_warmup_steps(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else self.recipe.warmup_steps
+
+    @property
+    def variant(self) -> str:
+        """The method as the study's tables name it: "offline" and "frozen" (UTD 0) for the
+        controls, else the method with any UTD or sampling that departs from its recipe
+        (``"rlpd online_only"``: RLPD without offline data)."""
+        if not self.recipe.interacts:
+            return self.method
+        if self.resolved_utd == 0:
+            return "frozen"
+        parts = [self.method]
+        if self.utd is not None and self.utd != self.recipe.utd:
+            parts.append(f"utd{self.utd}")
+        if self.sampling is not None and self.sampling != self.recipe.sampling:
+            parts.append(self.sampling)
+        return " ".join(parts)
 
     @property
     def gradient_steps(self) -> int:
@@ -291,6 +331,8 @@ def population_key(config: FinetuneConfig) -> str | None:
     runs alone and fails with the reason)."""
     from .engine.population import population_class
 
+    if not config.recipe.interacts:
+        return None  # the offline control trains alone
     if config.parent == SCRATCH:
         if population_class(config.method) is None:
             return None
@@ -346,7 +388,8 @@ class _Prepared:
     book: RunBook
     algorithm: Any
     state: dict[str, Any] | None
-    member: Any  # engine.online.OnlineMember
+    member: Any  # engine.online.OnlineMember; None for the offline control
+    offline: Any  # the parent's offline data as a TransitionSampler (None: online_only)
     parent_info: dict[str, Any]
 
 
@@ -360,7 +403,7 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
     (and writes nothing more) if the runs are not all at the same step. A failure marks
     every run that had not finished as failed, then is raised.
     """
-    from .engine.loop import fit, load_stage_states
+    from .engine.loop import OfflineStage, fit, load_stage_states
     from .engine.online import OnlineStage
 
     first = configs[0]
@@ -376,11 +419,15 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
             return None  # (the books are closed below)
         learner, run_extra = _online_learner([p.algorithm for p in prepared], configs, device)
         algo_config = prepared[0].algorithm.config
-        stage = OnlineStage(
-            [p.member for p in prepared], utd=first.resolved_utd, batch_size=algo_config.batch_size, warmup_steps=first.resolved_warmup_steps,
-            random_warmup=first.recipe.random_warmup, exploration_noise=exploration_noise(first, prepared[0].algorithm),
-            discount=algo_config.discount, returns_in_buffer=bool(getattr(algo_config, "uses_mc_returns", False)),
-        )
+        if first.recipe.interacts:
+            stage = OnlineStage(
+                [p.member for p in prepared], utd=first.resolved_utd, batch_size=algo_config.batch_size, warmup_steps=first.resolved_warmup_steps,
+                random_warmup=first.recipe.random_warmup, exploration_noise=exploration_noise(first, prepared[0].algorithm),
+                discount=algo_config.discount, returns_in_buffer=bool(getattr(algo_config, "uses_mc_returns", False)),
+            )
+        else:  # the offline control runs alone (population_key): one sampler of its parent's data
+            source = _StackedOfOne(prepared[0].offline) if learner.stacked_batches else prepared[0].offline
+            stage = OfflineStage(source, algo_config.batch_size, updates_per_step=first.resolved_utd)
         schedule = [(stage, first.online_steps)]
         for member, p in enumerate(prepared):
             if p.state is not None:
@@ -388,8 +435,10 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
         if prepared[0].state is not None:
             restore_rng(prepared[0].state, device)  # saved together: every member's copy is the same
         for p in prepared:
-            p.book.write_config(algo=p.book.config.algo, parent=p.parent_info, online=_online_info(p), **run_extra)
+            p.book.write_config(algo=p.book.config.algo, variant=p.book.config.variant, parent=p.parent_info, online=_online_info(p), **run_extra)
             p.book.open_log()
+        if prepared[0].state is None:  # a fresh start (a resumed run keeps its measurement in metrics.jsonl)
+            measure_switch(learner, [p.book for p in prepared], first.switch_episodes)
         desc = first.run_id if len(configs) == 1 else f"ft-{first.method} x{len(configs)} {prepared[0].book.config.dataset}"
         return fit(learner, [p.book for p in prepared], schedule, desc=desc, progress=first.progress)
     except Exception as exc:
@@ -429,8 +478,59 @@ def _online_learner(algorithms: list, configs: Sequence[FinetuneConfig], device:
     return PopulationLearner(population), extra
 
 
+def measure_switch(learner: Any, books: Sequence[RunBook], episodes: int) -> None:
+    """Evaluate every member's starting policy over ``episodes`` episodes and log it at step 0
+    as the switch measurement (an "eval" record with ``"switch": true``).
+
+    The episodes start from the run's evaluation seeds (``eval_seed + i``), so the first
+    ``eval_episodes`` of them are the episodes every later evaluation plays: a paired design.
+    Deterministic actions draw no random numbers, so the training that follows is unchanged.
+    """
+    from .data.loader import make_env
+
+    views = [_EvaluationEnvs([make_env(book.dataset) for _ in range(episodes)], book.obs_mean, book.obs_std, book.eval_seed) for book in books]
+    try:
+        returns = learner.evaluate(range(len(books)), views)
+    finally:
+        for view in views:
+            for env in view.envs:
+                env.close()
+    for book, member_returns in zip(books, returns):
+        book.log({**book.eval_record(member_returns), "switch": True, "episodes": len(member_returns)})
+
+
+class _StackedOfOne:
+    """One run's ``TransitionSampler`` as the ``(1, B, ...)`` batch source of a compiled
+    population of one (what the online stage's stacked samplers give it)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return {key: value[None] for key, value in self.sampler.sample(batch_size).items()}
+
+    def member_state_dict(self, member: int) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_member_state_dict(self, member: int, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+@dataclass
+class _EvaluationEnvs:
+    """What ``Learner.evaluate`` reads of a run's book: its envs, normalisation and seeds."""
+
+    envs: list
+    obs_mean: Any
+    obs_std: Any
+    eval_seed: int
+
+
 def _online_info(p: _Prepared) -> dict[str, Any]:
     config = p.book.config
+    if not config.recipe.interacts:
+        return {"utd": config.resolved_utd, "sampling": config.resolved_sampling, "interacts": False, "warmup_steps": 0, "random_warmup": False,
+                "method_source": config.recipe.source, "step_unit": f"schedule steps of {config.resolved_utd} offline gradient step(s), as an online run's environment steps"}
     return {"utd": config.resolved_utd, "sampling": config.resolved_sampling, "online_fraction": config.online_fraction,
             "warmup_steps": config.resolved_warmup_steps, "random_warmup": config.recipe.random_warmup,
             "exploration_noise": exploration_noise(config, p.algorithm), "buffer_size": p.member.buffer.capacity, "episode_limit": EPISODE_LIMIT,
@@ -491,10 +591,12 @@ def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float
     if config.resolved_sampling != "online_only":
         offline = TransitionSampler(dataset, device, obs_mean=preprocessing.obs_mean, obs_std=preprocessing.obs_std,
                                     reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(book))
+    if not config.recipe.interacts:
+        return _Prepared(book, algorithm, state, None, offline, parent_info)
     uses_mc = bool(getattr(algorithm.config, "uses_mc_returns", False))
     buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1,
                                 extra_fields=("mc_returns",) if uses_mc else ())
     member = OnlineMember(make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer,
                           MixedSampler(offline, buffer, config.resolved_sampling, config.online_fraction, seed=config.seed + 2),
                           preprocessing, lambda episode_return: normalized_score(book.env_name, episode_return), seed=config.seed)
-    return _Prepared(book, algorithm, state, member, parent_info)
+    return _Prepared(book, algorithm, state, member, offline, parent_info)

@@ -21,4 +21,5 @@ DEFAULT_MAX_POPULATION = 36
 PHASE2_QUICK_PRETRAIN_STEPS = 10_000  # Phase I steps of the quick study's parents
 PHASE2_QUICK_ONLINE_STEPS = 5_000
 PHASE2_QUICK_WARMUP_STEPS = 1_000  # random steps of the from-scratch methods (5,000 otherwise)
-PHASE2_DEFAULT_METHODS = ("iql", "rlpd", "sac")
+DEFAULT_SWITCH_EPISODES = 50  # episodes of a fine-tuning run's starting-policy evaluation at step 0
+PHASE2_DEFAULT_METHODS = ("iql", "offline", "iql@utd0", "rlpd", "sac")  # IQL fine-tuning, its two controls, RLPD, SAC

@@ -13,8 +13,13 @@ docs/cluster.md), progress in environment steps. On a GPU (``population="auto"``
 anywhere with "on") the fine-tuning runs that differ only in seed and corruption train as
 populations (``finetune.finetune_population``), like the parents do in the Phase I grid.
 
-SAC from scratch uses no offline data, so the corruption level cannot change it: it runs
-once per dataset and seed (on the clean level) and serves as the floor of every panel.
+Methods are named with optional variants, ``NAME[@OPTION...]`` where an option is a UTD
+(``utd0``, ``utd4``) or a sampling mode: ``iql@utd0`` is the frozen-policy control,
+``rlpd@online_only`` RLPD without offline data, ``iql@symmetric`` IQL fine-tuning with
+symmetric batches; ``offline`` is the continued-offline-training control, from the parents
+of the study's other pretrained methods. A method that uses no offline data (SAC from
+scratch, any ``@online_only``) cannot be changed by the corruption level: it runs once per
+dataset and seed (on the clean level) and is drawn in every panel.
 """
 from __future__ import annotations
 
@@ -28,31 +33,56 @@ from .errors import HybridRLError
 from .fileio import atomic_write_text
 from .finetune import METHODS, SCRATCH, FinetuneConfig
 from .grid import GridSpec, check_datasets, check_writable_dir, grid_lock, run_grid, run_units_locally, threads_per_run
-from .grid_options import DEFAULT_DATASET, DEFAULT_MAX_POPULATION
+from .grid_options import DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_SWITCH_EPISODES, PHASE2_DEFAULT_METHODS
 from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
 from .train import resolve_device
 from .units import plan_units, run_state
 
-DEFAULT_METHODS = ("iql", "rlpd", "sac")
-# Methods that use no offline data: the corruption level does not change them.
-DATA_FREE_METHODS = ("sac",)
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the study, ``NAME[@OPTION...]``: a method and, optionally, its own UTD
+    (``utdN``) or sampling mode, which take precedence over the study's."""
+
+    name: str
+    utd: int | None = None
+    sampling: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        from .data.replay import SAMPLING_MODES
+
+        name, *options = text.strip().lower().split("@")
+        if name not in METHODS:
+            raise HybridRLError(f"unknown fine-tuning method {name!r} in --method {text}; choose from {sorted(METHODS)} "
+                                "(variants: NAME@utdN, NAME@SAMPLING, e.g. iql@utd0, rlpd@online_only)")
+        utd, sampling = None, None
+        for option in options:
+            if option.startswith("utd") and option[3:].isdigit():
+                utd = int(option[3:])
+            elif option in SAMPLING_MODES:
+                sampling = option
+            else:
+                raise HybridRLError(f"unknown option {option!r} in --method {text}: use utdN (e.g. utd0, the frozen policy) or one of {', '.join(SAMPLING_MODES)}")
+        return cls(name, utd, sampling)
 
 
 @dataclass(frozen=True)
 class Phase2Spec:
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = PHASE2_DEFAULT_METHODS
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
     remove_top_k: tuple[float, ...] = (0.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
     pretrain_steps: int = 500_000  # Phase I steps of the parents
     online_steps: int = 250_000
-    utd: int | None = None  # None: each method's
-    sampling: str | None = None  # None: each method's
+    utd: int | None = None  # None: each method's (a method's own @utdN wins)
+    sampling: str | None = None  # None: each method's (a method's own @SAMPLING wins)
     warmup_steps: int | None = None  # random warm-up of the from-scratch methods; None: theirs (5,000 steps)
     eval_every: int = 5_000  # online environment steps (the parents' Phase I runs use pretrain_eval_every)
     pretrain_eval_every: int = 5_000
     eval_episodes: int = 10
+    switch_episodes: int = DEFAULT_SWITCH_EPISODES
     checkpoint_every: int = 10_000
     device: str = "auto"
     population: str = "auto"  # group runs that differ only in seed and corruption: auto (on GPUs), on, off (units.plan_units)
@@ -66,12 +96,22 @@ class Phase2Spec:
     mirror: str | None = None
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise HybridRLError(f"unknown fine-tuning method(s) {unknown}; choose from {sorted(METHODS)}")
+        self.method_specs()  # raises for an unknown method or option
+
+    def method_specs(self) -> list[MethodSpec]:
+        return [MethodSpec.parse(text) for text in self.methods]
+
+    def study_parent_algos(self, spec: MethodSpec) -> tuple[str, ...]:
+        """The algorithms whose parents ``spec`` starts from in this study: its recipe's, except
+        for the offline control, which continues the parents the other methods fine-tune."""
+        recipe = METHODS[spec.name]
+        if recipe.interacts:
+            return recipe.parent_algos
+        others = {algo for other in self.method_specs() if METHODS[other.name].interacts for algo in METHODS[other.name].parent_algos}
+        return tuple(sorted(others & set(recipe.parent_algos))) or ("iql",)
 
     def parent_algos(self) -> tuple[str, ...]:
-        return tuple(sorted({algo for method in self.methods for algo in METHODS[method].parent_algos}))
+        return tuple(sorted({algo for spec in self.method_specs() for algo in self.study_parent_algos(spec)}))
 
     def phase1_spec(self) -> GridSpec:
         """The Phase I grid whose runs are the parents."""
@@ -84,28 +124,34 @@ class Phase2Spec:
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
-        common = dict(online_steps=self.online_steps, utd=self.utd, sampling=self.sampling, eval_every=min(self.eval_every, self.online_steps),
-                      eval_episodes=self.eval_episodes, log_every=min(1_000, max(1, self.online_steps // 20)),
+        common = dict(online_steps=self.online_steps, eval_every=min(self.eval_every, self.online_steps),
+                      eval_episodes=self.eval_episodes, switch_episodes=self.switch_episodes, log_every=min(1_000, max(1, self.online_steps // 20)),
                       checkpoint_every=min(self.checkpoint_every, self.online_steps), device=self.device, compile=self.compile, results_dir=self.phase2_results,
                       cache_dir=self.cache_dir, mirror=self.mirror)
         parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed): c for c in self.phase1_spec().expand()}
         configs = []
         for dataset in self.datasets:
-            for method in self.methods:
+            for spec in self.method_specs():
+                method = spec.name
                 recipe = METHODS[method]
+                online = dict(utd=spec.utd if spec.utd is not None else self.utd, sampling=spec.sampling or (self.sampling if recipe.interacts else None))
+                data_free = (online["sampling"] or recipe.sampling) == "online_only"
                 for noise in self.reward_noise_std:
                     for k in self.remove_top_k:
-                        if method in DATA_FREE_METHODS and (k or noise):
+                        if data_free and (k or noise):
                             continue
                         for seed in self.seeds:
                             if recipe.parent_algos:
-                                for algo in recipe.parent_algos:
+                                for algo in self.study_parent_algos(spec):
                                     parent = parents[(algo, dataset, float(k), float(noise), int(seed))]
-                                    configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed), **common))
+                                    configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed),
+                                                                  **online, **common))
                             else:
                                 configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
                                                               seed=int(seed), warmup_steps=self.warmup_steps, algo_overrides=dict(self.method_overrides.get(method, {})),
-                                                              **common))
+                                                              **online, **common))
+        if len({config.run_id for config in configs}) != len(configs):
+            raise HybridRLError(f"--method {','.join(self.methods)} names one run twice (a variant equal to its method's recipe?); list each method once")
         return configs
 
 

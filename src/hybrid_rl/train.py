@@ -424,16 +424,22 @@ class RunBook:
             self.log({"step": self.step, "kind": "event", "event": "diverged", "reason": reason})
         return reason is not None
 
-    def log_eval(self, returns: list[float]) -> float:
+    def eval_record(self, returns: list[float]) -> dict[str, Any]:
+        """The "eval" record of these episode returns at the current step."""
         mean_return = float(np.mean(returns))
-        score = normalized_score(self.env_name, mean_return)
         scores = [normalized_score(self.env_name, r) for r in returns]
+        return {
+            "step": self.step, "kind": "eval", "return_mean": mean_return, "return_std": float(np.std(returns)),
+            "normalized_return_mean": normalized_score(self.env_name, mean_return), "normalized_return_std": float(np.std(scores)),
+            "episode_returns": returns,
+        }
+
+    def log_eval(self, returns: list[float]) -> float:
+        record = self.eval_record(returns)
+        score = record["normalized_return_mean"]
         self.evals.append(score)
         self.best = max(self.best, score)
-        self.log({
-            "step": self.step, "kind": "eval", "return_mean": mean_return, "return_std": float(np.std(returns)),
-            "normalized_return_mean": score, "normalized_return_std": float(np.std(scores)), "episode_returns": returns,
-        })
+        self.log(record)
         return score
 
     def save_checkpoint(self, algorithm_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> None:

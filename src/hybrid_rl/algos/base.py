@@ -60,6 +60,12 @@ class Algorithm:
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """``(B,)`` the soft bonus -alpha log pi(a|s) the critic's backup adds for taking ``a``
+        in ``s`` (soft-Q methods), or None when the critic learns the plain return. A
+        Monte-Carlo return comparable with this critic's Q adds it at every later step."""
+        return None
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)

@@ -26,7 +26,7 @@ import torch
 
 from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .base import Algorithm, Batch, Metrics, step_optimizer
-from .sac import q_statistics, td_loss, temperature_loss
+from .sac import entropy_bonus, q_statistics, td_loss, temperature_loss
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,20 @@ def rlpd_target(target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch
         if backup_entropy:
             next_q = next_q - alpha * next_log_prob
         return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
+
+
+def expected_subset_min(q: torch.Tensor, subset_size: int) -> torch.Tensor:
+    """E over a uniformly random ``subset_size``-subset of the ensemble of its minimum:
+    ``(E, B) -> (B,)``, the value RLPD's target bootstraps with in expectation.
+
+    With the E values sorted ascending, the k-th smallest (1-based) is the subset's minimum
+    when it is drawn and the other M - 1 members come from the E - k larger ones:
+    P = C(E - k, M - 1) / C(E, M).
+    """
+    ensemble = q.shape[0]
+    weights = torch.tensor([math.comb(ensemble - k, subset_size - 1) / math.comb(ensemble, subset_size) for k in range(1, ensemble + 1)],
+                           dtype=q.dtype, device=q.device)
+    return (q.sort(dim=0).values * weights[:, None]).sum(dim=0)
 
 
 def rlpd_actor_loss(critic: EnsembleCritic, policy: TanhGaussianPolicy, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
@@ -123,8 +137,13 @@ class RLPD(Algorithm):
 
     @torch.no_grad()
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Mean over the ensemble, ``(B,)`` (what the actor maximises)."""
-        return self.critic(obs, actions).mean(dim=0)
+        """The target's estimator in expectation, ``(B,)``: the mean over random subsets of
+        ``target_subset`` critics of their minimum (``expected_subset_min``)."""
+        return expected_subset_min(self.critic(obs, actions), self.config.target_subset)
+
+    @torch.no_grad()
+    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        return entropy_bonus(self.actor, obs, actions, self.log_alpha.exp().detach()) if self.config.backup_entropy else None
 
     def extra_state(self) -> dict[str, Any]:
         return {"log_alpha": self.log_alpha.detach().clone()}

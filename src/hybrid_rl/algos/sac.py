@@ -72,6 +72,12 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
+def entropy_bonus(policy: TanhGaussianPolicy, obs: torch.Tensor, actions: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """-alpha log pi(a|s) ``(B,)``: what the soft backup adds for each step's action (eq. 3 of
+    the 2018 paper: the soft value V(s) = E[Q(s, a) - alpha log pi(a|s)])."""
+    return -alpha * policy.log_prob(obs, actions)
+
+
 def q_statistics(prefix: str, q: torch.Tensor) -> Metrics:
     """Mean/std/min/max of a ``(B,)`` or ``(E, B)`` tensor of Q-values, as 0-d tensors."""
     q = q.detach()
@@ -130,7 +136,12 @@ class SAC(Algorithm):
         }
 
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min over the twin critics, ``(B,)``: the estimator the backup uses."""
         return self.critic(obs, actions).min(dim=0).values
+
+    @torch.no_grad()
+    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        return entropy_bonus(self.actor, obs, actions, self.alpha) if self.config.backup_entropy else None
 
     def extra_state(self) -> dict:
         return {"log_alpha": self.log_alpha.detach().clone()}

@@ -38,7 +38,10 @@ class Learner(Protocol):
         """Every member's metrics as Python floats (the one host sync of a log step)."""
 
     def q_values(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the member's twin critics at ``(B, .)`` inputs, ``(B,)``."""
+        """The member's critic estimate at ``(B, .)`` inputs, ``(B,)``: the algorithm's ``q_values``."""
+
+    def entropy_bonus(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """The member's ``Algorithm.entropy_bonus``: ``(B,)`` for soft-Q methods, else None."""
 
     def evaluate(self, members: Sequence[int], books: Sequence[Any]) -> list[list[float]]:
         """Episode returns of the members' deterministic policies in their books' envs."""
@@ -78,6 +81,9 @@ class AgentLearner:
     @torch.no_grad()
     def q_values(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.algorithm.q_values(obs, actions)
+
+    def entropy_bonus(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        return self.algorithm.entropy_bonus(obs, actions)
 
     def evaluate(self, members: Sequence[int], books: Sequence[Any]) -> list[list[float]]:
         algorithm = self.algorithm
@@ -121,6 +127,9 @@ class PopulationLearner:
 
     def q_values(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.population.agent_q_values(member, obs, actions)
+
+    def entropy_bonus(self, member: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        return self.population.agent_entropy_bonus(member, obs, actions)
 
     def evaluate(self, members: Sequence[int], books: Sequence[Any]) -> list[list[float]]:
         """All evaluated members' envs stepped together, every member's actions from one

@@ -54,12 +54,20 @@ class OfflineStage:
 
     name = "offline"
 
-    def __init__(self, sampler: Any, batch_size: int) -> None:
+    def __init__(self, sampler: Any, batch_size: int, updates_per_step: int = 1) -> None:
+        if updates_per_step < 1:
+            raise ValueError(f"an offline stage makes at least one update per step, got {updates_per_step}")
         self.sampler = sampler
         self.batch_size = batch_size
+        # More than one: the Phase II offline control, whose step axis follows an online run's
+        # (one step = that run's UTD gradient steps), so both are evaluated on one schedule.
+        self.updates_per_step = int(updates_per_step)
 
     def train_step(self, learner: Learner) -> Mapping[str, torch.Tensor]:
-        return learner.train_step(self.sampler, self.batch_size)
+        metrics = learner.train_step(self.sampler, self.batch_size)
+        for _ in range(self.updates_per_step - 1):
+            metrics = learner.train_step(self.sampler, self.batch_size)
+        return metrics
 
     def member_state(self, member: int) -> dict[str, Any]:
         return self.sampler.member_state_dict(member)

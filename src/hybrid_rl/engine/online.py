@@ -119,8 +119,9 @@ class OnlineStage:
     ) -> None:
         if not members:
             raise ValueError("an online stage needs at least one member")
-        if utd < 1 or warmup_steps < 0 or exploration_noise < 0:
-            raise ValueError(f"need utd >= 1, warmup_steps >= 0 and exploration_noise >= 0, got {utd}, {warmup_steps}, {exploration_noise}")
+        # utd 0 is the frozen-policy control: it acts, stores and is evaluated, never updated.
+        if utd < 0 or warmup_steps < 0 or exploration_noise < 0:
+            raise ValueError(f"need utd >= 0, warmup_steps >= 0 and exploration_noise >= 0, got {utd}, {warmup_steps}, {exploration_noise}")
         self.members = list(members)
         self.utd, self.batch_size, self.warmup_steps, self.random_warmup = int(utd), int(batch_size), int(warmup_steps), bool(random_warmup)
         self.exploration_noise = float(exploration_noise)
@@ -221,21 +222,42 @@ class OnlineStage:
         m.episode_rows = list(state.get("episode_rows", state.get("pending", [])))  # older checkpoints: "pending" (Cal-QL only)
 
 
+def soft_rewards(rewards: np.ndarray, bonus: np.ndarray, discount: float) -> np.ndarray:
+    """Per-step rewards whose discounted sum is a soft-Q method's Monte-Carlo target: the soft
+    backup Q(s_t, a_t) = r_t + gamma (Q(s_t+1, a_t+1) + b_t+1), with the entropy bonus
+    b = -alpha log pi(a|s), unrolls to the return of r_t + gamma b_t+1 (nothing after the
+    episode's last step)."""
+    following = np.append(np.asarray(bonus, dtype=np.float64)[1:], 0.0)
+    return np.asarray(rewards, dtype=np.float64) + discount * following
+
+
 def q_calibration(learner: Learner, member: int, episode: Mapping[str, np.ndarray], mc_returns: np.ndarray, discount: float, terminated: bool,
                   device: torch.device) -> dict[str, float | int]:
     """Member ``member``'s critic Q on its finished episode's transitions against their Monte-Carlo returns.
 
-    ``{"q_mean", "mc_return_mean", "q_minus_mc_mean", "q_mc_transitions"}`` over the
-    episode's steps whose return is a fair target: all of a terminated episode, the steps of
-    a time-limit cut with at least 3 / (1 - discount) steps left. ``{}`` when none is fair
-    (a short cut episode).
+    Q is the learner's ``q_values``: the estimator the method bootstraps with. For a soft-Q
+    method (the learner's ``entropy_bonus`` is not None: SAC, RLPD) the Monte-Carlo return
+    includes the entropy bonus of the episode's later actions under the current policy and
+    temperature (``soft_rewards``), so both sides estimate the same soft return; the mean
+    bonus is logged as ``entropy_bonus_mean``. ``{"q_mean", "mc_return_mean",
+    "q_minus_mc_mean", "q_mc_transitions"}`` over the episode's steps whose return is a fair
+    target: all of a terminated episode, the steps of a time-limit cut with at least
+    3 / (1 - discount) steps left. ``{}`` when none is fair (a short cut episode).
     """
     fair = len(mc_returns) if terminated else max(0, len(mc_returns) - truncated_tail_steps(discount))
     if fair == 0:
         return {}
+    extra: dict[str, float] = {}
+    mc = mc_returns.astype(np.float64)
     with torch.no_grad():
         obs = torch.as_tensor(episode["observations"][:fair], device=device)
         actions = torch.as_tensor(episode["actions"][:fair], device=device)
         q = learner.q_values(member, obs, actions).double().cpu().numpy()
-    mc = mc_returns[:fair].astype(np.float64)
-    return {"q_mean": float(q.mean()), "mc_return_mean": float(mc.mean()), "q_minus_mc_mean": float((q - mc).mean()), "q_mc_transitions": int(fair)}
+        bonus = learner.entropy_bonus(member, torch.as_tensor(episode["observations"], device=device), torch.as_tensor(episode["actions"], device=device))
+    if bonus is not None:
+        bonus = bonus.double().cpu().numpy()
+        rewards = soft_rewards(episode["rewards"], bonus, discount)
+        mc = discounted_returns_to_go(rewards, np.array([[0, len(rewards)]]), discount)
+        extra["entropy_bonus_mean"] = float(bonus[:fair].mean())
+    mc = mc[:fair]
+    return {"q_mean": float(q.mean()), "mc_return_mean": float(mc.mean()), "q_minus_mc_mean": float((q - mc).mean()), "q_mc_transitions": int(fair), **extra}

@@ -57,7 +57,7 @@ from ..algos.base import Batch, Metrics
 from ..algos.calql import CalQL
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
-from ..algos.rlpd import RLPD, rlpd_actor_loss, rlpd_target
+from ..algos.rlpd import RLPD, expected_subset_min, rlpd_actor_loss, rlpd_target
 from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 from ..data.views import PopulationSampler
 from ..grid_options import COMPILE_MODES
@@ -451,10 +451,15 @@ class _Population:
 
     @torch.no_grad()
     def agent_q_values(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The single run's ``q_values`` (min over the twin critics; RLPD: the ensemble mean)
+        """The single run's ``q_values`` (min over the twin critics; RLPD: the expected min over its target subsets)
         of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
         critic = self._agent_slice(self.params, "critic.", agent)
         return self._reduce_q(functional_call(self._losses.critic, critic, (obs, actions)))
+
+    @torch.no_grad()
+    def agent_entropy_bonus(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """The single run's ``entropy_bonus`` of one agent: None unless its critic learns soft Q."""
+        return None
 
     def member(self, agent: int) -> Any:
         """Agent ``agent`` as a single-run algorithm object (networks, Adam state, LR
@@ -858,6 +863,15 @@ class _ActorCriticPopulation(_TemperaturePopulation):
         self.actor_step.copy_(state["actor_step"])
 
 
+    @torch.no_grad()
+    def agent_entropy_bonus(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.backup_entropy:
+            return None
+        actor = {f"module.{k}": v for k, v in self._agent_slice(self.params, "actor.", agent).items()}
+        log_prob = functional_call(_MethodCall(self._losses.actor, "log_prob"), actor, (obs, actions))
+        return -self.params["alpha.log_alpha"][agent].exp() * log_prob
+
+
 class SACPopulation(_ActorCriticPopulation):
     """P ``sac.SAC`` agents (Phase II's from-scratch floor)."""
 
@@ -875,7 +889,7 @@ class RLPDPopulation(_ActorCriticPopulation):
         return torch.stack([torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset] for _ in range(self.num_agents)])
 
     def _reduce_q(self, q: torch.Tensor) -> torch.Tensor:
-        return q.mean(dim=0)
+        return expected_subset_min(q, self.config.target_subset)
 
 
 POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation, "calql": CalQLPopulation,

@@ -326,7 +326,8 @@ def _as_float(value: Any) -> float:
 
 
 def _eval_arrays(records: Iterable[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    evals = [r for r in records if r.get("kind") == "eval"]
+    # A fine-tuning run's switch measurement (step 0, "switch": true) is read by eval.recovery.
+    evals = [r for r in records if r.get("kind") == "eval" and not r.get("switch")]
     steps = np.array([int(r["step"]) for r in evals], dtype=np.int64)
     scores = np.array([_as_float(r.get("normalized_return_mean")) for r in evals], dtype=float)
     stds = np.array([_as_float(r.get("normalized_return_std")) for r in evals], dtype=float)
@@ -402,10 +403,23 @@ def load_run(run_dir: str | Path) -> RunRecord:
     )
 
 
-def load_runs(results_dir: str | Path) -> list[RunRecord]:
-    """Read every run directory directly under ``results_dir``.
+def is_finetune_run(config: Mapping[str, Any]) -> bool:
+    """A Phase II fine-tuning run's config.json (it names a method and its online settings)."""
+    return "method" in config and "online" in config
 
-    Sub-directories without config.json (plots, caches, half-created dirs) are skipped.
+
+def finetune_run_dirs(results_dir: str | Path) -> list[Path]:
+    """The fine-tuning run directories directly under ``results_dir`` (eval.recovery reads them)."""
+    results_dir = Path(results_dir)
+    check_results_dir(results_dir)
+    return [child for child in sorted(results_dir.iterdir()) if (child / CONFIG_FILE).exists() and is_finetune_run(read_json(child / CONFIG_FILE))]
+
+
+def load_runs(results_dir: str | Path) -> list[RunRecord]:
+    """Read every Phase I run directory directly under ``results_dir``.
+
+    Sub-directories without config.json (plots, caches, half-created dirs) are skipped, and
+    so are fine-tuning runs (``finetune_run_dirs``: their recovery report reads them).
     Runs are sorted by (dataset, algo, corruption level, seed). Raises ``RunFormatError``
     if two directories hold the same (dataset, algo, corruption, seed), because counting
     one seed twice would make the error bars dishonest.
@@ -417,6 +431,7 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
         for child in sorted(results_dir.iterdir())
         if child.is_dir() and (child / CONFIG_FILE).exists()
     ]
+    runs = [run for run in runs if not is_finetune_run(run.config)]
     seen: dict[tuple, Path] = {}
     for run in runs:
         key = (run.dataset, run.algo, run.level, run.seed)
