@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ SMALL_NETS = {
 STEPS, EVAL_EVERY, LOG_EVERY, CHECKPOINT_EVERY, EVAL_EPISODES = 120, 60, 20, 40, 2
 # Host and paths; and the update-path fields added after the recording (every scenario
 # selects the eager reference with compile "off", which is what the recorded code ran).
-VOLATILE_CONFIG_KEYS = ("hostname", "versions", "results_dir", "cache_dir", "device_resolved", "compile", "update_step")
+VOLATILE_CONFIG_KEYS = ("hostname", "versions", "source", "results_dir", "cache_dir", "device_resolved", "compile", "update_step")
 
 
 def platform_key() -> dict[str, str]:
@@ -204,16 +205,33 @@ def run_scenarios(root: Path) -> dict[str, Any]:
     return out
 
 
+def legacy_run_id(run_id: str) -> str:
+    """A run id as the recorded code wrote it: since the settings sweeps, ids also name the
+    non-default algorithm settings (``hidden=32x32``) and a non-default budget (``steps120``)."""
+    return "__".join(part for part in run_id.split("__") if "=" not in part and not re.fullmatch(r"(steps|online)[0-9.]+[kM]?", part))
+
+
 def comparable(scenarios: dict[str, Any]) -> dict[str, Any]:
-    """A recording without what the environment, not the code, decides: the package versions
-    that the generated data file records in its metadata, and so that file's hash (mujoco
-    4.0.0 -> 4.0.1 changed both). The data's own checksum over its arrays (config.json's
-    ``dataset_checksum``) stays compared."""
-    out = json.loads(json.dumps(scenarios))
-    for runs in out.values():
-        for outputs in runs.values():
+    """A recording without what the environment, not the code, decides, and in the recorded
+    code's naming. Left out: the package versions that the generated data file records in its
+    metadata, and so that file's hash (mujoco 4.0.0 -> 4.0.1 changed both; the data's own
+    checksum over its arrays, config.json's ``dataset_checksum``, stays compared), and
+    config.json's ``settings`` (added with the sweeps: the run's non-default settings, which
+    its ``algo_overrides`` already record). Run ids are compared in the recorded form
+    (``legacy_run_id``)."""
+    out: dict[str, Any] = {}
+    for scenario, runs in json.loads(json.dumps(scenarios)).items():
+        out[scenario] = {}
+        for run_id, outputs in runs.items():
+            config = outputs["config.json"]
             for key in ("versions", "sha256"):
-                outputs["config.json"].get("dataset_metadata", {}).pop(key, None)
+                config.get("dataset_metadata", {}).pop(key, None)
+            config.pop("settings", None)
+            config["run_id"] = legacy_run_id(config["run_id"])
+            outputs["summary.json"]["run_id"] = legacy_run_id(outputs["summary.json"]["run_id"])
+            if "population" in config:
+                config["population"]["members"] = [legacy_run_id(member) for member in config["population"]["members"]]
+            out[scenario][legacy_run_id(run_id)] = outputs
     return out
 
 

@@ -327,3 +327,21 @@ def test_levels_table_benchmark(capsys: pytest.CaptureFixture[str], monkeypatch:
     with pytest.raises(SystemExit) as exit_info:  # a bad level: argparse's one-line error, exit 2
         module.main(["--levels", "medium,best"])
     assert exit_info.value.code == 2 and "unknown level 'best'" in capsys.readouterr().err
+
+
+def test_a_generated_file_whose_bytes_changed_is_regenerated_not_trained_on(tmp_path, capsys) -> None:
+    """Eight bytes zeroed in the middle of a cached generated file: the file still opens and
+    validates, but its SHA-256 differs from the one recorded when it was made, so the next
+    load regenerates it (the same data as before) instead of training on damaged data."""
+    name = "gen-hopper-random-v0@3000"
+    path = factory.make_generated(name, cache_dir=tmp_path, progress=False)
+    fresh = factory.load_generated(name, cache_dir=tmp_path, progress=False)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(8)
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    again = factory.load_generated(name, cache_dir=tmp_path, progress=False)
+    assert "bytes changed since it was generated" in capsys.readouterr().out
+    assert again.checksum() == fresh.checksum()
+    assert factory.load_generated(name, cache_dir=tmp_path, progress=False).checksum() == fresh.checksum()  # and is trusted again

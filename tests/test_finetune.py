@@ -120,7 +120,7 @@ def test_the_controls_offline_training_and_the_frozen_policy(parents, tmp_path, 
     assert cli_main(["finetune", "--method", "iql", "--utd", "0", *common]) == 0
     frozen = json.loads(capsys.readouterr().out)
     run_dir = results / frozen["run_id"]
-    assert frozen["run_id"] == f"ft-iql__from__{parents['iql'].name}__utd0__uniform__s0"
+    assert frozen["run_id"] == f"ft-iql__from__{parents['iql'].name}__utd0__uniform__online60__s0"
     assert json.loads((run_dir / "config.json").read_text())["variant"] == "frozen"
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)["algorithm"]
     parent = torch.load(parents["iql"] / "checkpoint.pt", weights_only=False)["algorithm"]
@@ -138,7 +138,7 @@ def test_the_controls_offline_training_and_the_frozen_policy(parents, tmp_path, 
     offline = json.loads(capsys.readouterr().out)
     run_dir = results / offline["run_id"]
     written = json.loads((run_dir / "config.json").read_text())
-    assert offline["run_id"] == f"ft-offline__from__{parents['iql'].name}__utd1__offline__s0" and written["variant"] == "offline"
+    assert offline["run_id"] == f"ft-offline__from__{parents['iql'].name}__utd1__offline__online60__s0" and written["variant"] == "offline"
     assert written["online"]["interacts"] is False and written["algo"] == "iql"
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["algorithm"]["total_updates"] == parent_updates + 60
     records = read_records(run_dir)
@@ -189,7 +189,8 @@ def test_rlpd_from_scratch_uses_the_damaged_data_of_the_same_seed(tmp_path, gene
     summary = finetune(config)
     run_dir = tmp_path / "phase2" / summary["run_id"]
     written = json.loads((run_dir / "config.json").read_text())
-    assert summary["run_id"].startswith("ft-rlpd__scratch__gen-hopper-random-v0@3000__k30__noise0__utd2__symmetric")
+    # The id names the data, the method's non-default settings, UTD, sampling and (not the default 250k) the budget.
+    assert summary["run_id"] == "ft-rlpd__scratch__gen-hopper-random-v0@3000__k30__noise0__batch_size=32__ensemble_size=3__hidden=16x16__utd2__symmetric__online60__s2"
     assert written["corruption_records"][0]["kind"] == "remove_top_k" and written["corruption"]["remove_top_k"] == 30.0
     assert written["algo_config"]["actor_every"] == 2 and written["algo_config"]["layer_norm"] is True
     assert written["parent"]["run_id"] is None and written["online"]["warmup_steps"] == 50

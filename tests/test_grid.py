@@ -36,24 +36,26 @@ def test_expansion_order_and_ids(tmp_path: Path) -> None:
     configs = spec.expand()
     assert len(configs) == 2 * 2 * 2
     assert len({c.run_id for c in configs}) == len(configs)
-    assert configs[0].run_id == f"bc__{DATASET}__k0__noise0__s0"
-    # The documented order: dataset, algo, noise, k, seed (seed fastest).
+    # The ids carry the non-default settings (hidden=32x32) and budget (200 steps) of these tiny runs.
+    tail = "hidden=32x32__steps200"
+    assert configs[0].run_id == f"bc__{DATASET}__k0__noise0__{tail}__s0"
+    # The documented order: dataset, algo, settings, noise, k, seed (seed fastest).
     assert [c.run_id for c in configs] == [
-        f"bc__{DATASET}__k0__noise0__s0",
-        f"bc__{DATASET}__k0__noise0__s1",
-        f"bc__{DATASET}__k30__noise0__s0",
-        f"bc__{DATASET}__k30__noise0__s1",
-        f"iql__{DATASET}__k0__noise0__s0",
-        f"iql__{DATASET}__k0__noise0__s1",
-        f"iql__{DATASET}__k30__noise0__s0",
-        f"iql__{DATASET}__k30__noise0__s1",
+        f"bc__{DATASET}__k0__noise0__{tail}__s0",
+        f"bc__{DATASET}__k0__noise0__{tail}__s1",
+        f"bc__{DATASET}__k30__noise0__{tail}__s0",
+        f"bc__{DATASET}__k30__noise0__{tail}__s1",
+        f"iql__{DATASET}__k0__noise0__{tail}__s0",
+        f"iql__{DATASET}__k0__noise0__{tail}__s1",
+        f"iql__{DATASET}__k30__noise0__{tail}__s0",
+        f"iql__{DATASET}__k30__noise0__{tail}__s1",
     ]
     assert [(c.algo, c.remove_top_k, c.seed) for c in configs[:3]] == [("bc", 0.0, 0), ("bc", 0.0, 1), ("bc", 30.0, 0)]
     # Every axis at two values: datasets outermost, then algos, reward noise, top-k, seeds.
     other = "gen-walker2d-random-v0@3000"
     wide = small_spec(tmp_path / "r", tmp_path / "c", datasets=(DATASET, other), reward_noise_std=(0.0, 0.1), seeds=(0, 1)).expand()
     assert [c.run_id for c in wide] == [
-        f"{algo}__{dataset}__k{k}__noise{noise}__s{seed}"
+        f"{algo}__{dataset}__k{k}__noise{noise}__{tail}__s{seed}"
         for dataset in (DATASET, other) for algo in ("bc", "iql") for noise in ("0", "0.1") for k in ("0", "30") for seed in (0, 1)
     ]
 
@@ -364,3 +366,95 @@ def test_a_run_being_trained_elsewhere_is_not_touched(base_config) -> None:
         with pytest.raises(RunBusyError, match="pid 77 on node-b"):
             train(base_config)
     assert sorted(p.name for p in run_dir.iterdir()) == [], "no failure summary over the other process's run"
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps over algorithm settings (--set) and one set of run defaults
+# ---------------------------------------------------------------------------------------
+TINY_CQL = ["--set", "critic_hidden=16x16", "--set", "actor_hidden=16x16", "--set", "batch_size=16", "--set", "num_sampled_actions=2"]
+
+
+def test_an_alpha_sweep_writes_one_run_per_setting_and_a_figure(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    code = phase1_main(["--algo", "cql", "--env", DATASET, "--remove_top_k", "0,30", "--seed", "0", "--total_steps", "30", "--eval_episodes", "2",
+                        "--set", "cql_alpha=1,5", *TINY_CQL, "--workers", "1", "--device", "cpu", "--compile", "off",
+                        "--results", str(results), "--plots", str(plots)])
+    assert code == 0
+    runs = sorted(p.name for p in results.iterdir() if p.is_dir())
+    # Every non-default setting is in the id, in name order, then the budget.
+    assert runs == sorted(f"cql__{DATASET}__k{k}__noise0__actor_hidden=16x16__batch_size=16__cql_alpha={a}__critic_hidden=16x16__num_sampled_actions=2"
+                          f"__steps30__s0" for a in (1, 5) for k in (0, 30)), runs
+    for name in runs:  # the setting reached the algorithm, and config.json says which settings the run changed
+        config = json.loads((results / name / "config.json").read_text())
+        assert config["algo_config"]["cql_alpha"] == config["settings"]["cql_alpha"] == float(name.split("cql_alpha=")[1].split("__")[0])
+    rows = (results / "summary.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "cql_alpha" in header and sorted(row.split(",")[header.index("cql_alpha")] for row in rows[1:]) == ["1", "1", "5", "5"]
+    assert "| algo | actor_hidden | batch_size | cql_alpha | critic_hidden | num_sampled_actions | corruption |" in (results / "summary.md").read_text()
+    assert (plots / f"sweep__{DATASET.replace('@', '_')}__cql-cql_alpha.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--algo", "iql", "--set", "cql_alpha=1,5"], "--set cql_alpha: no algorithm here (iql) has that setting; valid settings are iql: actor_lr"),
+        (["--algo", "iql", "--set", "beta=high"], "--set beta=high: iql's beta takes a number"),
+        (["--algo", "iql", "--set", "expectile=0.5,1.5"], "--set expectile=1.5: IQL expectile must be in (0, 1)"),
+        (["--algo", "iql", "--set", "beta=3", "--set", "beta=10"], "--set beta is given twice"),
+        (["--algo", "iql", "--set", "beta"], "expected NAME=VALUE"),
+    ],
+)
+def test_bad_settings_are_one_line_before_any_work(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    try:
+        code = phase1_main([*argv, "--env", DATASET, "--results", str(results), "--plots", str(tmp_path / "plots")])
+    except SystemExit as exc:  # argparse's own check of the NAME=VALUE form
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not results.exists()
+
+
+def test_train_settings_and_its_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    for argv, message in ((["--set", "beta=3,10"], "hybrid-rl train runs one setting"),
+                          (["--algo_overrides", "{beta: 3}"], "--algo_overrides is not valid JSON"),
+                          (["--algo_overrides", "[3]"], "--algo_overrides must be a JSON object"),
+                          (["--algo", "cql", "--set", "alpha=5"], "--set alpha: no algorithm here (cql) has that setting")):
+        code = cli_main(["train", "--env", DATASET, "--results", str(results), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not results.exists()
+
+
+def test_train_and_the_grid_share_their_run_defaults(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """The same flags make the same run: the grid takes the run hybrid-rl train left as finished."""
+    monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
+    results = tmp_path / "results"
+    common = ["--env", DATASET, "--seed", "0", "--total_steps", "40", "--eval_episodes", "2", "--set", "hidden=16x16", "--device", "cpu",
+              "--results", str(results), "--compile", "off"]
+    assert cli_main(["train", "--algo", "iql", *common]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert run_id == f"iql__{DATASET}__k0__noise0__hidden=16x16__steps40__s0"
+    assert phase1_main(["--algo", "iql", "--remove_top_k", "0", *common, "--workers", "1", "--plots", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "1 complete (skipped)" in out or "skipped 1" in out or "1 already complete" in out, out
+    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == [run_id]
+
+
+def test_runs_of_other_budgets_and_settings_coexist_and_the_quick_studies_share_parents() -> None:
+    from hybrid_rl.cli import build_parser, grid_spec, phase2_spec
+    from hybrid_rl.train import TrainConfig
+
+    assert TrainConfig(dataset=DATASET).run_id == f"iql__{DATASET}__k0__noise0__s0"  # default budget and settings: the short id
+    assert TrainConfig(dataset=DATASET, total_steps=20_000).run_id == f"iql__{DATASET}__k0__noise0__steps20k__s0"
+    assert TrainConfig(dataset=DATASET, algo_overrides={"beta": 3.0}).run_id == f"iql__{DATASET}__k0__noise0__s0"  # the default value
+    assert TrainConfig(dataset=DATASET, algo_overrides={"beta": 10}).run_id == f"iql__{DATASET}__k0__noise0__beta=10__s0"
+    # run_phase2.py --quick after run_phase1.py --quick (the README's order): its parents are the quick grid's runs.
+    parser = build_parser()
+    grid = {c.run_id: c.identity() for c in grid_spec(parser.parse_args(["grid", "--quick", "--algo", "iql"]), ("gen-hopper-medium-v1",)).expand()}
+    parents = {c.run_id: c.identity() for c in phase2_spec(parser.parse_args(["phase2", "--quick"])).phase1_spec().expand()}
+    assert parents and all(grid.get(run_id) == identity for run_id, identity in parents.items())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hybrid_rl.cli import phase2_main
+from hybrid_rl.errors import HybridRLError
 from hybrid_rl.phase2 import Phase2Spec, run_phase2
 
 from conftest import TINY_DATASET
@@ -38,7 +39,8 @@ def test_the_study_trains_parents_then_every_method_and_reports(tmp_path: Path, 
     # per seed: iql, offline, frozen and rlpd at k 0 and 30; rlpd without data and sac once (they use no offline data)
     assert status["failed"] == {} and status["runs"] == 2 * (4 * 2 + 2) and status["ran"] == status["runs"]
     parents = sorted(p.name for p in (tmp_path / "results").iterdir() if p.is_dir())
-    assert parents == [f"iql__gen-hopper-random-v0@3000__k{k}__noise0__s{seed}" for k in (0, 30) for seed in (0, 1)]  # offline continues them
+    tail = "batch_size=32__hidden=16x16__steps40"  # the tiny parents' settings and budget
+    assert parents == [f"iql__gen-hopper-random-v0@3000__k{k}__noise0__{tail}__s{seed}" for k in (0, 30) for seed in (0, 1)]  # offline continues them
     runs = sorted(p.name for p in (tmp_path / "results_phase2").iterdir() if p.is_dir())
     assert sorted({name.split("__")[0] for name in runs}) == ["ft-iql", "ft-offline", "ft-rlpd", "ft-sac"]
 
@@ -158,3 +160,21 @@ def test_a_killed_study_reruns_to_the_same_runs(tmp_path: Path, generated_cache:
         assert sorted(p.name for p in (killed / results).iterdir() if p.is_dir()) == expected
         for name in expected:
             assert (killed / results / name / "metrics.jsonl").read_text() == (tmp_path / "reference" / results / name / "metrics.jsonl").read_text(), name
+
+
+def test_the_study_sweeps_settings_of_its_parents_and_from_scratch_methods(tmp_path: Path) -> None:
+    """--set beta=3,10: IQL parents at both betas, each fine-tuned from; SAC has no beta and
+    runs once. A setting only SAC has (init_alpha) sweeps SAC alone."""
+    from dataclasses import replace
+
+    spec = replace(tiny_spec(tmp_path, tmp_path / "cache"), methods=("iql", "sac"), remove_top_k=(0.0,), settings=(("beta", ("3", "10")),))
+    parents = [c.run_id for c in spec.phase1_spec().expand()]
+    assert len(parents) == 2 and sum("__beta=10__" in p for p in parents) == 1  # beta=3 is IQL's default: the plain id
+    runs = [c.run_id for c in spec.finetune_configs()]
+    assert sorted(r.split("__from__")[1] for r in runs if r.startswith("ft-iql")) == sorted(f"{p}__utd1__uniform__online60__s0" for p in parents)
+    assert len([r for r in runs if r.startswith("ft-sac")]) == 1
+    swept = replace(spec, settings=(("init_alpha", ("0.1", "1")),))
+    assert [c.run_id.split("__noise0__")[1] for c in swept.finetune_configs() if c.method == "sac"] == [
+        "batch_size=32__hidden=16x16__init_alpha=0.1__utd1__online_only__online60__s0", "batch_size=32__hidden=16x16__utd1__online_only__online60__s0"]
+    with pytest.raises(HybridRLError, match="no algorithm here"):
+        replace(spec, settings=(("cql_alpha", ("1",)),))

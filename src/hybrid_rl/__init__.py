@@ -1,10 +1,11 @@
 """hybrid-rl: offline RL (CQL, IQL) under damaged D4RL-style datasets."""
+import importlib.metadata
 import warnings
 
 import gymnasium  # noqa: F401  (imported first: it installs its own warning filters on import)
 import mujoco
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("hybrid-rl")  # pyproject.toml's, the one place a release changes it
 
 # D4RL v2 data is evaluated in the Gymnasium v4 MuJoCo envs on purpose (same observation
 # layout as the gym v3 envs it was collected in); Gymnasium's "v4 is out of date" notice

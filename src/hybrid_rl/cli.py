@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import HybridRLError
@@ -38,27 +39,69 @@ def comma_list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
     return parse
 
 
-def positive_int(text: str) -> int:
-    """A positive whole number; accepts 500000, 5e5 and 500_000."""
+def _whole_number(text: str, minimum: int, what: str) -> int:
+    """A whole number >= ``minimum``; accepts 500000, 5e5 and 500_000."""
     try:
         number = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    value = int(number)
-    if value <= 0 or value != number:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if number < minimum or number != int(number):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return int(number)
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (a UTD of 0 freezes the policy)."""
+    return _whole_number(text, 0, "a whole number >= 0")
+
+
+def setting_axis(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=V1,V2``: an algorithm setting and the values to sweep (checked against the
+    algorithms later, when they are known)."""
+    name, sep, values = text.partition("=")
+    texts = tuple(value.strip() for value in values.split(",") if value.strip())
+    if not sep or not name.strip() or not texts:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,VALUE...] (e.g. cql_alpha=1,5,10), got {text!r}")
+    return name.strip(), texts
+
+
+def add_settings_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--set", dest="settings", action="append", type=setting_axis, default=[], metavar="NAME=V1[,V2...]",
+                        help=f"an algorithm setting and its values, repeatable ({what}); every combination runs, each under its own run id "
+                        "(layer sizes as 256x256; see docs/algorithms.md for each algorithm's settings)")
+
+
+def announce_run(run_dir: str | Path, *, resume: bool) -> None:
+    """Say on stderr where a single run's directory is, and whether it is finished (then
+    skipped) or resumes, so a log read later says what the command did."""
+    from .run_format import RESULT_STATUSES, checkpoint_step, read_summary
+
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) if resume else None
+    if summary is not None and summary.get("status") in RESULT_STATUSES:
+        print(f"run {run_dir}: already finished ({summary['status']}), skipped; --no-resume trains it again", file=sys.stderr)
+    elif resume and checkpoint_step(run_dir):
+        print(f"run {run_dir}: resuming from step {checkpoint_step(run_dir):,}", file=sys.stderr)
+    else:
+        print(f"run {run_dir}", file=sys.stderr)
+
+
+def json_overrides(text: str | None) -> dict[str, Any]:
+    """``--algo_overrides`` as a dict, or a one-line error naming the flag."""
+    if not text:
+        return {}
     try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if number < 0 or number != int(number):
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
-    return int(number)
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HybridRLError(f"--algo_overrides is not valid JSON ({exc.msg} at character {exc.pos}): pass a JSON object such as "
+                            "'{\"beta\": 10.0}', or use --set NAME=VALUE") from None
+    if not isinstance(value, dict):
+        raise HybridRLError(f"--algo_overrides must be a JSON object of settings such as '{{\"beta\": 10.0}}', got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -107,6 +150,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total_steps", type=positive_int, default=None, help="gradient steps per run; default 500000 (20000 with --quick)")
     parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000 (2000 with --quick)")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps), as hybrid-rl train")
+    parser.add_argument("--checkpoint_every", type=positive_int, default=None, help="steps between checkpoints; default 10000")
+    add_settings_argument(parser, "e.g. --set cql_alpha=1,5,10 --set beta=3,10; a setting applies to the algorithms that have it")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--quick", action="store_true", help="20k steps, one seed: a fast look")
     parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
@@ -174,11 +220,24 @@ def resolve_workers(text: str, device: str, runs: int) -> int:
     return workers
 
 
+def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
+    """The Phase I grid the flags describe (``--quick``: 20k steps, one seed, evaluations every 2k)."""
+    from .grid import GridSpec
+    from .grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+
+    return GridSpec(
+        algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
+        eval_every=args.eval_every or (2_000 if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, device=args.device, compile=args.compile, results_dir=args.results, settings=tuple(args.settings),
+        cache_dir=args.cache_dir, mirror=args.mirror,
+    )
+
+
 @guarded
 def grid_command(args: argparse.Namespace) -> int:
     from .eval.report import build_report
-    from .grid import GridSpec, check_writable_dir, run_grid
-    from .grid_options import QUICK_STEPS
+    from .grid import check_setting_axes, check_writable_dir, run_grid
 
     check_launcher_arguments(args)
     check_writable_dir(args.plots, "--plots")  # found now, not after hours of training
@@ -191,6 +250,7 @@ def grid_command(args: argparse.Namespace) -> int:
     unknown = [algo for algo in args.algo if algo not in available_algorithms()]
     if unknown:
         raise HybridRLError(f"unknown algorithm(s) {unknown}; choose from {available_algorithms()}")
+    check_setting_axes(args.algo, tuple(args.settings))
     for k in args.remove_top_k:
         if not 0 <= k < 100:
             raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
@@ -202,14 +262,7 @@ def grid_command(args: argparse.Namespace) -> int:
         print(f"datasets: {why}")
     else:
         datasets = args.env
-    seeds = args.seed or ((0,) if args.quick else (0, 1, 2))
-    total_steps = args.total_steps or (QUICK_STEPS if args.quick else 500_000)
-    eval_every = args.eval_every or (2_000 if args.quick else 5_000)
-    spec = GridSpec(
-        algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
-        seeds=tuple(seeds), total_steps=total_steps, eval_every=min(eval_every, total_steps), eval_episodes=args.eval_episodes,
-        log_every=min(1_000, max(1, total_steps // 20)), device=args.device, compile=args.compile, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
-    )
+    spec = grid_spec(args, datasets)
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1
     status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                       population=args.population, max_population=args.max_population)
@@ -223,38 +276,43 @@ def grid_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 @guarded
 def train_command(args: argparse.Namespace) -> int:
+    from .algos.registry import available_algorithms
+    from .grid import check_setting_axes, preflight, setting_combinations
+    from .grid_options import run_schedule
     from .train import TrainConfig, train
 
-    overrides = json.loads(args.algo_overrides) if args.algo_overrides else {}
+    if args.algo not in available_algorithms():
+        raise HybridRLError(f"unknown algorithm {args.algo!r}; choose from {available_algorithms()}")
+    swept = [name for name, texts in args.settings if len(texts) > 1]
+    if swept:
+        raise HybridRLError(f"--set {swept[0]} has several values: hybrid-rl train runs one setting; sweep with run_phase1.py --set")
+    check_setting_axes([args.algo], tuple(args.settings))
+    overrides = {**json_overrides(args.algo_overrides), **setting_combinations(args.algo, tuple(args.settings))[0]}
     config = TrainConfig(
         algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
-        total_steps=args.total_steps, eval_every=min(args.eval_every, args.total_steps), eval_episodes=args.eval_episodes,
-        log_every=min(args.log_every, args.total_steps), checkpoint_every=args.checkpoint_every, device=args.device,
-        tensorboard=args.tensorboard, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir, mirror=args.mirror,
+        total_steps=args.total_steps, eval_episodes=args.eval_episodes, **run_schedule(args.total_steps, args.eval_every, args.log_every, args.checkpoint_every),
+        device=args.device, tensorboard=args.tensorboard, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir, mirror=args.mirror,
         threads=args.threads, compile=args.compile,
     )
-    from .algos.registry import available_algorithms
-    from .grid import preflight
-
-    if config.algo not in available_algorithms():
-        raise HybridRLError(f"unknown algorithm {config.algo!r}; choose from {available_algorithms()}")
     # Bad input fails here, before the run directory exists (an explicit --run_dir is
     # checked against the config by train() itself).
     preflight([config], log=lambda line: None, run_dirs=args.run_dir is None)
+    announce_run(args.run_dir or Path(config.results_dir) / config.run_id, resume=not args.no_resume)
     summary = train(config, args.run_dir, resume=not args.no_resume)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_DATASET
+    from .grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
 
     parser.add_argument("--algo", default="iql", type=str.lower)
     parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=float, default=0.0)
     parser.add_argument("--reward_noise_std", type=float, default=0.0)
-    parser.add_argument("--total_steps", type=positive_int, default=500_000)
-    add_run_arguments(parser, results="results", overrides_help='JSON dict of config overrides, e.g. \'{"alpha": 5.0}\'')
+    parser.add_argument("--total_steps", type=positive_int, default=DEFAULT_TOTAL_STEPS)
+    add_run_arguments(parser, results="results", overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
+    add_settings_argument(parser, "one value each here, e.g. --set beta=10")
     parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
     add_compile_argument(parser)
 
@@ -268,10 +326,10 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, overrides_help: str) -> None:
     """The flags every single run takes (hybrid-rl train and hybrid-rl finetune)."""
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval_every", type=positive_int, default=5_000)
+    parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
-    parser.add_argument("--log_every", type=positive_int, default=1_000)
-    parser.add_argument("--checkpoint_every", type=positive_int, default=10_000)
+    parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps)")
+    parser.add_argument("--checkpoint_every", type=positive_int, default=None, help="steps between checkpoints; default 10000")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tensorboard", action="store_true")
@@ -289,14 +347,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, override
 def finetune_command(args: argparse.Namespace) -> int:
     from .finetune import SCRATCH, FinetuneConfig, finetune, with_parent
     from .grid import check_writable_dir
+    from .grid_options import run_schedule
 
     config = FinetuneConfig(
         method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
         online_steps=args.online_steps, utd=args.utd, sampling=args.sampling, switch_episodes=args.switch_episodes,
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
-        exploration_noise=args.exploration_noise, seed=args.seed, eval_every=min(args.eval_every, args.online_steps),
-        eval_episodes=args.eval_episodes, log_every=min(args.log_every, args.online_steps), checkpoint_every=args.checkpoint_every,
-        algo_overrides=json.loads(args.algo_overrides) if args.algo_overrides else {}, device=args.device, compile=args.compile, threads=args.threads,
+        exploration_noise=args.exploration_noise, seed=args.seed, eval_episodes=args.eval_episodes,
+        **run_schedule(args.online_steps, args.eval_every, args.log_every, args.checkpoint_every),
+        algo_overrides=json_overrides(args.algo_overrides), device=args.device, compile=args.compile, threads=args.threads,
         tensorboard=args.tensorboard, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
     # Bad input fails here, before anything is written.
@@ -308,13 +367,14 @@ def finetune_command(args: argparse.Namespace) -> int:
     elif args.env is not None:
         raise HybridRLError("--env is only for --from scratch: a fine-tuning run uses its parent's dataset")
     with_parent(config)
+    announce_run(Path(config.results_dir) / config.run_id, resume=not args.no_resume)
     summary = finetune(config, resume=not args.no_resume)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_SWITCH_EPISODES
+    from .grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
 
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
@@ -323,7 +383,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
     parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
     parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
-    parser.add_argument("--online_steps", type=positive_int, default=250_000, help="online environment steps; default 250000")
+    parser.add_argument("--online_steps", type=positive_int, default=DEFAULT_ONLINE_STEPS, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS}")
     parser.add_argument("--utd", type=non_negative_int, default=None, help="gradient steps per environment step (0: a frozen policy, evaluated only); default: the method's")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")
     parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
@@ -353,6 +413,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--online_steps", type=positive_int, default=None, help="online environment steps; default 250000 (5000 with --quick)")
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method without its own @utdN; default: each method's (1 with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
+    add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
     parser.add_argument("--eval_every", type=positive_int, default=None, help="online steps between evaluations; default 5000 (500 with --quick)")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
     parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
@@ -372,11 +433,30 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     add_launcher_arguments(parser)
 
 
+def phase2_spec(args: argparse.Namespace) -> Any:
+    """The Phase II study the flags describe. ``--quick``'s parents are the runs that
+    ``run_phase1.py --quick`` makes (20k steps, evaluations every 2k), reused when present."""
+    from .grid_options import (DEFAULT_ONLINE_STEPS, DEFAULT_TOTAL_STEPS, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
+                               PHASE2_QUICK_WARMUP_STEPS)
+    from .phase2 import Phase2Spec
+
+    online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else DEFAULT_ONLINE_STEPS)
+    return Phase2Spec(
+        methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
+        online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
+        eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
+        eval_episodes=args.eval_episodes, switch_episodes=args.switch_episodes, device=args.device, population=args.population,
+        max_population=args.max_population, compile=args.compile, results_dir=args.results, phase2_results=args.results_phase2,
+        settings=tuple(args.settings), cache_dir=args.cache_dir, mirror=args.mirror,
+    )
+
+
 @guarded
 def phase2_command(args: argparse.Namespace) -> int:
     from .eval.recovery_report import build_recovery_report
     from .grid import check_writable_dir
-    from .grid_options import PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS, PHASE2_QUICK_WARMUP_STEPS
 
     check_launcher_arguments(args)
     check_writable_dir(args.plots, "--plots")
@@ -384,21 +464,12 @@ def phase2_command(args: argparse.Namespace) -> int:
         written = build_recovery_report(args.results_phase2, args.plots)
         print(f"recovery report rebuilt from {args.results_phase2}: {len(written['figures'])} figure files in {args.plots}, tables {args.results_phase2}/recovery.md and recovery.csv")
         return 0
-    from .phase2 import Phase2Spec, run_phase2
+    from .phase2 import run_phase2
 
     for k in args.remove_top_k:
         if not 0 <= k < 100:
             raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
-    online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else 250_000)
-    spec = Phase2Spec(
-        methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
-        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else 500_000),
-        online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
-        eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
-        eval_episodes=args.eval_episodes, switch_episodes=args.switch_episodes, device=args.device, population=args.population, max_population=args.max_population, compile=args.compile,
-        results_dir=args.results, phase2_results=args.results_phase2, cache_dir=args.cache_dir, mirror=args.mirror,
-    )
+    spec = phase2_spec(args)
     workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs())) if args.launcher == "local" else 1
     status = run_phase2(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                         gpus_per_run=args.gpus_per_run)

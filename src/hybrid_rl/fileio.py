@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import platform
 import tempfile
@@ -78,6 +79,48 @@ _LOCKS_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL
 
 class LockHeld(OSError):
     """A non-blocking ``file_lock`` found the lock held by another process."""
+
+
+# ---------------------------------------------------------------------------------------
+# Checksum record kept next to a cached file (``<file>.sha256``)
+# ---------------------------------------------------------------------------------------
+def sidecar_path(path: Path) -> Path:
+    """Where the checksum record of ``path`` is kept."""
+    return path.with_name(path.name + ".sha256")
+
+
+def read_file_record(path: str | Path) -> dict[str, Any]:
+    """The record kept next to a cached file (``{}`` if none or unreadable)."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(sidecar_path(Path(path)).read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def write_file_record(path: str | Path, record: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # an unwritable cache only costs a re-hash next time
+        atomic_write_text(sidecar_path(Path(path)), json.dumps(record, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | Path, *, cache: bool = True) -> str:
+    """SHA-256 of a file; with `cache`, kept in ``<file>.sha256`` keyed by size and mtime.
+
+    Hashing a 1 GB dataset takes seconds; the sidecar makes every later load free, and a
+    file that changes size or modification time is hashed again. Files that hybrid-rl does
+    not own (a user's local file) are hashed with ``cache=False``: nothing is written next
+    to them.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = read_file_record(path) if cache else {}
+    if record.get("size") == key["size"] and record.get("mtime_ns") == key["mtime_ns"] and len(str(record.get("sha256", ""))) == 64:
+        return str(record["sha256"])
+    value = sha256_of_file(path)
+    if cache:
+        write_file_record(path, {**record, **key, "sha256": value})
+    return value
 
 
 @contextlib.contextmanager

@@ -60,7 +60,8 @@ from .data.refs import normalized_score
 from .data.robots import EPISODE_LIMIT
 from .errors import HybridRLError
 from .fileio import sha256_of_file
-from .grid_options import DEFAULT_SWITCH_EPISODES
+from .grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
+from .naming import format_steps, settings_parts
 from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
 from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
@@ -105,7 +106,7 @@ class FinetuneConfig:
     remove_top_k: float = 0.0
     reward_noise_std: float = 0.0
     extra_corruptions: tuple[dict, ...] = ()
-    online_steps: int = 250_000
+    online_steps: int = DEFAULT_ONLINE_STEPS
     utd: int | None = None  # gradient steps per env step (0: a frozen policy); None: the method's
     sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
     online_fraction: float = 0.5  # share of online data in a symmetric batch
@@ -214,12 +215,28 @@ class FinetuneConfig:
 
     @property
     def run_id(self) -> str:
+        """``ft-METHOD__from__PARENT_ID`` (or ``__scratch__`` and the Phase I run-id parts of the
+        data and the method's non-default settings) ``__utdU__SAMPLING[__onlineB]__sS``, the
+        budget written when it is not the default 250k."""
         if self.parent != SCRATCH:
             start = f"from__{Path(self.parent).name}"
-        else:  # the Phase I run-id parts of the data: dataset, k, noise
+        else:
             start = "__".join(["scratch", (self.dataset or "").replace("/", "_"), f"k{self.remove_top_k:g}", f"noise{self.reward_noise_std:g}"]
-                              + ["-".join(f"{v}" for k, v in sorted(spec.items()) if k != "seed") for spec in self.extra_corruptions])
-        return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, f"s{self.seed}"])
+                              + ["-".join(f"{v}" for k, v in sorted(spec.items()) if k != "seed") for spec in self.extra_corruptions]
+                              + settings_parts(self.settings()))
+        budget = [f"online{format_steps(self.online_steps)}"] if self.online_steps != DEFAULT_ONLINE_STEPS else []
+        return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, *budget, f"s{self.seed}"])
+
+    def settings(self) -> dict[str, Any]:
+        """The algorithm settings that depart from the published defaults: a from-scratch
+        method's own, else its parent's (what the report groups sweeps by)."""
+        from .algos.registry import non_default_settings
+
+        if self.parent == SCRATCH:
+            return non_default_settings(self.method, self.algo_overrides)
+        if self.parent_identity:
+            return non_default_settings(self.parent_identity["algo"], self.parent_identity.get("algo_overrides") or {})
+        return {}
 
     def identity(self) -> dict[str, Any]:
         """The fields that define what a run computes (the parent by its identity, not its path)."""

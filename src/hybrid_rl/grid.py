@@ -1,4 +1,4 @@
-"""The Phase I experiment grid: algo x dataset x corruption level x seed.
+"""The Phase I experiment grid: algo x algorithm settings x dataset x corruption level x seed.
 
 Expansion, a pre-flight check (every dataset loadable before any work starts), resumable
 scheduling on local worker processes, and the report at the end. A run is the unit of
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HybridRLError
 from .fileio import LockHeld, atomic_write_text, held_exclusively
-from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION
+from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
 from .run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_NEW, STATE_PARTIAL, checkpoint_step
 from .train import TrainConfig, algorithm_overrides, check_compatible, record_failure
 from .units import plan_units, run_state, train_unit_safely, unit_result
@@ -36,6 +37,40 @@ from .units import plan_units, run_state, train_unit_safely, unit_result
 CPU_UPDATES_PER_SECOND = {"iql": 113.0, "bc": 600.0, "td3bc": 250.0, "cql": 5.8, "calql": 5.8}
 
 
+SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (name, value texts) per axis
+
+
+def check_setting_axes(algorithms: Sequence[str], axes: SettingAxes) -> None:
+    """One-line HybridRLError for a --set axis no algorithm of ``algorithms`` has, a value that
+    is not of its field's type or outside its domain, or a setting given twice."""
+    from .algos.registry import parse_setting, setting_fields
+
+    names = [name for name, _ in axes]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise HybridRLError(f"--set {twice[0]} is given twice; list all its values in one --set {twice[0]}=V1,V2")
+    for name, texts in axes:
+        owners = [algo for algo in algorithms if name in setting_fields(algo)]
+        if not owners:
+            valid = "; ".join(f"{algo}: {', '.join(setting_fields(algo))}" for algo in algorithms)
+            raise HybridRLError(f"--set {name}: no algorithm here ({', '.join(algorithms)}) has that setting; valid settings are {valid}")
+        for algo in owners:
+            for text in texts:
+                try:
+                    parse_setting(algo, name, text)
+                except ValueError as exc:
+                    raise HybridRLError(f"--set {exc}") from None
+
+
+def setting_combinations(algo: str, axes: SettingAxes) -> list[dict[str, Any]]:
+    """Every combination of the axes that ``algo`` has (``[{}]`` when it has none): the
+    cartesian product, values typed as its config holds them, in the order given."""
+    from .algos.registry import parse_setting, setting_fields
+
+    own = [(name, [parse_setting(algo, name, text) for text in texts]) for name, texts in axes if name in setting_fields(algo)]
+    return [dict(zip([name for name, _ in own], values)) for values in itertools.product(*[values for _, values in own])]
+
+
 @dataclass(frozen=True)
 class GridSpec:
     algos: tuple[str, ...] = ("cql", "iql")
@@ -43,35 +78,37 @@ class GridSpec:
     remove_top_k: tuple[float, ...] = (0.0, 30.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
-    total_steps: int = 500_000
-    eval_every: int = 5_000
+    total_steps: int = DEFAULT_TOTAL_STEPS
+    eval_every: int | None = None  # None: grid_options.run_schedule's defaults, as hybrid-rl train
     eval_episodes: int = 10
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
+    log_every: int | None = None
+    checkpoint_every: int | None = None
     device: str = "auto"
     compile: str = "auto"  # update path of every run (TrainConfig.compile)
     results_dir: str = "results"
-    algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # fixed settings per algorithm
+    settings: SettingAxes = ()  # swept settings (--set): every combination an algorithm has
     cache_dir: str | None = None
     mirror: str | None = None
 
     def expand(self) -> list[TrainConfig]:
-        """Every run of the grid, in a stable order (dataset, algo, noise, k, seed)."""
+        """Every run of the grid, in a stable order (dataset, algo, settings, noise, k, seed)."""
+        schedule = run_schedule(self.total_steps, self.eval_every, self.log_every, self.checkpoint_every)
         configs = []
         for dataset in self.datasets:
             for algo in self.algos:
-                for noise in self.reward_noise_std:
-                    for k in self.remove_top_k:
-                        for seed in self.seeds:
-                            configs.append(
-                                TrainConfig(
-                                    algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
-                                    total_steps=self.total_steps, eval_every=self.eval_every, eval_episodes=self.eval_episodes,
-                                    log_every=self.log_every, checkpoint_every=min(self.checkpoint_every, self.total_steps),
-                                    device=self.device, compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides.get(algo, {})),
-                                    cache_dir=self.cache_dir, mirror=self.mirror,
+                for settings in setting_combinations(algo, self.settings):
+                    for noise in self.reward_noise_std:
+                        for k in self.remove_top_k:
+                            for seed in self.seeds:
+                                configs.append(
+                                    TrainConfig(
+                                        algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
+                                        total_steps=self.total_steps, eval_episodes=self.eval_episodes, **schedule, device=self.device,
+                                        compile=self.compile, results_dir=self.results_dir,
+                                        algo_overrides={**self.algo_overrides.get(algo, {}), **settings}, cache_dir=self.cache_dir, mirror=self.mirror,
+                                    )
                                 )
-                            )
         return configs
 
 
@@ -412,13 +449,13 @@ class StepProgress:
     measured, not guessed); the postfix counts finished runs."""
 
     def __init__(self, configs: Sequence[TrainConfig], states: dict[str, str], enabled: bool) -> None:
-        from tqdm import tqdm
+        from .progress import progress_bar
 
         self.total_steps = {config.run_id: config.total_steps for config in configs}
         self.done = {config.run_id: self._steps_done(config, states[config.run_id]) for config in configs}
         self.runs_done = sum(state == STATE_COMPLETE for state in states.values())
         self.lock = threading.Lock()
-        self.bar = tqdm(total=sum(self.total_steps.values()), initial=sum(self.done.values()), desc="grid", unit="step",
+        self.bar = progress_bar(total=sum(self.total_steps.values()), initial=sum(self.done.values()), desc="grid", unit="step",
                         unit_scale=True, disable=not enabled, smoothing=0.05)
         self._postfix()
 

@@ -32,8 +32,10 @@ from typing import Any, Callable
 from .errors import HybridRLError
 from .fileio import atomic_write_text
 from .finetune import METHODS, SCRATCH, FinetuneConfig
-from .grid import GridSpec, check_datasets, check_writable_dir, grid_lock, run_grid, run_units_locally, threads_per_run
-from .grid_options import DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_SWITCH_EPISODES, PHASE2_DEFAULT_METHODS
+from .grid import (GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, grid_lock, run_grid, run_units_locally,
+                   setting_combinations, threads_per_run)
+from .grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
+                           PHASE2_DEFAULT_METHODS, run_schedule)
 from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
 from .train import resolve_device
 from .units import plan_units, run_state
@@ -74,8 +76,8 @@ class Phase2Spec:
     remove_top_k: tuple[float, ...] = (0.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
-    pretrain_steps: int = 500_000  # Phase I steps of the parents
-    online_steps: int = 250_000
+    pretrain_steps: int = DEFAULT_TOTAL_STEPS  # Phase I steps of the parents
+    online_steps: int = DEFAULT_ONLINE_STEPS
     utd: int | None = None  # None: each method's (a method's own @utdN wins)
     sampling: str | None = None  # None: each method's (a method's own @SAMPLING wins)
     warmup_steps: int | None = None  # random warm-up of the from-scratch methods; None: theirs (5,000 steps)
@@ -92,11 +94,14 @@ class Phase2Spec:
     phase2_results: str = "results_phase2"
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pretraining algorithm (the parents' settings)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per from-scratch method (its algorithm's settings)
+    settings: SettingAxes = ()  # swept settings (--set): the parents' grid axes, and the from-scratch methods' that have the field
     cache_dir: str | None = None
     mirror: str | None = None
 
     def __post_init__(self) -> None:
-        self.method_specs()  # raises for an unknown method or option
+        specs = self.method_specs()  # raises for an unknown method or option
+        if self.settings:
+            check_setting_axes(sorted({*self.parent_algos(), *(s.name for s in specs if not METHODS[s.name].parent_algos)}), self.settings)
 
     def method_specs(self) -> list[MethodSpec]:
         return [MethodSpec.parse(text) for text in self.methods]
@@ -110,6 +115,13 @@ class Phase2Spec:
         others = {algo for other in self.method_specs() if METHODS[other.name].interacts for algo in METHODS[other.name].parent_algos}
         return tuple(sorted(others & set(recipe.parent_algos))) or ("iql",)
 
+    def _parent_settings(self, algo: str) -> list[str]:
+        """The non-default settings of ``algo``'s parents in this study (one per swept combination), as keys."""
+        from .algos.registry import non_default_settings
+
+        return [json.dumps(non_default_settings(algo, {**self.algo_overrides.get(algo, {}), **combination}), sort_keys=True)
+                for combination in setting_combinations(algo, self.settings)]
+
     def parent_algos(self) -> tuple[str, ...]:
         return tuple(sorted({algo for spec in self.method_specs() for algo in self.study_parent_algos(spec)}))
 
@@ -117,18 +129,19 @@ class Phase2Spec:
         """The Phase I grid whose runs are the parents."""
         return GridSpec(
             algos=self.parent_algos(), datasets=self.datasets, remove_top_k=self.remove_top_k, reward_noise_std=self.reward_noise_std,
-            seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=min(self.pretrain_eval_every, self.pretrain_steps),
-            eval_episodes=self.eval_episodes, checkpoint_every=min(self.checkpoint_every, self.pretrain_steps), device=self.device,
-            compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), cache_dir=self.cache_dir, mirror=self.mirror,
+            seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=self.pretrain_eval_every,
+            eval_episodes=self.eval_episodes, checkpoint_every=self.checkpoint_every, device=self.device,
+            compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), settings=self.settings,
+            cache_dir=self.cache_dir, mirror=self.mirror,
         )
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
-        common = dict(online_steps=self.online_steps, eval_every=min(self.eval_every, self.online_steps),
-                      eval_episodes=self.eval_episodes, switch_episodes=self.switch_episodes, log_every=min(1_000, max(1, self.online_steps // 20)),
-                      checkpoint_every=min(self.checkpoint_every, self.online_steps), device=self.device, compile=self.compile, results_dir=self.phase2_results,
-                      cache_dir=self.cache_dir, mirror=self.mirror)
-        parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed): c for c in self.phase1_spec().expand()}
+        common = dict(online_steps=self.online_steps, eval_episodes=self.eval_episodes, switch_episodes=self.switch_episodes,
+                      **run_schedule(self.online_steps, self.eval_every, None, self.checkpoint_every), device=self.device, compile=self.compile,
+                      results_dir=self.phase2_results, cache_dir=self.cache_dir, mirror=self.mirror)
+        parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed, json.dumps(c.settings(), sort_keys=True)): c
+                   for c in self.phase1_spec().expand()}
         configs = []
         for dataset in self.datasets:
             for spec in self.method_specs():
@@ -143,13 +156,15 @@ class Phase2Spec:
                         for seed in self.seeds:
                             if recipe.parent_algos:
                                 for algo in self.study_parent_algos(spec):
-                                    parent = parents[(algo, dataset, float(k), float(noise), int(seed))]
-                                    configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed),
-                                                                  **online, **common))
+                                    for settings in self._parent_settings(algo):
+                                        parent = parents[(algo, dataset, float(k), float(noise), int(seed), settings)]
+                                        configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed),
+                                                                      **online, **common))
                             else:
-                                configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
-                                                              seed=int(seed), warmup_steps=self.warmup_steps, algo_overrides=dict(self.method_overrides.get(method, {})),
-                                                              **online, **common))
+                                for settings in setting_combinations(method, self.settings):
+                                    configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
+                                                                  seed=int(seed), warmup_steps=self.warmup_steps,
+                                                                  algo_overrides={**self.method_overrides.get(method, {}), **settings}, **online, **common))
         if len({config.run_id for config in configs}) != len(configs):
             raise HybridRLError(f"--method {','.join(self.methods)} names one run twice (a variant equal to its method's recipe?); list each method once")
         return configs

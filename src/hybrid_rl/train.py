@@ -38,7 +38,9 @@ from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
 from .eval.stats import final_score
 from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
-from .grid_options import COMPILE_MODES, DEFAULT_DATASET
+from .grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+from .naming import format_steps, settings_parts
+from .provenance import source_revision
 from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
                          DIVERGED, finished_summary)
 
@@ -62,7 +64,7 @@ class TrainConfig:
     reward_noise_std: float = 0.0  # std of Gaussian noise added to rewards (reward units)
     extra_corruptions: tuple[dict, ...] = ()  # further corruption specs (see data.corruption)
     seed: int = 0
-    total_steps: int = 500_000
+    total_steps: int = DEFAULT_TOTAL_STEPS
     eval_every: int = 5_000
     eval_episodes: int = 10
     log_every: int = 1_000
@@ -94,11 +96,25 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
+        """``algo__dataset__kK__noiseN[__corruption...][__setting=value...][__stepsB]__sS``:
+        every algorithm setting that departs from the published defaults, and the budget when
+        it is not the default 500k, so runs of other settings and budgets coexist in one
+        results directory (runs of the default budget and settings keep their short ids)."""
         parts = [self.algo, self.dataset.replace("/", "_"), f"k{self.remove_top_k:g}", f"noise{self.reward_noise_std:g}"]
         for spec in self.extra_corruptions:
             parts.append("-".join(f"{value}" for key, value in sorted(spec.items()) if key != "seed"))
+        parts += settings_parts(self.settings())
+        if self.total_steps != DEFAULT_TOTAL_STEPS:
+            parts.append(f"steps{format_steps(self.total_steps)}")
         parts.append(f"s{self.seed}")
         return "__".join(parts)
+
+    def settings(self) -> dict[str, Any]:
+        """The algorithm settings this run changes from the published defaults
+        (``algos.registry.non_default_settings``; ValueError for a field the algorithm lacks)."""
+        from .algos.registry import available_algorithms, non_default_settings
+
+        return non_default_settings(self.algo, self.algo_overrides) if self.algo in available_algorithms() else {}
 
     def identity(self) -> dict[str, Any]:
         """The fields that define what a run computes."""
@@ -153,7 +169,7 @@ def mc_diagnostic_indices(dataset: OfflineDataset, discount: float, size: int, s
 
 
 def package_versions() -> dict[str, str]:
-    from .data.factory import package_versions as versions
+    from .provenance import package_versions as versions
 
     return {**versions(), "python": platform.python_version()}
 
@@ -374,10 +390,12 @@ class RunBook:
             "corruption": {"remove_top_k": config.remove_top_k, "reward_noise_std": config.reward_noise_std, "extra": list(config.extra_corruptions)},
             "corruption_records": _jsonable(self.records),
             "algo_config": _jsonable(dataclasses.asdict(self.algo_config)),
+            "settings": _jsonable(config.settings()),
             "reward_scale": self.reward_scale,
             "observation_normalization": self.obs_mean is not None,
             "q_divergence_bound": self.q_bound,
             "versions": package_versions(),
+            **({"source": source} if (source := source_revision()) else {}),
             "device_resolved": str(self.device),
             "hostname": platform.node(),
             **_jsonable(extra),

@@ -14,13 +14,14 @@ record ``dataclasses.asdict(config)`` in the run's config.json, then build the a
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from . import bc, calql, cql, iql, td3bc
+from . import bc, calql, cql, iql, rlpd, sac, td3bc
 from .base import Algorithm
 
 # name -> (Algorithm subclass, config dataclass, module with ``reference_overrides``)
@@ -98,3 +99,77 @@ def make_algorithm(
     """
     algorithm_cls = _lookup(name)[0]
     return algorithm_cls(obs_dim, act_dim, make_config(name, task, overrides), device)
+
+
+# ---------------------------------------------------------------------------------------
+# Settings: algorithm config fields as the command line names them (--set NAME=V1,V2)
+# ---------------------------------------------------------------------------------------
+# The from-scratch methods of Phase II are configured like the offline algorithms.
+_ONLINE_CONFIGS: dict[str, type] = {"sac": sac.SACConfig, "rlpd": rlpd.RLPDConfig}
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def default_config(name: str) -> Any:
+    """The published defaults of an algorithm (or from-scratch method: sac, rlpd)."""
+    key = name.strip().lower()
+    return _ONLINE_CONFIGS[key]() if key in _ONLINE_CONFIGS else _lookup(key)[1]()
+
+
+def setting_fields(name: str) -> list[str]:
+    """The config fields of ``name`` that --set can change, sorted."""
+    return sorted(f.name for f in dataclasses.fields(default_config(name)))
+
+
+def parse_setting(name: str, field_name: str, text: str) -> Any:
+    """The value of config field ``field_name`` of algorithm ``name`` written as ``text``:
+    numbers, true/false, none (where the field allows it), layer sizes as ``256x256``.
+    ValueError (naming the field and what it takes) for text that is not such a value, or a
+    value the config itself refuses (its own domain checks)."""
+    defaults = default_config(name)
+    hints = typing.get_type_hints(type(defaults))
+    if field_name not in hints:
+        raise ValueError(f"{name} has no setting {field_name!r}; its settings are {setting_fields(name)}")
+    annotation = hints[field_name]
+    options = [a for a in typing.get_args(annotation)] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    raw = text.strip()
+    if raw.lower() in ("none", "null") and type(None) in options:
+        value: Any = None
+    else:
+        kind = next(option for option in options if option is not type(None))
+        try:
+            value = _parse_as(kind, raw)
+        except ValueError:
+            what = {bool: "true or false", int: "a whole number", float: "a number", str: "a word"}.get(kind, "layer sizes like 256x256")
+            raise ValueError(f"{field_name}={raw}: {name}'s {field_name} takes {what}") from None
+    try:
+        dataclasses.replace(defaults, **{field_name: value})  # the config's own domain checks
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{field_name}={raw}: {exc}") from None
+    return value
+
+
+def _parse_as(kind: Any, text: str) -> Any:
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(text)
+        return text.lower() in _TRUE
+    if kind is int:
+        number = float(text)
+        if number != int(number):
+            raise ValueError(text)
+        return int(number)
+    if kind is float:
+        return float(text)
+    if kind is str:
+        return text
+    if kind is tuple or typing.get_origin(kind) is tuple:
+        return tuple(int(part) for part in text.lower().split("x"))
+    raise ValueError(text)
+
+
+def non_default_settings(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that change ``name``'s published defaults, typed as the config holds them
+    (sorted by field): what names a run with other settings."""
+    defaults = default_config(name)
+    changed = apply_overrides(defaults, {k: v for k, v in overrides.items() if k in typing.get_type_hints(type(defaults))}, "settings")
+    return {key: getattr(changed, key) for key in sorted(overrides) if hasattr(changed, key) and getattr(changed, key) != getattr(defaults, key)}

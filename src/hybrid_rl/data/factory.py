@@ -27,7 +27,6 @@ Episodes are capped at 1000 steps (``timeouts``); ``terminals`` mark true termin
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -38,7 +37,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..fileio import atomic_torch_save, sha256_of_file
+from ..provenance import package_versions
+from ..fileio import atomic_torch_save, file_sha256, read_file_record, sha256_of_file, write_file_record
 from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, evaluate_actor, make_robot_env, read_progress, robot_dimensions
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
@@ -393,7 +393,7 @@ def rollout(robot: str, policy: PolicyFn, num_transitions: int, *, num_envs: int
     episode is cut at `num_transitions` (a trailing partial trajectory, as in D4RL files).
     Deterministic for a given seed: envs are seeded once and stepped in a fixed order.
     """
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     envs = [make_robot_env(robot) for _ in range(num_envs)]
     obs = np.stack([env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
@@ -401,7 +401,7 @@ def rollout(robot: str, policy: PolicyFn, num_transitions: int, *, num_envs: int
     running: list[dict[str, list]] = [{key: [] for key in fields} for _ in envs]
     finished: list[dict[str, np.ndarray]] = []
     collected, global_step = 0, 0
-    bar = tqdm(total=num_transitions, desc=desc or f"rollout {robot}", disable=not progress, unit="tr", mininterval=2)
+    bar = progress_bar(total=num_transitions, desc=desc or f"rollout {robot}", disable=not progress, unit="tr", mininterval=2)
     while collected < num_transitions:
         actions, log_probs = policy(obs, global_step)
         for i, env in enumerate(envs):
@@ -436,9 +436,9 @@ def rollout_sequential(robot: str, policy: PolicyFn, num_transitions: int, *, se
     fields = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel", "action_log_probs")
     out = {key: [] for key in fields}
     obs, _ = env.reset(seed=seed * 1000)
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    for step in tqdm(range(num_transitions), desc=desc or f"replay {robot}", disable=not progress, unit="tr", mininterval=2):
+    for step in progress_bar(range(num_transitions), desc=desc or f"replay {robot}", disable=not progress, unit="tr", mininterval=2):
         action, log_prob = policy(obs[None].astype(np.float32), step)
         data = env.unwrapped.data
         qpos, qvel = data.qpos.copy(), data.qvel.copy()
@@ -448,16 +448,6 @@ def rollout_sequential(robot: str, policy: PolicyFn, num_transitions: int, *, se
         obs = env.reset()[0] if (terminated or truncated) else next_obs
     env.close()
     return {key: np.asarray(values) for key, values in out.items()}
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for package in ("hybrid-rl", "gymnasium", "mujoco", "torch", "numpy", "h5py"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def _to_dataset(arrays: dict[str, np.ndarray], name: str, metadata: dict[str, Any]) -> OfflineDataset:
@@ -596,11 +586,15 @@ def make_generated(name: str, *, cache_dir: str | Path | None = None, seed: int 
         print(f"regenerating {path.name}: {reason}")
     dataset = generate_dataset(name, seed=seed, policy_file=policy_file, progress=progress)
     write_hdf5(dataset, path)
+    # The file's SHA-256 as made, checked on every later use like a download's (_stale_reason).
+    write_file_record(path, {**read_file_record(path), "made_sha256": file_sha256(path)})
     return path
 
 
 def _stale_reason(path: Path, name: str, policy_file: str | Path | None) -> str | None:
-    """Why a cached generated file can't be used (None if it can)."""
+    """Why a cached generated file can't be used (None if it can): damaged, bytes changed
+    since it was made (its SHA-256 differs from the one recorded then; files made before the
+    record existed are checked for structure only), or made from another behaviour policy."""
     try:
         validate_hdf5(path)
         import h5py
@@ -609,6 +603,9 @@ def _stale_reason(path: Path, name: str, policy_file: str | Path | None) -> str 
             cached_sha = handle["metadata/policy_file_sha256"][()].decode() if "metadata/policy_file_sha256" in handle else None
     except (DatasetFileError, OSError, KeyError) as exc:
         return f"cached file is damaged ({exc})"
+    made = read_file_record(path).get("made_sha256")
+    if made and file_sha256(path) != made:
+        return "its bytes changed since it was generated (SHA-256 differs from the one recorded when it was made)"
     gid = parse_generated_id(name)
     if gid.level == "random":
         return None

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
-from ..fileio import atomic_write_text, file_lock, sha256_of_file
+from ..fileio import atomic_write_text, file_lock, file_sha256, read_file_record, sha256_of_file, sidecar_path, write_file_record
 from .dataset import OfflineDataset
 from .hdf5io import DatasetFileError, read_hdf5, read_hdf5_metadata, validate_hdf5
 from .envs import register_envs
@@ -185,55 +185,18 @@ def _unknown_id_message(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# File checksum and download record, kept next to cached files (``<file>.sha256``)
+# Download record, kept next to cached files (fileio.file_sha256's ``<file>.sha256``)
 # ---------------------------------------------------------------------------------------
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads(_sidecar(path).read_text())
-        if isinstance(record, dict):
-            return record
-    return {}
-
-
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):  # an unwritable cache only costs a re-hash next time
-        atomic_write_text(_sidecar(path), json.dumps(record, sort_keys=True) + "\n")
-
-
-def file_sha256(path: str | Path, *, cache: bool = True) -> str:
-    """SHA-256 of a file; with `cache`, kept in ``<file>.sha256`` keyed by size and mtime.
-
-    Hashing a 1 GB dataset takes seconds; the sidecar makes every later load free, and a
-    file that changes size or modification time is hashed again. Files that hybrid-rl does
-    not own (a user's local file) are hashed with ``cache=False``: nothing is written next
-    to them.
-    """
-    path = Path(path)
-    stat = path.stat()
-    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    record = _read_record(path) if cache else {}
-    if record.get("size") == key["size"] and record.get("mtime_ns") == key["mtime_ns"] and len(str(record.get("sha256", ""))) == 64:
-        return str(record["sha256"])
-    value = sha256_of_file(path)
-    if cache:
-        _write_record(path, {**record, **key, "sha256": value})
-    return value
-
-
 def _record_download(path: Path, url: str) -> None:
     """Remember a fresh download's SHA-256 and URL, so later damage to the bytes is caught."""
     value = file_sha256(path)
-    _write_record(path, {**_read_record(path), "downloaded_sha256": value, "source_url": url})
+    write_file_record(path, {**read_file_record(path), "downloaded_sha256": value, "source_url": url})
 
 
 def _changed_since_download(path: Path) -> str | None:
     """Why a file hybrid-rl downloaded no longer has its downloaded bytes (None if it has,
     or if it was not downloaded by hybrid-rl: a d4rl cache file has no record)."""
-    expected = _read_record(path).get("downloaded_sha256")
+    expected = read_file_record(path).get("downloaded_sha256")
     if not expected:
         return None
     actual = file_sha256(path)
@@ -284,11 +247,11 @@ def _download_attempt(url: str, part: Path, *, timeout: float, progress: bool) -
         if start and response.status != 206:
             start = 0  # server ignored the Range header and sends the whole file
         total = _total_size(response, start)
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
         mode = "ab" if start else "wb"
         received = start
-        with open(part, mode) as sink, tqdm(
+        with open(part, mode) as sink, progress_bar(
             total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name.removesuffix(".part"), disable=not progress, leave=False,
         ) as bar:
@@ -401,7 +364,7 @@ def _usable_cached_file(path: Path) -> bool:
             ) from None
         logger.warning("cached dataset %s is damaged and will be downloaded again: %s", path, exc)
         path.unlink(missing_ok=True)
-        _sidecar(path).unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)
         return False
 
 
@@ -453,7 +416,7 @@ def _load_d4rl(dataset_id: str, *, cache_dir: str | Path | None, mirror: str | N
     return _with_metadata(
         dataset, source="d4rl", dataset_id=dataset_id, env_name=dataset_id, gym_env_id=GYM_ENV_IDS[robot_of(dataset_id)],
         file_path=str(path.absolute()), sha256=file_sha256(path),
-        url=_read_record(path).get("source_url") or d4rl_url(dataset_id),  # where it came from, mirror included
+        url=read_file_record(path).get("source_url") or d4rl_url(dataset_id),  # where it came from, mirror included
     )
 
 

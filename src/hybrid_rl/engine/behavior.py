@@ -86,7 +86,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     returns and normalized scores), ``snapshots/actor_{step:07d}.pt`` (actor weights),
     ``checkpoint.pt`` (everything needed to resume), ``config.json``.
     """
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     out = Path(out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     if state is not None and "env" in state:  # continue the interrupted episode exactly
         set_env_state(env, state["env"])
         obs = state["observation"]
-    bar = tqdm(total=config.total_steps, initial=step, desc=f"SAC {config.robot}", disable=not progress, mininterval=5)
+    bar = progress_bar(total=config.total_steps, initial=step, desc=f"SAC {config.robot}", disable=not progress, mininterval=5)
     started = time.time()
     while step < config.total_steps:
         if step < config.random_steps:

@@ -115,7 +115,7 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
     is finished at once and drops out of logging, evaluation and checkpoints (in a
     population its parameters go on being updated, but nothing reads them any more).
     """
-    from tqdm import tqdm
+    from ..progress import PlainProgress, progress_bar
 
     check_schedule(schedule)
     config = books[0].config  # the schedule fields are shared by every member
@@ -130,7 +130,7 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
         book = books[member]
         summaries[book.config.run_id] = book.finish(learner.member_state(member), stage_states(schedule, member), loss_window[member].clone())
 
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, mininterval=2, leave=False)
+    bar = progress_bar(total=total, initial=step, desc=desc, disable=not progress, mininterval=2, leave=False, unit="step")
     try:
         while step < total and active:
             stage = stage_at(schedule, step)
@@ -163,6 +163,8 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
                     books[member].log_eval(returns)
                 best = max(books[m].evals[-1] for m in active)
                 bar.set_postfix({"score" if len(books) == 1 else "top": f"{best:.1f}"})
+                if isinstance(bar, PlainProgress):  # a log file gets one line per evaluation
+                    bar.write(f"{desc}: step {step:,}, evaluation " + ", ".join(f"{books[m].evals[-1]:.1f}" for m in active))
 
             if step % config.checkpoint_every == 0 and step < total:
                 for member in active:

@@ -44,6 +44,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from ..fileio import write_atomically
+from ..naming import format_setting
 from .runs import CorruptionLevel, RunRecord, is_generated_dataset
 from .stats import (
     DEFAULT_REPS,
@@ -96,8 +97,10 @@ def level_note(levels: Iterable[CorruptionLevel]) -> str:
 
 # ----------------------------------------------------------------------------- styling
 def algo_display_name(algo: str) -> str:
-    """'iql' -> 'IQL', 'td3bc' -> 'TD3+BC'; unknown names are upper-cased."""
-    return ALGO_NAMES.get(algo, algo.upper())
+    """'iql' -> 'IQL', 'td3bc' -> 'TD3+BC', a sweep's 'cql cql_alpha=5' -> 'CQL cql_alpha=5';
+    unknown names are upper-cased."""
+    name, _, settings = algo.partition(" ")
+    return " ".join(part for part in (ALGO_NAMES.get(name, name.upper()), settings) if part)
 
 
 def algo_colors(algos: Iterable[str]) -> dict[str, str]:
@@ -246,7 +249,7 @@ def _by_dataset(runs: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
 def _by_algo_level(runs: Iterable[RunRecord]) -> dict[str, dict[CorruptionLevel, list[RunRecord]]]:
     grouped: dict[str, dict[CorruptionLevel, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        grouped[run.algo][run.level].append(run)
+        grouped[run.method][run.level].append(run)
     return {algo: dict(sorted(levels.items())) for algo, levels in sorted(grouped.items())}
 
 
@@ -390,7 +393,7 @@ def _last_finite(steps: np.ndarray, values: np.ndarray) -> tuple[float, float] |
 def _all_colors(runs: Iterable[RunRecord]) -> dict[str, str]:
     """Colours from every algorithm of the results, so a panel left out (BC in the Q-value
     figure) or a dataset without some algorithm never shifts another algorithm's colour."""
-    return algo_colors(r.algo for r in runs)
+    return algo_colors(r.method for r in runs)
 
 
 # ----------------------------------------------------------------------------- notes
@@ -777,7 +780,7 @@ def q_value_figure(dataset: str, dataset_runs: Sequence[RunRecord], colors: Mapp
                     ax.axhline(0.0, color="0.25", lw=1.0, linestyle=(0, (6, 3)), label="no bias (Q = MC)")
                     fitted[ax].append(np.zeros(1))
                 if row == 0:
-                    _unit_title(ax, algo, colors[algo], any(r.algo == algo for r in unconverted))
+                    _unit_title(ax, algo, colors[algo], any(r.method == algo for r in unconverted))
                 if col == 0:
                     ax.set_ylabel(ylabel)
                 if row == len(rows) - 1:
@@ -850,7 +853,7 @@ def critic_loss_variance_figure(dataset: str, dataset_runs: Sequence[RunRecord],
             fitted[ax], points[ax], n = _plot_train_panel(
                 ax, levels, styles, critic_loss_variance_in_reward_units, np.nanmedian)
             max_seeds = max(max_seeds, n)
-            _unit_title(ax, algo, colors[algo], any(r.algo == algo for r in unconverted))
+            _unit_title(ax, algo, colors[algo], any(r.method == algo for r in unconverted))
             ax.set_xlabel("gradient steps")
             ax.xaxis.set_major_formatter(FuncFormatter(_format_steps))
         axes[0][0].set_ylabel("rolling variance of critic loss\n(original reward units⁴, log scale)")
@@ -1058,6 +1061,69 @@ def corruption_bar_note(seed_counts: Sequence[int], any_diverged: bool, levels_n
 
 
 # ----------------------------------------------------------------------------- all
+def _sweep_value_key(value: object) -> tuple:
+    """Sort numbers by size, everything else by its text."""
+    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+
+
+def _setting_value(run: RunRecord, name: str) -> object:
+    """The value a run used for a setting: its resolved algo_config's (the published default
+    for runs that kept it), lists as tuples."""
+    value = (run.config.get("algo_config") or {}).get(name, run.settings.get(name, "default"))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def plot_setting_sweeps(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
+    """Final score against each swept algorithm setting (``--set``): one figure per dataset,
+    algorithm and setting, the setting's values on x (the published default included, from
+    the runs that kept it), one line per corruption level (and combination of the other swept
+    settings), the mean over seeds with a Student-t 95% interval. Nothing when no setting varies."""
+    from .stats import t_interval
+
+    written: list[Path] = []
+    for dataset, dataset_runs in _by_dataset(runs).items():
+        for algo in sorted({r.algo for r in dataset_runs}):
+            algo_runs = [r for r in dataset_runs if r.algo == algo]
+            for name in sorted({key for r in algo_runs for key in r.settings}):
+                values = {_setting_value(r, name) for r in algo_runs}
+                if len(values) < 2:
+                    continue
+                xs = sorted(values, key=_sweep_value_key)
+                lines: dict[str, dict[object, list[float]]] = defaultdict(lambda: defaultdict(list))
+                for run in algo_runs:
+                    others = ", ".join(f"{k}={format_setting_label(v)}" for k, v in sorted(run.settings.items()) if k != name)
+                    lines[run.level.label + (f", {others}" if others else "")][_setting_value(run, name)].append(run.final_score)
+                with matplotlib.rc_context(_STYLE):
+                    fig, axes = _new_figure(1, panel_size=(5.2, 3.4))
+                    ax = axes[0][0]
+                    for index, (label, by_value) in enumerate(sorted(lines.items())):
+                        positions, points, lows, highs, counts = [], [], [], [], []
+                        for position, value in enumerate(xs):
+                            estimate = t_interval(by_value.get(value, []))
+                            if estimate.n:
+                                positions.append(position)
+                                points.append(estimate.point)
+                                lows.append(estimate.low)
+                                highs.append(estimate.high)
+                                counts.append(estimate.n)
+                        style = level_style("#1f77b4", index, len(lines))
+                        ax.plot(positions, points, marker="o", label=f"{label} (n={min(counts)}-{max(counts)})" if counts and min(counts) != max(counts)
+                                else f"{label} (n={counts[0] if counts else 0})", **style)
+                        ax.fill_between(positions, lows, highs, color=style["color"], alpha=0.15, lw=0)
+                    ax.set_xticks(range(len(xs)), [format_setting_label(v) for v in xs])
+                    ax.set_xlabel(name)
+                    ax.set_ylabel("final normalized return")
+                    ax.grid(alpha=0.3)
+                    ax.legend(fontsize=7)
+                    _suptitle(fig, dataset_title(dataset, algo_runs), f"{algo_display_name(algo)} final score against {name} (mean, 95% t-interval)")
+                    written += save_figure(fig, Path(out_dir), f"sweep__{safe_name(dataset)}__{algo}-{name}")
+    return written
+
+
+def format_setting_label(value: object) -> str:
+    return value if isinstance(value, str) else format_setting(value)
+
+
 def plot_all(
     runs: Sequence[RunRecord],
     out_dir: str | Path,
@@ -1074,4 +1140,5 @@ def plot_all(
         + plot_q_diagnostics(runs, out_dir)
         + plot_critic_loss_variance(runs, out_dir)
         + plot_corruption_comparison(runs, out_dir, estimates, published, reps, seed)
+        + plot_setting_sweeps(runs, out_dir)
     )

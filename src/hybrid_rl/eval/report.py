@@ -21,7 +21,7 @@ import io
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data.refs import PUBLISHED_SCORES
 from ..fileio import atomic_write_text
+from ..naming import format_setting
 from ..run_format import FAILED, IN_PROGRESS
 from .plotting import algo_display_name, plot_all, safe_name
 from .runs import (
@@ -62,7 +63,7 @@ class GroupSummary:
     """
 
     dataset: str
-    algo: str
+    algo: str  # the group's name: the algorithm, with its non-default settings in a sweep (RunRecord.method)
     level: CorruptionLevel
     seeds: tuple[int, ...]
     n_diverged: int
@@ -75,6 +76,7 @@ class GroupSummary:
     behavior_score: float
     corrupted_behavior_score: float
     published_score: float
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the group's non-default settings
 
     @property
     def n_seeds(self) -> int:
@@ -103,7 +105,7 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
     """
     groups: dict[tuple[str, str, CorruptionLevel], list[RunRecord]] = defaultdict(list)
     for run in runs:
-        groups[(run.dataset, run.algo, run.level)].append(run)
+        groups[(run.dataset, run.method, run.level)].append(run)
     summaries = []
     for (dataset, algo, level), group in sorted(groups.items()):
         results = [r for r in group if r.is_result]
@@ -124,7 +126,9 @@ def summarize_groups(runs: Sequence[RunRecord], reps: int = DEFAULT_REPS,
             # Behaviour scores describe the data (config.json), whatever became of the run.
             behavior_score=_median_finite(r.behavior_score for r in group),
             corrupted_behavior_score=_median_finite(r.corrupted_behavior_score for r in group),
+            # Published scores are for the published settings and budget only.
             published_score=published_score(dataset, algo),
+            settings=dict(group[0].settings),
         ))
     return summaries
 
@@ -221,14 +225,20 @@ def _ci_fields(estimate: ScoreEstimate) -> list[str]:
     return [_fmt(estimate.low), _fmt(estimate.high)]
 
 
+def setting_names(summaries: Sequence[GroupSummary]) -> list[str]:
+    """Every algorithm setting that some group changes from its default (the swept ones)."""
+    return sorted({name for s in summaries for name in (s.settings or {})})
+
+
 def summary_csv_text(summaries: Sequence[GroupSummary]) -> str:
-    """The summary table as CSV text, one row per (dataset, algo, corruption level).
+    """The summary table as CSV text, one row per (dataset, algo and settings, corruption level).
 
     Empty fields mean "does not exist": no score (no result run), no interval (n < 2), no
-    published reference.
+    published reference, the default value of a swept setting.
     """
     keys = corruption_keys(s.level for s in summaries)
-    header = ["dataset", "algo", "corruption", *keys, "n_seeds", "n_diverged", "n_no_score", "n_failed",
+    settings = setting_names(summaries)
+    header = ["dataset", "algo", *settings, "corruption", *keys, "n_seeds", "n_diverged", "n_no_score", "n_failed",
               "n_in_progress", "final_mean", "final_mean_ci_low", "final_mean_ci_high", "final_iqm",
               "final_iqm_ci_low", "final_iqm_ci_high", "behavior_score", "corrupted_data_behavior_score",
               "published_corl_clean", "seeds"]
@@ -237,7 +247,8 @@ def summary_csv_text(summaries: Sequence[GroupSummary]) -> str:
     writer.writerow(header)
     for s in summaries:
         writer.writerow([
-            s.dataset, s.algo, s.level.label, *(f"{s.level.value_of(k):g}" for k in keys),
+            s.dataset, s.algo, *(format_setting(s.settings[name]) if name in (s.settings or {}) else "" for name in settings),
+            s.level.label, *(f"{s.level.value_of(k):g}" for k in keys),
             s.n_seeds, s.n_diverged, s.n_no_score, s.n_failed, s.n_in_progress,
             _fmt(s.mean.point), *_ci_fields(s.mean),
             _fmt(s.iqm.point), *_ci_fields(s.iqm),
@@ -258,7 +269,7 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
-def _group_row(s: GroupSummary) -> list[str]:
+def _group_row(s: GroupSummary, settings: Sequence[str] = ()) -> list[str]:
     notes = []
     if s.n_no_score:
         notes.append(f"{s.n_no_score} without a final score (no evaluation), left out of mean/IQM")
@@ -268,6 +279,7 @@ def _group_row(s: GroupSummary) -> list[str]:
         notes.append(f"+{s.n_in_progress} in progress")
     return [
         algo_display_name(s.algo),
+        *(format_setting(s.settings[name]) if name in s.settings else "default" for name in settings),
         s.level.label,
         str(s.n_seeds),
         str(s.n_diverged),
@@ -320,7 +332,8 @@ def summary_markdown(
         "on; *CORL*: published score on the clean D4RL dataset (CORL, final step).",
         "",
     ]
-    header = ["algo", "corruption", "seeds", "diverged", "final mean [95% CI]", "final IQM [95% CI]",
+    swept = setting_names(summaries)
+    header = ["algo", *swept, "corruption", "seeds", "diverged", "final mean [95% CI]", "final IQM [95% CI]",
               "data after corruption", "CORL (clean)", "notes"]
     by_dataset: dict[str, list[GroupSummary]] = defaultdict(list)
     for s in summaries:
@@ -332,7 +345,7 @@ def summary_markdown(
         if dataset in generated:
             lines += [_generated_dataset_line(dataset, runs), ""]
         lines += [f"Behaviour policy (uncorrupted dataset): **{_md_number(behavior)}**.", ""]
-        lines += _md_table(header, (_group_row(c) for c in cells))
+        lines += _md_table(header, (_group_row(c, swept) for c in cells))
         lines.append("")
         # Figure stems are "<kind>__<dataset>[__<axis>]".
         pngs = [p for p in figure_stems if p.suffix == ".png" and p.stem.split("__")[1:2] == [safe_name(dataset)]]

@@ -12,6 +12,7 @@ reports can be rebuilt from results produced on any machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 from ..errors import HybridRLError
 from ..run_format import (COMPLETED, CONFIG_FILE, DIVERGED, FAILED, IN_PROGRESS, KNOWN_STATUSES, METRICS_FILE, RESULT_STATUSES,
                           SUMMARY_FILE)
+from ..naming import format_steps, settings_parts
 from .stats import final_score
 
 # Canonical order and label format of the built-in corruption parameters (top-level keys
@@ -187,6 +189,16 @@ class RunRecord:
     metrics_truncated: bool
     behavior_score: float
     corrupted_behavior_score: float
+    settings: dict[str, Any] = field(default_factory=dict)  # algorithm settings off the published defaults (config.json)
+    show_budget: bool = False  # set by load_runs when the results hold runs of several budgets
+
+    @property
+    def method(self) -> str:
+        """The algorithm with its non-default settings (and its budget, among runs of several
+        budgets), as tables and figures name a group of runs: ``cql``, ``cql cql_alpha=5``,
+        ``iql steps20k``."""
+        budget = [f"steps{format_steps(self.total_steps)}"] if self.show_budget and self.total_steps else []
+        return " ".join([self.algo, *settings_parts(self.settings), *budget])
 
     @property
     def is_result(self) -> bool:
@@ -400,6 +412,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         metrics_truncated=truncated,
         behavior_score=_behavior_score(config, "dataset_summary"),
         corrupted_behavior_score=_behavior_score(config, "corrupted_dataset_summary"),
+        settings={key: tuple(value) if isinstance(value, list) else value for key, value in (config.get("settings") or {}).items()},
     )
 
 
@@ -432,17 +445,19 @@ def load_runs(results_dir: str | Path) -> list[RunRecord]:
         if child.is_dir() and (child / CONFIG_FILE).exists()
     ]
     runs = [run for run in runs if not is_finetune_run(run.config)]
+    if len({run.total_steps for run in runs}) > 1:  # runs of other budgets are other groups, named so
+        runs = [dataclasses.replace(run, show_budget=True) for run in runs]
     seen: dict[tuple, Path] = {}
     for run in runs:
-        key = (run.dataset, run.algo, run.level, run.seed)
+        key = (run.dataset, run.method, run.level, run.seed)
         if key in seen:
             raise RunFormatError(
                 f"{seen[key]} and {run.run_dir} are the same run (dataset={run.dataset}, "
-                f"algo={run.algo}, corruption={run.level.label}, seed={run.seed}); "
+                f"algo={run.method}, corruption={run.level.label}, seed={run.seed}); "
                 "keep only one of them"
             )
         seen[key] = run.run_dir
-    runs.sort(key=lambda r: (r.dataset, r.algo, r.level, r.seed))
+    runs.sort(key=lambda r: (r.dataset, r.method, r.level, r.seed))
     return runs
 
 
