@@ -47,7 +47,7 @@ SMALL_NETS = {
 STEPS, EVAL_EVERY, LOG_EVERY, CHECKPOINT_EVERY, EVAL_EPISODES = 120, 60, 20, 40, 2
 # Host and paths; and the update-path fields added after the recording (every scenario
 # selects the eager reference with compile "off", which is what the recorded code ran).
-VOLATILE_CONFIG_KEYS = ("hostname", "versions", "source", "results_dir", "cache_dir", "device_resolved", "compile", "update_step")
+VOLATILE_CONFIG_KEYS = ("hostname", "versions", "source", "wandb", "results_dir", "cache_dir", "device_resolved", "compile", "update_step")
 
 
 def platform_key() -> dict[str, str]:
@@ -217,8 +217,9 @@ def comparable(scenarios: dict[str, Any]) -> dict[str, Any]:
     metadata, and so that file's hash (mujoco 4.0.0 -> 4.0.1 changed both; the data's own
     checksum over its arrays, config.json's ``dataset_checksum``, stays compared), and
     config.json's ``settings`` (added with the sweeps: the run's non-default settings, which
-    its ``algo_overrides`` already record). Run ids are compared in the recorded form
-    (``legacy_run_id``)."""
+    its ``algo_overrides`` already record), and the checkpoint's ``preprocessing`` (added for
+    hybrid_rl.load_policy: the observation statistics and reward scale the run computed from
+    its data, not new results). Run ids are compared in the recorded form (``legacy_run_id``)."""
     out: dict[str, Any] = {}
     for scenario, runs in json.loads(json.dumps(scenarios)).items():
         out[scenario] = {}
@@ -227,6 +228,7 @@ def comparable(scenarios: dict[str, Any]) -> dict[str, Any]:
             for key in ("versions", "sha256"):
                 config.get("dataset_metadata", {}).pop(key, None)
             config.pop("settings", None)
+            outputs["checkpoint.pt"] = {key: value for key, value in outputs["checkpoint.pt"].items() if not key.startswith("preprocessing/")}
             config["run_id"] = legacy_run_id(config["run_id"])
             outputs["summary.json"]["run_id"] = legacy_run_id(outputs["summary.json"]["run_id"])
             if "population" in config:

@@ -2,9 +2,12 @@
 to a version its range allows, and requirements.txt installs the package itself."""
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from packaging.requirements import Requirement
 
@@ -52,3 +55,44 @@ def test_runs_record_the_source_revision_of_a_checkout() -> None:
         return  # a source tree without git: nothing to record
     assert source["revision"] == head.stdout.strip() and isinstance(source["dirty"], bool)
     assert hybrid_rl.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_policies_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    """Installed as a user installs it (a wheel, not editable): the shipped behaviour policies
+    are in the package (a generated medium dataset needs them) and the CLI trains a run from
+    a directory outside the checkout. The new environment reuses this one's dependencies
+    through a path entry (their own .pth files, the editable install's among them, are not run)."""
+    import os
+    import site
+    import subprocess
+    import sys
+    import venv
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)], check=True,
+                   capture_output=True)
+    (wheel,) = wheels.glob("hybrid_rl-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    own_site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True,
+                                   text=True, check=True).stdout.strip())
+    (own_site / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(own_site), str(wheel)], check=True, capture_output=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "HYBRID_RL_DATA_DIR": str(tmp_path / "data"), "MPLBACKEND": "Agg", "PYTHONPATH": ""}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([str(python), "-m", "hybrid_rl.cli", *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    where = subprocess.run([str(python), "-c", "import hybrid_rl; print(hybrid_rl.__file__)"], cwd=work, env=env, capture_output=True, text=True)
+    assert str(own_site) in where.stdout, where.stdout + where.stderr  # the wheel's copy, not the checkout
+    assert "gen-hopper-medium-v1" in cli("dataset", "list")
+    cli("dataset", "make", "gen-hopper-medium-v1", "--size", "2000")  # reads the shipped policies/hopper-v1.pt
+    summary = json.loads(cli("train", "--algo", "bc", "--env", "gen-hopper-medium-v1@2000", "--total_steps", "20", "--eval_episodes", "1",
+                             "--set", "hidden=8x8", "--device", "cpu", "--compile", "off"))
+    assert summary["status"] == "completed" and (work / "results" / summary["run_id"] / "config.json").exists()

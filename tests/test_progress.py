@@ -8,7 +8,7 @@ import pytest
 from hybrid_rl.progress import PlainProgress, progress_bar
 
 
-def test_plain_progress_writes_whole_lines_with_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_progress_writes_whole_lines_with_rate_and_eta(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     now = [0.0]
     monkeypatch.setattr("hybrid_rl.progress.time.monotonic", lambda: now[0])
     out = io.StringIO()
@@ -25,10 +25,10 @@ def test_plain_progress_writes_whole_lines_with_rate_and_eta(monkeypatch: pytest
     bar.update(400)  # at 125 s: a line
     bar.close()  # nothing new since: no repeat
     lines = out.getvalue().splitlines()
-    assert "\r" not in out.getvalue() and len(lines) == 3
+    assert "\r" not in out.getvalue() and len(lines) == 2
     assert lines[0] == "grid:  50% 500/1,000 step, 8.2 step/s, elapsed 1:01, ETA 1:01, runs 1/4"
-    assert lines[1] == "done run-a: completed"
-    assert lines[2] == "grid: 100% 1,000/1,000 step, 8 step/s, elapsed 2:05, runs 1/4"
+    assert lines[1] == "grid: 100% 1,000/1,000 step, 8 step/s, elapsed 2:05, runs 1/4"
+    assert capsys.readouterr().out == "done run-a: completed\n"  # messages to stdout, as tqdm.write
 
 
 def test_tqdm_disable_silences_and_a_terminal_keeps_tqdm(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

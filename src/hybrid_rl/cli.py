@@ -69,6 +69,19 @@ def setting_axis(text: str) -> tuple[str, tuple[str, ...]]:
     return name.strip(), texts
 
 
+def add_wandb_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wandb", default=None, metavar="PROJECT",
+                        help="also log to this Weights & Biases project (pip install 'hybrid-rl[wandb]'; WANDB_MODE=offline keeps it local)")
+
+
+def check_wandb(args: argparse.Namespace) -> None:
+    """--wandb without the package is a one-line error before any work."""
+    if getattr(args, "wandb", None):
+        from .trackers import require_wandb
+
+        require_wandb()
+
+
 def add_settings_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--set", dest="settings", action="append", type=setting_axis, default=[], metavar="NAME=V1[,V2...]",
                         help=f"an algorithm setting and its values, repeatable ({what}); every combination runs, each under its own run id "
@@ -153,6 +166,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps), as hybrid-rl train")
     parser.add_argument("--checkpoint_every", type=positive_int, default=None, help="steps between checkpoints; default 10000")
     add_settings_argument(parser, "e.g. --set cql_alpha=1,5,10 --set beta=3,10; a setting applies to the algorithms that have it")
+    add_wandb_argument(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--quick", action="store_true", help="20k steps, one seed: a fast look")
     parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
@@ -230,7 +244,7 @@ def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
         seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
         eval_every=args.eval_every or (2_000 if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, device=args.device, compile=args.compile, results_dir=args.results, settings=tuple(args.settings),
-        cache_dir=args.cache_dir, mirror=args.mirror,
+        wandb=args.wandb, cache_dir=args.cache_dir, mirror=args.mirror,
     )
 
 
@@ -240,6 +254,7 @@ def grid_command(args: argparse.Namespace) -> int:
     from .grid import check_setting_axes, check_writable_dir, run_grid
 
     check_launcher_arguments(args)
+    check_wandb(args)
     check_writable_dir(args.plots, "--plots")  # found now, not after hours of training
     if args.plot_only:
         written = build_report(args.results, args.plots)
@@ -283,6 +298,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     if args.algo not in available_algorithms():
         raise HybridRLError(f"unknown algorithm {args.algo!r}; choose from {available_algorithms()}")
+    check_wandb(args)
     swept = [name for name, texts in args.settings if len(texts) > 1]
     if swept:
         raise HybridRLError(f"--set {swept[0]} has several values: hybrid-rl train runs one setting; sweep with run_phase1.py --set")
@@ -291,8 +307,8 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig(
         algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
         total_steps=args.total_steps, eval_episodes=args.eval_episodes, **run_schedule(args.total_steps, args.eval_every, args.log_every, args.checkpoint_every),
-        device=args.device, tensorboard=args.tensorboard, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir, mirror=args.mirror,
-        threads=args.threads, compile=args.compile,
+        device=args.device, tensorboard=args.tensorboard, wandb=args.wandb, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir,
+        mirror=args.mirror, threads=args.threads, compile=args.compile,
     )
     # Bad input fails here, before the run directory exists (an explicit --run_dir is
     # checked against the config by train() itself).
@@ -333,6 +349,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, override
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tensorboard", action="store_true")
+    add_wandb_argument(parser)
     parser.add_argument("--results", default=results)
     parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--algo_overrides", default=None, help=overrides_help)
@@ -356,8 +373,9 @@ def finetune_command(args: argparse.Namespace) -> int:
         exploration_noise=args.exploration_noise, seed=args.seed, eval_episodes=args.eval_episodes,
         **run_schedule(args.online_steps, args.eval_every, args.log_every, args.checkpoint_every),
         algo_overrides=json_overrides(args.algo_overrides), device=args.device, compile=args.compile, threads=args.threads,
-        tensorboard=args.tensorboard, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
+        tensorboard=args.tensorboard, wandb=args.wandb, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
     )
+    check_wandb(args)
     # Bad input fails here, before anything is written.
     check_writable_dir(args.results)
     if config.parent == SCRATCH:
@@ -414,6 +432,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method without its own @utdN; default: each method's (1 with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
     add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
+    add_wandb_argument(parser)
     parser.add_argument("--eval_every", type=positive_int, default=None, help="online steps between evaluations; default 5000 (500 with --quick)")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
     parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
@@ -449,7 +468,7 @@ def phase2_spec(args: argparse.Namespace) -> Any:
         eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
         eval_episodes=args.eval_episodes, switch_episodes=args.switch_episodes, device=args.device, population=args.population,
         max_population=args.max_population, compile=args.compile, results_dir=args.results, phase2_results=args.results_phase2,
-        settings=tuple(args.settings), cache_dir=args.cache_dir, mirror=args.mirror,
+        settings=tuple(args.settings), wandb=args.wandb, cache_dir=args.cache_dir, mirror=args.mirror,
     )
 
 
@@ -459,6 +478,7 @@ def phase2_command(args: argparse.Namespace) -> int:
     from .grid import check_writable_dir
 
     check_launcher_arguments(args)
+    check_wandb(args)
     check_writable_dir(args.plots, "--plots")
     if args.plot_only:
         written = build_recovery_report(args.results_phase2, args.plots)
@@ -517,6 +537,38 @@ def report_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 # dataset
 # ---------------------------------------------------------------------------------------
+def export_command(args: argparse.Namespace) -> int:
+    """``hybrid-rl dataset export``: every check before the data are loaded, nothing written on bad input."""
+    from .export import data_config_of_run, export_dataset
+    from .train import TrainConfig
+
+    if (args.name is None) == (args.run_dir is None):
+        raise HybridRLError("name a dataset or pass --from RESULTS/RUN_ID (one of the two)")
+    if args.format == "d4rl":
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise HybridRLError(f"{out} exists; pass --force to replace it")
+        if not out.parent.exists():
+            raise HybridRLError(f"--out {out}: directory {out.parent} does not exist")
+    elif "/" not in args.out:
+        raise HybridRLError(f"--out {args.out}: a Minari dataset id needs a namespace, e.g. hybrid-rl/{args.out}")
+    run_config = None
+    if args.run_dir is not None:
+        if args.remove_top_k or args.reward_noise_std or args.seed:
+            raise HybridRLError("--from exports exactly the run's data: drop --remove_top_k, --reward_noise_std and --seed")
+        data, run_config = data_config_of_run(args.run_dir)
+        data = TrainConfig(**{**data.__dict__, "cache_dir": args.cache_dir or data.cache_dir, "mirror": args.mirror or data.mirror})
+    else:
+        from .data.loader import check_dataset_name
+
+        check_dataset_name(args.name)
+        data = TrainConfig(dataset=args.name, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
+                           cache_dir=args.cache_dir, mirror=args.mirror)
+    written = export_dataset(data, args.out, fmt=args.format, run_config=run_config)
+    print(f"{args.format} data of {args.run_dir or args.name} written to {written}")
+    return 0
+
+
 @guarded
 def dataset_command(args: argparse.Namespace) -> int:
     from .data import factory
@@ -535,6 +587,8 @@ def dataset_command(args: argparse.Namespace) -> int:
         info["metadata"] = {k: v for k, v in dataset.metadata.items() if k != "training_config"}
         print(json.dumps(info, indent=2, default=str))
         return 0
+    if args.dataset_action == "export":
+        return export_command(args)
     if args.dataset_action == "make":
         import time
 
@@ -582,6 +636,22 @@ def dataset_command(args: argparse.Namespace) -> int:
     raise HybridRLError(f"unknown dataset action {args.dataset_action!r}")
 
 
+@guarded
+def policy_command(args: argparse.Namespace) -> int:
+    from .policy import load_policy
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise HybridRLError(f"{out} exists; pass --force to replace it")
+    if not out.parent.exists():
+        raise HybridRLError(f"--out {out}: directory {out.parent} does not exist")
+    policy = load_policy(args.run_dir)
+    policy.save(out)
+    print(f"policy of {policy.info['run_id']} ({policy.info['algo']}, step {policy.info['step']}) written to {out}; "
+          "load it with hybrid_rl.load_policy")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -597,6 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
     phase2 = sub.add_parser("phase2", help="run the Phase II study (same flags as run_phase2.py)")
     add_phase2_arguments(phase2)
     phase2.set_defaults(func=phase2_command)
+    policy = sub.add_parser("policy", help="a trained policy outside its run")
+    policy_actions = policy.add_subparsers(dest="policy_action", required=True)
+    export = policy_actions.add_parser("export", help="write a run's policy as one self-contained file (hybrid_rl.load_policy reads it)")
+    export.add_argument("run_dir", help="RESULTS/RUN_ID of a run with a checkpoint")
+    export.add_argument("--out", required=True, help="the policy file to write")
+    export.add_argument("--force", action="store_true", help="replace an existing file")
+    export.set_defaults(func=policy_command)
     report = sub.add_parser("report", help="rebuild tables and figures from a results directory")
     report.add_argument("--results", default="results")
     report.add_argument("--plots", default="plots")
@@ -616,6 +693,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", default=None, help="directory (default $HYBRID_RL_DATA_DIR or ~/.hybrid_rl/datasets)")
     make.add_argument("--force", action="store_true", help="regenerate even if a valid copy exists")
     make.add_argument("--minari", default=None, metavar="DATASET_ID", help="also export as a local Minari dataset with this id")
+    export = actions.add_parser("export", help="write damaged data (a dataset with corruptions and a seed, or a finished run's exact data) for other libraries")
+    export.add_argument("name", nargs="?", default=None, help="dataset id or HDF5 path (or --from RUN_DIR)")
+    export.add_argument("--from", dest="run_dir", default=None, help="RESULTS/RUN_ID of a finished run: exactly the data it trained on")
+    export.add_argument("--remove_top_k", type=float, default=0.0, help="percent of best trajectories removed")
+    export.add_argument("--reward_noise_std", type=float, default=0.0, help="Gaussian reward noise (reward units)")
+    export.add_argument("--seed", type=int, default=0, help="the corruption's seed (a run's seed gives its data)")
+    export.add_argument("--format", choices=("d4rl", "minari"), default="d4rl", help="d4rl: an HDF5 file in D4RL's layout; minari: a local Minari dataset")
+    export.add_argument("--out", required=True, help="d4rl: the file to write; minari: the dataset id (namespace/name-v0)")
+    export.add_argument("--force", action="store_true", help="replace an existing file")
+    export.add_argument("--cache_dir", default=None)
+    export.add_argument("--mirror", default=None)
     train_policy = actions.add_parser("train-policy", help="train a SAC behaviour policy (resumable)")
     train_policy.add_argument("--robot", required=True)
     train_policy.add_argument("--steps", type=positive_int, default=300_000)

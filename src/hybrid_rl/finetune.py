@@ -127,6 +127,7 @@ class FinetuneConfig:
     compile: str = "auto"  # update path: auto | on | off (engine.population.compiled_step_wanted)
     threads: int | None = None
     tensorboard: bool = False
+    wandb: str | None = None  # a Weights & Biases project to log to (trackers.py)
     progress: bool = True
     results_dir: str = "results_phase2"
     cache_dir: str | None = None

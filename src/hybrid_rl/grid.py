@@ -88,6 +88,7 @@ class GridSpec:
     results_dir: str = "results"
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # fixed settings per algorithm
     settings: SettingAxes = ()  # swept settings (--set): every combination an algorithm has
+    wandb: str | None = None  # a Weights & Biases project every run logs to
     cache_dir: str | None = None
     mirror: str | None = None
 
@@ -106,7 +107,8 @@ class GridSpec:
                                         algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
                                         total_steps=self.total_steps, eval_episodes=self.eval_episodes, **schedule, device=self.device,
                                         compile=self.compile, results_dir=self.results_dir,
-                                        algo_overrides={**self.algo_overrides.get(algo, {}), **settings}, cache_dir=self.cache_dir, mirror=self.mirror,
+                                        algo_overrides={**self.algo_overrides.get(algo, {}), **settings}, wandb=self.wandb, cache_dir=self.cache_dir,
+                                        mirror=self.mirror,
                                     )
                                 )
         return configs

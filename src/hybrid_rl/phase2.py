@@ -95,6 +95,7 @@ class Phase2Spec:
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pretraining algorithm (the parents' settings)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per from-scratch method (its algorithm's settings)
     settings: SettingAxes = ()  # swept settings (--set): the parents' grid axes, and the from-scratch methods' that have the field
+    wandb: str | None = None  # a Weights & Biases project every run (parents included) logs to
     cache_dir: str | None = None
     mirror: str | None = None
 
@@ -132,14 +133,14 @@ class Phase2Spec:
             seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=self.pretrain_eval_every,
             eval_episodes=self.eval_episodes, checkpoint_every=self.checkpoint_every, device=self.device,
             compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), settings=self.settings,
-            cache_dir=self.cache_dir, mirror=self.mirror,
+            wandb=self.wandb, cache_dir=self.cache_dir, mirror=self.mirror,
         )
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
         common = dict(online_steps=self.online_steps, eval_episodes=self.eval_episodes, switch_episodes=self.switch_episodes,
                       **run_schedule(self.online_steps, self.eval_every, None, self.checkpoint_every), device=self.device, compile=self.compile,
-                      results_dir=self.phase2_results, cache_dir=self.cache_dir, mirror=self.mirror)
+                      results_dir=self.phase2_results, wandb=self.wandb, cache_dir=self.cache_dir, mirror=self.mirror)
         parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed, json.dumps(c.settings(), sort_keys=True)): c
                    for c in self.phase1_spec().expand()}
         configs = []

@@ -92,8 +92,13 @@ class PlainProgress:
     def set_postfix(self, values: dict[str, Any] | None = None, refresh: bool = True, **more: Any) -> None:
         self.postfix = ", ".join(f"{key}={value}" for key, value in {**(values or {}), **more}.items())
 
-    def write(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """A progress line of one's own (an evaluation's result), on the progress stream."""
         print(text, file=self.stream, flush=True)
+
+    def write(self, text: str) -> None:
+        """A message line to stdout, as ``tqdm.write`` prints it (progress lines go to stderr)."""
+        print(text, flush=True)
 
     def close(self) -> None:
         if not self.closed:

@@ -47,7 +47,7 @@ from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN
 ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
 # Config fields that do not change what a run computes: a run may resume under new values.
 # (compile picks the update path, which changes results only by floating-point rounding.)
-NON_IDENTITY_FIELDS = ("device", "threads", "compile", "tensorboard", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
+NON_IDENTITY_FIELDS = ("device", "threads", "compile", "tensorboard", "wandb", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
 
 
 class ConfigMismatchError(HybridRLError):
@@ -76,6 +76,7 @@ class TrainConfig:
     threads: int | None = None
     compile: str = "auto"  # the update path: auto, on (compiled step), off (eager reference); see compiled_step_wanted
     tensorboard: bool = False
+    wandb: str | None = None  # a Weights & Biases project to log to (trackers.py)
     progress: bool = True
     results_dir: str = "results"
     cache_dir: str | None = None
@@ -356,6 +357,8 @@ class RunBook:
         self.done = False
         self._metrics_file = None
         self._writer = None
+        self._wandb = None
+        self.written_config: dict[str, Any] = {}
 
     # --- start ------------------------------------------------------------------------------
     def resume_state(self, resume: bool) -> dict[str, Any] | None:
@@ -401,6 +404,7 @@ class RunBook:
             **_jsonable(extra),
         }
         atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(full_config, indent=2))
+        self.written_config = full_config
 
     def open_log(self) -> None:
         self._metrics_file = open(self.metrics_path, "a")
@@ -408,6 +412,11 @@ class RunBook:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self.config.wandb:
+            from .trackers import start_wandb_run
+
+            job = "finetune" if "online" in self.written_config else "train"
+            self._wandb = start_wandb_run(self.config.wandb, self.run_dir, self.config.run_id, json.loads(json.dumps(self.written_config, default=str)), job)
 
     # --- during training ---------------------------------------------------------------------
     def due(self, every: int) -> bool:
@@ -416,10 +425,14 @@ class RunBook:
     def log(self, record: dict[str, Any]) -> None:
         self._metrics_file.write(json.dumps(record) + "\n")
         self._metrics_file.flush()
-        if self._writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+        if self._writer is not None or self._wandb is not None:
+            from .trackers import scalars
+
+            values = scalars(record)
+            for key, value in values.items() if self._writer is not None else ():
+                self._writer.add_scalar(key, value, record["step"])
+            if self._wandb is not None and values:
+                self._wandb.log(values, step=record["step"])
 
     def log_train(self, values: dict[str, float], loss_window: torch.Tensor, q_mc: torch.Tensor | None) -> bool:
         """Write a "train" record (losses, rolling critic-loss statistics, Q against the MC
@@ -472,6 +485,8 @@ class RunBook:
             "algorithm": algorithm_state,
             "sampler": stage_states[0],
             **({"stages": list(stage_states[1:])} if len(stage_states) > 1 else {}),
+            # What a policy needs to act on raw observations (hybrid_rl.policy.load_policy).
+            "preprocessing": {"obs_mean": self.obs_mean, "obs_std": self.obs_std, "reward_scale": self.reward_scale},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "loss_window": loss_window,
@@ -510,6 +525,9 @@ class RunBook:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         for env in self.envs:
             env.close()
         self.envs = []

@@ -109,6 +109,22 @@ _ONLINE_CONFIGS: dict[str, type] = {"sac": sac.SACConfig, "rlpd": rlpd.RLPDConfi
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
+_ONLINE_CLASSES: dict[str, type[Algorithm]] = {"sac": sac.SAC, "rlpd": rlpd.RLPD}
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class of an algorithm or from-scratch method (sac, rlpd)."""
+    key = name.strip().lower()
+    return _ONLINE_CLASSES[key] if key in _ONLINE_CLASSES else _lookup(key)[0]
+
+
+def config_from_dict(name: str, values: dict[str, Any]) -> Any:
+    """An algorithm's config from its recorded fields (config.json's ``algo_config``)."""
+    defaults = default_config(name)
+    names = {f.name for f in dataclasses.fields(defaults)}
+    return apply_overrides(defaults, {key: value for key, value in values.items() if key in names}, "recorded algo_config")
+
+
 def default_config(name: str) -> Any:
     """The published defaults of an algorithm (or from-scratch method: sac, rlpd)."""
     key = name.strip().lower()

@@ -501,6 +501,12 @@ def minari_to_offline_dataset(minari_dataset: Any, *, name: str) -> OfflineDatas
     for key in ("ref_min_score", "ref_max_score"):
         if storage_metadata.get(key) is not None:
             metadata[f"minari_{key}"] = float(storage_metadata[key])
+    # A dataset hybrid-rl exported carries its provenance (source id, corruption records,
+    # checksums) in its description, after PROVENANCE_MARK.
+    description = str(storage_metadata.get("description") or "")
+    if PROVENANCE_MARK in description:
+        with contextlib.suppress(ValueError):
+            metadata.update(json.loads(description.split(PROVENANCE_MARK, 1)[1]))
     env_spec = getattr(minari_dataset, "env_spec", None)
     if env_spec is not None:
         metadata["gym_env_id"] = env_spec.id
@@ -522,7 +528,10 @@ def _load_minari(name: str) -> OfflineDataset:
     return minari_to_offline_dataset(minari_dataset, name=name)
 
 
-def export_minari(dataset: OfflineDataset, dataset_id: str, *, env_id: str | None = None) -> str:
+PROVENANCE_MARK = "hybrid-rl provenance: "
+
+
+def export_minari(dataset: OfflineDataset, dataset_id: str, *, env_id: str | None = None, provenance: dict[str, Any] | None = None) -> str:
     """Write `dataset` as a local Minari dataset (``minari.create_dataset_from_buffers``).
 
     Episodes are the dataset's trajectories; episode observations are
@@ -530,7 +539,8 @@ def export_minari(dataset: OfflineDataset, dataset_id: str, *, env_id: str | Non
     terminations = terminals, truncations = timeouts. The recorded environment is
     ``make_env(dataset, env_id=env_id)`` (so its sizes are checked). `dataset_id` must
     contain a '/' (e.g. ``hybrid-rl/hopper-medium-v0``) so that ``load_dataset`` reads it
-    back as a Minari id. Returns `dataset_id`.
+    back as a Minari id. ``provenance`` (JSON values) is kept in the dataset's description
+    and comes back in the loaded dataset's metadata. Returns `dataset_id`.
     """
     if "/" not in dataset_id:
         raise UnknownDatasetError(
@@ -557,7 +567,8 @@ def export_minari(dataset: OfflineDataset, dataset_id: str, *, env_id: str | Non
             env=env,
             algorithm_name=str(dataset.metadata.get("recipe") or dataset.metadata.get("algorithm") or "unknown"),
             author="hybrid-rl",
-            description=f"exported by hybrid-rl from {dataset.metadata.get('dataset_id', dataset.name)} ({dataset.metadata.get('source', 'unknown source')})",
+            description=f"exported by hybrid-rl from {dataset.metadata.get('dataset_id', dataset.name)} ({dataset.metadata.get('source', 'unknown source')})"
+            + (f"; {PROVENANCE_MARK}{json.dumps(provenance, sort_keys=True)}" if provenance else ""),
         )
     finally:
         env.close()
@@ -664,11 +675,10 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | Path | Non
 # ---------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------
-def _env_for(dataset: OfflineDataset, env_id: str | None) -> tuple[Any, dict]:
+def _env_for(meta: dict[str, Any], name: str, env_id: str | None) -> tuple[Any, dict]:
     """What to pass to ``gymnasium.make``: an id or EnvSpec, plus recorded kwargs."""
     from gymnasium.envs.registration import EnvSpec
 
-    meta = dataset.metadata
     recorded_id = meta.get("gym_env_id")
     if env_id is not None and env_id != recorded_id:
         return env_id, {}  # the user's explicit choice; recorded kwargs belong to another env
@@ -678,7 +688,7 @@ def _env_for(dataset: OfflineDataset, env_id: str | None) -> tuple[Any, dict]:
     if recorded_id:
         return recorded_id, dict(meta.get("gym_env_kwargs") or {})
     raise DatasetEnvMismatchError(
-        f"dataset {dataset.name!r} (source {meta.get('source', 'unknown')}) does not record its environment; "
+        f"dataset {name!r} (source {meta.get('source', 'unknown')}) does not record its environment; "
         "pass env_id= (e.g. 'Hopper-v4') or store 'gym_env_id' in the file's metadata"
     )
 
@@ -696,10 +706,17 @@ def make_env(dataset: OfflineDataset, *, env_id: str | None = None, **kwargs: An
         DatasetEnvMismatchError: no env is known, or its observation/action sizes differ
             from the dataset's.
     """
+    return make_env_from_metadata(dataset.metadata, dataset.obs_dim, dataset.act_dim, name=dataset.name, env_id=env_id, **kwargs)
+
+
+def make_env_from_metadata(metadata: dict[str, Any], obs_dim: int, act_dim: int, *, name: str = "the data", env_id: str | None = None,
+                           **kwargs: Any) -> Any:
+    """``make_env`` from a dataset's recorded metadata and sizes alone (a run's config.json
+    keeps both), so a policy can be evaluated where its data is not at hand."""
     import gymnasium as gym
 
     register_envs()
-    target, recorded_kwargs = _env_for(dataset, env_id)
+    target, recorded_kwargs = _env_for(metadata, name, env_id)
     with warnings.catch_warnings():
         if target in GYM_ENV_IDS.values():
             # v4 on purpose: it is the Gymnasium port of the envs D4RL v2 was collected in
@@ -708,12 +725,12 @@ def make_env(dataset: OfflineDataset, *, env_id: str | None = None, **kwargs: An
         env = gym.make(target, **{**recorded_kwargs, **kwargs})
     obs_shape = getattr(env.observation_space, "shape", None)
     act_shape = getattr(env.action_space, "shape", None)
-    if obs_shape != (dataset.obs_dim,) or act_shape != (dataset.act_dim,):
+    if obs_shape != (obs_dim,) or act_shape != (act_dim,):
         env.close()
-        name = target if isinstance(target, str) else target.id
+        env_name = target if isinstance(target, str) else target.id
         raise DatasetEnvMismatchError(
-            f"env {name} has observations {obs_shape} and actions {act_shape} but dataset {dataset.name!r} has "
-            f"({dataset.obs_dim},) and ({dataset.act_dim},); pass the env the data was collected in with env_id= "
+            f"env {env_name} has observations {obs_shape} and actions {act_shape} but dataset {name!r} has "
+            f"({obs_dim},) and ({act_dim},); pass the env the data was collected in with env_id= "
             "(D4RL Ant data is 111-dim: hybrid_rl/D4RLAnt-v4)"
         )
     return env

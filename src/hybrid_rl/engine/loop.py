@@ -164,7 +164,7 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
                 best = max(books[m].evals[-1] for m in active)
                 bar.set_postfix({"score" if len(books) == 1 else "top": f"{best:.1f}"})
                 if isinstance(bar, PlainProgress):  # a log file gets one line per evaluation
-                    bar.write(f"{desc}: step {step:,}, evaluation " + ", ".join(f"{books[m].evals[-1]:.1f}" for m in active))
+                    bar.note(f"{desc}: step {step:,}, evaluation " + ", ".join(f"{books[m].evals[-1]:.1f}" for m in active))
 
             if step % config.checkpoint_every == 0 and step < total:
                 for member in active:

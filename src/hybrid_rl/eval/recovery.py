@@ -48,6 +48,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..naming import settings_parts
 from ..run_format import CONFIG_FILE, SUMMARY_FILE
 from .runs import RunRecord, finetune_run_dirs, load_run, read_metrics
 
@@ -222,6 +223,7 @@ class Recovery:
     method: str
     variant: str  # the method as the study names it: "iql", "frozen", "offline", "rlpd online_only" ...
     algo: str  # the parent's algorithm, or the method for runs from scratch
+    settings: str  # its non-default algorithm settings ("beta=10"; "" for the published ones): a sweep's groups
     dataset: str
     corruption: str  # the level's label, e.g. "k=60%"
     seed: int
@@ -249,6 +251,11 @@ class Recovery:
     uses_offline_data: bool = True  # False for methods that train on online data alone (SAC from scratch)
     utd: int | None = None  # gradient steps per environment step
     sampling: str = ""
+
+    @property
+    def label(self) -> str:
+        """The variant with a sweep's settings, as figures name a line: ``iql beta=10``."""
+        return " ".join(part for part in (self.variant, self.settings) if part)
 
     @property
     def switch_score(self) -> float:
@@ -311,7 +318,8 @@ def recovery_of(run: RunRecord) -> Recovery:
     q_minus_mc = np.array([r["q_minus_mc_mean"] / reward_scale for r in calibrated], dtype=float)
     pretrain_steps = (config.get("parent_identity") or {}).get("total_steps")
     return Recovery(
-        run_id=run.run_id, method=str(config["method"]), variant=str(config.get("variant") or config["method"]), algo=run.algo, dataset=run.dataset,
+        run_id=run.run_id, method=str(config["method"]), variant=str(config.get("variant") or config["method"]), algo=run.algo,
+        settings=" ".join(settings_parts(run.settings)), dataset=run.dataset,
         corruption=run.level.label, seed=run.seed, status=run.status, online_steps=online_steps,
         pretrained=bool((config.get("parent") or {}).get("run_id")), pretrain_steps=int(pretrain_steps) if pretrain_steps else None,
         eval_steps=evals.steps, eval_scores=evals.scores, switch=switch, switch_episodes=switch_episodes, final=final,
@@ -336,14 +344,14 @@ def with_references(recoveries: Sequence[Recovery]) -> list[Recovery]:
     clean: dict[tuple, float] = {}
     for r in recoveries:
         if r.pretrained and r.corruption == "clean" and math.isfinite(r.switch.value):
-            clean.setdefault((r.algo, r.dataset, r.seed, r.pretrain_steps), r.switch.value)
+            clean.setdefault((r.algo, r.settings, r.dataset, r.seed, r.pretrain_steps), r.switch.value)
     out = []
     for r in recoveries:
         references = dict(r.references)
         if r.pretrained:
-            references["clean_offline"] = clean.get((r.algo, r.dataset, r.seed, r.pretrain_steps), references["clean_offline"])
+            references["clean_offline"] = clean.get((r.algo, r.settings, r.dataset, r.seed, r.pretrain_steps), references["clean_offline"])
         else:
-            matches = [value for (algo, dataset, seed, _), value in clean.items() if dataset == r.dataset and seed == r.seed]
+            matches = [value for (_, settings, dataset, seed, _), value in clean.items() if dataset == r.dataset and seed == r.seed and not settings]
             references["clean_offline"] = float(np.mean(matches)) if matches else math.nan
         curve_steps = np.concatenate([[0], r.eval_steps])
         curve_scores = np.concatenate([[r.switch.value], r.eval_scores])

@@ -40,20 +40,16 @@ from .stats import ScoreEstimate, interval_estimates, mean_ci_over_seeds, paired
 
 BOOTSTRAP_MIN_RUNS = 10  # from here on the final score is rliable's IQM with a stratified-bootstrap CI
 SCORES = ("switch", "final", "gain", "dip")  # the per-run measurements with a standard error
-CSV_FIELDS = ("dataset", "corruption", "method", "variant", "algo", "utd", "sampling", "n", "interval",
+CSV_FIELDS = ("dataset", "corruption", "method", "variant", "algo", "settings", "utd", "sampling", "n", "interval",
               *(f"{name}_{part}" for name in SCORES for part in ("point", "low", "high")),
               *(f"{prefix}_{reference}" for reference in REFERENCES for prefix in ("km_median_steps_to", "reached", "censored")),
               "regret_mean", "warmup_regret_mean", "auc_mean", "q_minus_mc_final_mean")
-PAIRED_FIELDS = ("dataset", "comparison", "corruption", "variant", "against", "algo", "n_pairs",
+PAIRED_FIELDS = ("dataset", "comparison", "corruption", "variant", "against", "algo", "settings", "n_pairs",
                  *(f"delta_{name}_{part}" for name in ("switch", "final", "gain", "auc") for part in ("mean", "low", "high")))
 
 
 class NoFinetuneRunsError(HybridRLError):
     """A Phase II report was asked of a directory without fine-tuning runs."""
-
-
-class RecoveryRow(dict):
-    """One table row (a dict, so the CSV writer takes it as is)."""
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -77,17 +73,20 @@ def score_estimate(runs: Sequence[Recovery], name: str) -> tuple[ScoreEstimate, 
     return t_interval(values), "mean, Student-t over seeds"
 
 
-def group(recoveries: Sequence[Recovery]) -> dict[tuple[str, str, str, str], list[Recovery]]:
-    groups: dict[tuple[str, str, str, str], list[Recovery]] = defaultdict(list)
+GroupKey = tuple[str, str, str, str, str]  # dataset, corruption, variant, algo, settings
+
+
+def group(recoveries: Sequence[Recovery]) -> dict[GroupKey, list[Recovery]]:
+    groups: dict[GroupKey, list[Recovery]] = defaultdict(list)
     for recovery in recoveries:
-        groups[(recovery.dataset, recovery.corruption, recovery.variant, recovery.algo)].append(recovery)
-    return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "clean", item[0][1], item[0][2], item[0][3])))
+        groups[(recovery.dataset, recovery.corruption, recovery.variant, recovery.algo, recovery.settings)].append(recovery)
+    return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "clean", item[0][1], *item[0][2:])))
 
 
-def table_rows(recoveries: Sequence[Recovery]) -> list[RecoveryRow]:
+def table_rows(recoveries: Sequence[Recovery]) -> list[dict[str, Any]]:
     rows = []
-    for (dataset, corruption, variant, algo), runs in group(recoveries).items():
-        row = RecoveryRow(dataset=dataset, corruption=corruption, method=runs[0].method, variant=variant, algo=algo, n=len(runs),
+    for (dataset, corruption, variant, algo, settings), runs in group(recoveries).items():
+        row = dict(dataset=dataset, corruption=corruption, method=runs[0].method, variant=variant, algo=algo, settings=settings, n=len(runs),
                           utd="/".join(sorted({str(r.utd) for r in runs})), sampling="/".join(sorted({r.sampling for r in runs})))
         for name in SCORES:
             estimate, how = score_estimate(runs, name)
@@ -109,9 +108,9 @@ def _by_seed(runs: Sequence[Recovery], name: str) -> dict[int, float]:
     return {r.seed: (getattr(r, name).value if name in SCORES else getattr(r, name)) for r in runs}
 
 
-def _paired_row(comparison: str, dataset: str, corruption: str, variant: str, against: str, algo: str,
-                treated: Sequence[Recovery], control: Sequence[Recovery]) -> RecoveryRow:
-    row = RecoveryRow(dataset=dataset, comparison=comparison, corruption=corruption, variant=variant, against=against, algo=algo)
+def _paired_row(comparison: str, key: GroupKey, against: str, treated: Sequence[Recovery], control: Sequence[Recovery]) -> dict[str, Any]:
+    dataset, corruption, variant, algo, settings = key
+    row = dict(dataset=dataset, comparison=comparison, corruption=corruption, variant=variant, against=against, algo=algo, settings=settings)
     row["n_pairs"] = len({r.seed for r in treated} & {r.seed for r in control})
     for name in ("switch", "final", "gain", "auc"):
         estimate = paired_difference(_by_seed(treated, name), _by_seed(control, name))
@@ -120,22 +119,24 @@ def _paired_row(comparison: str, dataset: str, corruption: str, variant: str, ag
     return row
 
 
-def paired_rows(recoveries: Sequence[Recovery]) -> list[RecoveryRow]:
+def paired_rows(recoveries: Sequence[Recovery]) -> list[dict[str, Any]]:
     """Damaged minus clean data per method variant, and each method minus each control of
     the same parents (or, from scratch, of the same method), all paired by seed."""
     groups = group(recoveries)
     rows = []
-    for (dataset, corruption, variant, algo), runs in groups.items():
-        clean = groups.get((dataset, "clean", variant, algo))
+    for key, runs in groups.items():
+        dataset, corruption, variant, algo, settings = key
+        clean = groups.get((dataset, "clean", variant, algo, settings))
         if corruption != "clean" and clean:
-            rows.append(_paired_row("damaged - clean", dataset, corruption, variant, "clean", algo, runs, clean))
-    for (dataset, corruption, variant, algo), runs in groups.items():
+            rows.append(_paired_row("damaged - clean", key, "clean", runs, clean))
+    for key, runs in groups.items():
+        dataset, corruption, variant, algo, settings = key
         if is_control(variant):
             continue
-        for (d, c, control, a), control_runs in groups.items():
+        for (d, c, control, a, s), control_runs in groups.items():
             data_free = not control_runs[0].uses_offline_data  # run on the clean level only: it serves every level
-            if d == dataset and a == algo and is_control(control) and (c == corruption or data_free):
-                rows.append(_paired_row("method - control", dataset, corruption, variant, control, algo, runs, control_runs))
+            if (d, a, s) == (dataset, algo, settings) and is_control(control) and (c == corruption or data_free):
+                rows.append(_paired_row("method - control", key, control, runs, control_runs))
     return rows
 
 
@@ -158,7 +159,14 @@ def _km(row: dict[str, Any], reference: str) -> str:
     return f"{head} ({reached}/{row['n']}" + (f", c {censored})" if censored else ")")
 
 
-def write_tables(rows: Sequence[RecoveryRow], paired: Sequence[RecoveryRow], results_dir: Path) -> list[Path]:
+def _method_label(row: dict[str, Any]) -> str:
+    """'iql', 'frozen (iql)', 'offline (iql, beta=10)': the variant, its parents' algorithm
+    when the name does not say it, and the settings of a sweep."""
+    extra = [part for part in (row["algo"] if row["algo"] not in (row.get("method"), row["variant"]) else "", row.get("settings", "")) if part]
+    return row["variant"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def write_tables(rows: Sequence[dict[str, Any]], paired: Sequence[dict[str, Any]], results_dir: Path) -> list[Path]:
     for name, fields, table in (("recovery.csv", CSV_FIELDS, rows), ("recovery_paired.csv", PAIRED_FIELDS, paired)):
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -186,7 +194,7 @@ def write_tables(rows: Sequence[RecoveryRow], paired: Sequence[RecoveryRow], res
         "|" + "---|" * 15,
     ]
     for row in rows:
-        method = row["variant"] if row["algo"] in (row["method"], row["variant"]) else f"{row['variant']} ({row['algo']})"
+        method = _method_label(row)
         regret = _cell(row["regret_mean"], 3) + (f" ({_cell(row['warmup_regret_mean'], 3)})" if math.isfinite(row["warmup_regret_mean"]) else "")
         lines.append(f"| {row['dataset']} | {row['corruption']} | {method} | {row['utd']}, {row['sampling']} | {row['n']} | {_interval(row, 'switch')} | "
                      f"{_interval(row, 'final')} | {row['interval']} | {_interval(row, 'gain')} | {_interval(row, 'dip')} | {_km(row, 'clean_offline')} | "
@@ -200,7 +208,7 @@ def write_tables(rows: Sequence[RecoveryRow], paired: Sequence[RecoveryRow], res
         for row in paired:
             cells = [_interval({f"d_{part}": row[f"delta_{name}_{key}"] for part, key in (("point", "mean"), ("low", "low"), ("high", "high"))}, "d")
                      for name in ("switch", "final", "gain", "auc")]
-            method = row["variant"] if row["algo"] == row["variant"] else f"{row['variant']} ({row['algo']})"
+            method = _method_label(row)
             lines.append(f"| {row['dataset']} | {row['comparison']} | {row['corruption']} | {method} | {row['against']} | {row['n_pairs']} | " + " | ".join(cells) + " |")
     atomic_write_text(results_dir / "recovery.md", "\n".join(lines) + "\n")
     return [results_dir / "recovery.csv", results_dir / "recovery_paired.csv", results_dir / "recovery.md"]
@@ -230,14 +238,14 @@ def _method_panels(plt: Any, runs: Sequence[Recovery], levels: Sequence[str], co
     fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), height), squeeze=False, sharey=True, layout="constrained")
     for ax, level in zip(axes[0], levels):
         panel = _panel(runs, level)
-        for variant in sorted({r.variant for r in panel}):
-            members = [r for r in panel if r.variant == variant]
+        for name in sorted({r.label for r in panel}):
+            members = [r for r in panel if r.label == name]
             band = mean_ci_over_seeds([curve(r) for r in members])
-            label = f"{variant} (n={len(members)})" + ("" if members[0].uses_offline_data else ", no data")
+            label = f"{name} (n={len(members)})" + ("" if members[0].uses_offline_data else ", no data")
             sparse = len(band.steps) < 5  # a marker, or a lone point would not show
-            ax.plot(band.steps, band.mean, color=colors[variant], label=label, lw=1.6, ls="--" if is_control(variant) else "-",
+            ax.plot(band.steps, band.mean, color=colors[name], label=label, lw=1.6, ls="--" if is_control(members[0].variant) else "-",
                     marker="o" if sparse else None, ms=3)
-            ax.fill_between(band.steps, band.low, band.high, color=colors[variant], alpha=0.15, lw=0)
+            ax.fill_between(band.steps, band.low, band.high, color=colors[name], alpha=0.15, lw=0)
         ax.set_title(level, fontsize=9)
         ax.set_xlabel("online steps")
         ax.grid(alpha=0.3)
@@ -264,7 +272,7 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
     from .plotting import algo_colors, safe_name, save_figure
 
     written: list[Path] = []
-    colors = algo_colors({r.variant for r in recoveries})
+    colors = algo_colors({r.label for r in recoveries})
     by_dataset: dict[str, list[Recovery]] = defaultdict(list)
     for recovery in recoveries:
         by_dataset[recovery.dataset].append(recovery)
@@ -299,14 +307,14 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
             plt.close(fig)
 
         # Dip and recovery time are measured against the switch of a pretrained agent.
-        variants = sorted({r.variant for r in runs if r.pretrained})
+        variants = sorted({r.label for r in runs if r.pretrained})
         if not variants:
             continue
         fig, (dip_ax, steps_ax) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(variants) * len(levels)), 3.6), layout="constrained")
         width = 0.8 / max(1, len(levels))
         for index, level in enumerate(levels):
             x = np.arange(len(variants)) + index * width
-            members = [[r for r in runs if r.variant == v and r.corruption == level] for v in variants]
+            members = [[r for r in runs if r.label == v and r.corruption == level] for v in variants]
             dips = [_bar_error(group_, "dip") if group_ else (math.nan, 0.0) for group_ in members]
             dip_ax.bar(x, [d if math.isfinite(d) else 0.0 for d, _ in dips], width, yerr=[h for _, h in dips], capsize=2, label=level)
             steps, censored = [], []
