@@ -224,10 +224,16 @@ def comparable(scenarios: dict[str, Any]) -> dict[str, Any]:
     for scenario, runs in json.loads(json.dumps(scenarios)).items():
         out[scenario] = {}
         for run_id, outputs in runs.items():
+            if "summary.json" not in outputs:  # a behaviour training: no run directory
+                out[scenario][run_id] = outputs
+                continue
             config = outputs["config.json"]
             for key in ("versions", "sha256"):
                 config.get("dataset_metadata", {}).pop(key, None)
             config.pop("settings", None)
+            # The parent's checkpoint file hash: torch.save's bytes are not reproducible across
+            # processes, its contents are (the parents' own recordings compare their digests).
+            config.get("parent", {}).pop("checkpoint_sha256", None)
             outputs["checkpoint.pt"] = {key: value for key, value in outputs["checkpoint.pt"].items() if not key.startswith("preprocessing/")}
             config["run_id"] = legacy_run_id(config["run_id"])
             outputs["summary.json"]["run_id"] = legacy_run_id(outputs["summary.json"]["run_id"])
@@ -235,6 +241,129 @@ def comparable(scenarios: dict[str, Any]) -> dict[str, Any]:
                 config["population"]["members"] = [legacy_run_id(member) for member in config["population"]["members"]]
             out[scenario][legacy_run_id(run_id)] = outputs
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Phase II and behaviour training (the contract of the "one run layer" redesign)
+# ---------------------------------------------------------------------------------------
+ONLINE_STEPS = 120
+SCRATCH_NETS = {"rlpd": {"hidden": [16, 16], "batch_size": 32, "ensemble_size": 3}, "sac": {"hidden": [16, 16], "batch_size": 32}}
+
+
+def _finetune_args(method: str, results: Path, cache: Path, parent: Path | None) -> list[str]:
+    args = ["finetune", "--method", method, "--online_steps", str(ONLINE_STEPS), "--eval_every", "60", "--eval_episodes", str(EVAL_EPISODES),
+            "--switch_episodes", "3", "--log_every", str(LOG_EVERY), "--checkpoint_every", str(CHECKPOINT_EVERY), "--seed", "2", "--device", "cpu",
+            "--threads", "1", "--results", str(results), "--cache_dir", str(cache), "--compile", "off"]
+    if parent is not None:
+        return [*args, "--from", str(parent)]
+    return [*args, "--from", "scratch", "--env", TINY_DATASET, "--remove_top_k", "30", "--warmup_steps", "40", "--utd", "2",
+            "--algo_overrides", json.dumps(SCRATCH_NETS[method])]
+
+
+def behavior_outputs(out: Path) -> dict[str, Any]:
+    """A behaviour training's files in comparable form: progress.jsonl, config.json, and the
+    digests of its checkpoint and snapshots."""
+    return {
+        # Every line but its wall time.
+        "progress.jsonl": "".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "wall_time_s"}) + "\n"
+                                  for line in (out / "progress.jsonl").read_text().splitlines()),
+        "config.json": json.loads((out / "config.json").read_text()),
+        "checkpoint.pt": checkpoint_digests(out / "checkpoint.pt"),
+        **{f"snapshots/{path.name}": checkpoint_digests(path) for path in sorted((out / "snapshots").glob("*.pt"))},
+    }
+
+
+def run_phase2_scenarios(root: Path) -> dict[str, Any]:
+    """Fine-tuning runs of every method (CLI processes), a fine-tuning population, a
+    fine-tuning run killed by SIGKILL and resumed, a Phase II study on 2 workers, and a short
+    behaviour-policy training; returns ``{scenario: {run_id: outputs}}``."""
+    import torch
+
+    cache = root / "cache"
+    data_dir = str(cache)
+    os.environ["HYBRID_RL_DATA_DIR"] = data_dir
+    out: dict[str, Any] = {}
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        from dataclasses import replace
+
+        from hybrid_rl.data.loader import load_dataset
+        from hybrid_rl.train import train
+
+        load_dataset(TINY_DATASET, cache_dir=data_dir)
+        torch.set_num_threads(1)
+        parents = root / "parents"
+        base = _population_configs("iql", parents, cache)[0]
+        configs = {algo: replace(base, algo=algo, seed=1, remove_top_k=30.0, algo_overrides=dict(SMALL_NETS.get(algo, SMALL_NETS["cql"])))
+                   for algo in ("iql", "cql", "calql")}
+        for config in [*configs.values(), base]:
+            train(config)
+        parent_dirs = {algo: parents / config.run_id for algo, config in configs.items()}
+
+        # One fine-tuning run per method through the command line, two processes at a time.
+        singles = root / "finetune"
+        jobs = [(method, parent_dirs.get(method)) for method in ("iql", "cql", "calql", "rlpd", "sac")]
+        for pair in (jobs[:2], jobs[2:4], jobs[4:]):
+            processes = [(method, _cli(_finetune_args(method, singles, cache, parent), data_dir=data_dir)) for method, parent in pair]
+            for method, process in processes:
+                _check(process, f"hybrid-rl finetune --method {method}")
+        out["finetune"] = {path.name: run_outputs(path, root) for path in sorted(singles.iterdir()) if path.is_dir()}
+
+        # The IQL fine-tuning run killed once its first checkpoint exists, then rerun.
+        killed = root / "finetune_killed"
+        run_id = next(name for name in out["finetune"] if name.startswith("ft-iql"))
+        process = _cli(_finetune_args("iql", killed, cache, parent_dirs["iql"]), data_dir=data_dir)
+        deadline = time.time() + 300
+        while not (killed / run_id / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        killed_mid_way = process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not killed_mid_way:
+            raise RuntimeError("the fine-tuning run to kill finished before its first checkpoint")
+        _check(_cli(_finetune_args("iql", killed, cache, parent_dirs["iql"]), data_dir=data_dir), "the resumed fine-tuning run")
+        out["finetune_killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
+
+        # IQL fine-tuning of two parents (seed 0 clean, seed 1 at k = 30) as one population.
+        from hybrid_rl.finetune import FinetuneConfig, finetune_population
+
+        population = root / "finetune_population"
+        common = dict(method="iql", online_steps=ONLINE_STEPS, eval_every=60, eval_episodes=EVAL_EPISODES, switch_episodes=3, log_every=LOG_EVERY,
+                      checkpoint_every=CHECKPOINT_EVERY, device="cpu", threads=1, progress=False, results_dir=str(population), cache_dir=data_dir,
+                      compile="off")
+        finetune_population([FinetuneConfig(parent=str(parents / base.run_id), seed=0, **common),
+                             FinetuneConfig(parent=str(parent_dirs["iql"]), seed=1, **common)])
+        out["finetune_population"] = {path.name: run_outputs(path, root) for path in sorted(population.iterdir()) if path.is_dir()}
+
+        # The Phase II study (its parents included) on 2 worker processes.
+        from hybrid_rl.phase2 import Phase2Spec, run_phase2
+
+        study = root / "study"
+        spec = Phase2Spec(methods=("iql", "sac"), datasets=(TINY_DATASET,), remove_top_k=(0.0, 30.0), seeds=(0,), pretrain_steps=STEPS,
+                          online_steps=ONLINE_STEPS, utd=1, eval_every=60, pretrain_eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES,
+                          switch_episodes=3, checkpoint_every=CHECKPOINT_EVERY, warmup_steps=40, device="cpu", compile="off", population="off",
+                          results_dir=str(study / "results"), phase2_results=str(study / "results_phase2"), cache_dir=data_dir,
+                          algo_overrides={"iql": dict(SMALL_NETS["iql"])}, method_overrides={"sac": dict(SCRATCH_NETS["sac"])})
+        status = run_phase2(spec, workers=2, log=lambda line: None, progress=False)
+        if status["failed"]:
+            raise RuntimeError(f"study runs failed: {status['failed']}")
+        out["study_2_workers"] = {f"{results}/{path.name}": run_outputs(path, root) for results in ("results", "results_phase2")
+                                  for path in sorted((study / results).iterdir()) if path.is_dir()}
+
+        # A short behaviour-policy training (the dataset factory's SAC).
+        from hybrid_rl.algos.sac import SACConfig
+        from hybrid_rl.engine.behavior import BehaviorTrainingConfig, train_behavior_policy
+
+        behavior = BehaviorTrainingConfig(robot="hopper", total_steps=300, seed=0, random_steps=100, eval_every=100, eval_episodes=1,
+                                          checkpoint_every=100, sac=SACConfig(hidden=(16, 16), batch_size=32), compile="off")
+        out["behavior_training"] = {"hopper": behavior_outputs(train_behavior_policy(behavior, root / "behavior", progress=False))}
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+SCENARIO_SETS = {"phase1": run_scenarios, "phase2": run_phase2_scenarios}
 
 
 def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
@@ -265,10 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--record", metavar="FILE", help="write the outputs of this code to FILE")
     group.add_argument("--compare", metavar="FILE", help="compare the outputs of this code with FILE")
+    parser.add_argument("--scenarios", choices=sorted(SCENARIO_SETS), default="phase1", help="phase1 (engine_outputs.json) or phase2 (phase2_outputs.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="engine_scenarios_") as tmp:
         started = time.time()
-        outputs = run_scenarios(Path(tmp))
+        outputs = SCENARIO_SETS[args.scenarios](Path(tmp))
         elapsed = time.time() - started
     if args.record:
         Path(args.record).write_text(json.dumps({"platform": platform_key(), "scenarios": outputs}, indent=1, sort_keys=True) + "\n")

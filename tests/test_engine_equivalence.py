@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from engine_scenarios import comparable, differences, platform_key, run_scenarios
+from engine_scenarios import SCENARIO_SETS, comparable, differences, platform_key
 
 RECORDED = Path(__file__).parent / "fixtures" / "engine_outputs.json"
+# Phase II runs, a fine-tuning population, a killed and resumed fine-tuning run, a 2-worker
+# study and a behaviour training, recorded after the Phase II, sweep and interoperability
+# issues landed: the contract of the "one run layer" redesign.
+RECORDED_PHASE2 = Path(__file__).parent / "fixtures" / "phase2_outputs.json"
 
 
 def emulated_capability(recorded_platform: dict) -> str | None:
@@ -41,10 +45,19 @@ def test_killed_run_was_recorded_equal_to_the_uninterrupted_one(recorded_file: d
     assert resumed["metrics.jsonl"] == single["metrics.jsonl"] and resumed["checkpoint.pt"] == single["checkpoint.pt"]
 
 
-def test_scenarios_write_the_recorded_files(recorded_file: dict, tmp_path: Path) -> None:
+def test_killed_fine_tuning_run_was_recorded_equal_to_the_uninterrupted_one() -> None:
+    recorded = json.loads(RECORDED_PHASE2.read_text())["scenarios"]
+    (run_id, resumed), = recorded["finetune_killed_and_resumed"].items()
+    single = recorded["finetune"][run_id]
+    assert resumed["metrics.jsonl"] == single["metrics.jsonl"] and resumed["checkpoint.pt"] == single["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("scenarios, fixture", [("phase1", RECORDED), ("phase2", RECORDED_PHASE2)])
+def test_scenarios_write_the_recorded_files(scenarios: str, fixture: Path, tmp_path: Path) -> None:
+    recorded_file = json.loads(fixture.read_text())
     if recorded_file["platform"] == platform_key():
-        found = differences(comparable(recorded_file["scenarios"]), comparable(run_scenarios(tmp_path)))
-        assert not found, "outputs differ from those recorded before the redesign:\n" + "\n".join(found[:20])
+        found = differences(comparable(recorded_file["scenarios"]), comparable(SCENARIO_SETS[scenarios](tmp_path)))
+        assert not found, "outputs differ from those recorded:\n" + "\n".join(found[:20])
         return
     capability = emulated_capability(recorded_file["platform"])
     if capability is None:
@@ -52,6 +65,6 @@ def test_scenarios_write_the_recorded_files(recorded_file: dict, tmp_path: Path)
     # Every process of the scenarios (the CLI runs it starts too) must pick the recorded kernels,
     # which PyTorch reads from the environment at start-up: compare in a fresh process.
     script = Path(__file__).parent / "engine_scenarios.py"
-    done = subprocess.run([sys.executable, str(script), "--compare", str(RECORDED)], env={**os.environ, "ATEN_CPU_CAPABILITY": capability},
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, str(script), "--scenarios", scenarios, "--compare", str(fixture)],
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": capability}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"outputs differ from those recorded (run with ATEN_CPU_CAPABILITY={capability}):\n{done.stdout[-4000:]}{done.stderr[-2000:]}"
