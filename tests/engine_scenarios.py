@@ -128,6 +128,20 @@ def _check(process: subprocess.Popen, what: str) -> None:
         raise RuntimeError(f"{what} exited {process.returncode}: {err.decode()[-2000:]}")
 
 
+def _kill_and_resume(args: list[str], run_dir: Path, data_dir: str) -> None:
+    """Run the CLI command, SIGKILL it once the run's first checkpoint exists, run it again."""
+    process = _cli(args, data_dir=data_dir)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    killed_mid_way = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if not killed_mid_way:
+        raise RuntimeError(f"{run_dir.name} finished before its first checkpoint: nothing was killed")
+    _check(_cli(args, data_dir=data_dir), f"the resumed {run_dir.name}")
+
+
 def _population_configs(algo: str, results: Path, cache: Path) -> list:
     from dataclasses import replace
 
@@ -165,17 +179,8 @@ def run_scenarios(root: Path) -> dict[str, Any]:
 
         # Killed with SIGKILL once its first checkpoint exists, then rerun: equals the IQL single run.
         killed = root / "killed"
-        process = _cli(_train_args("iql", killed, cache), data_dir=data_dir)
         run_id = next(name for name in out["single"] if name.startswith("iql"))
-        deadline = time.time() + 300
-        while not (killed / run_id / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        killed_mid_way = process.poll() is None
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if not killed_mid_way:
-            raise RuntimeError("the run to kill finished before its first checkpoint")
-        _check(_cli(_train_args("iql", killed, cache), data_dir=data_dir), "the resumed run")
+        _kill_and_resume(_train_args("iql", killed, cache), killed / run_id, data_dir)
         out["killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
 
         # Populations of 3 (one member with top-k removal, one with reward noise).
@@ -313,16 +318,7 @@ def run_phase2_scenarios(root: Path) -> dict[str, Any]:
         # The IQL fine-tuning run killed once its first checkpoint exists, then rerun.
         killed = root / "finetune_killed"
         run_id = next(name for name in out["finetune"] if name.startswith("ft-iql"))
-        process = _cli(_finetune_args("iql", killed, cache, parent_dirs["iql"]), data_dir=data_dir)
-        deadline = time.time() + 300
-        while not (killed / run_id / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        killed_mid_way = process.poll() is None
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if not killed_mid_way:
-            raise RuntimeError("the fine-tuning run to kill finished before its first checkpoint")
-        _check(_cli(_finetune_args("iql", killed, cache, parent_dirs["iql"]), data_dir=data_dir), "the resumed fine-tuning run")
+        _kill_and_resume(_finetune_args("iql", killed, cache, parent_dirs["iql"]), killed / run_id, data_dir)
         out["finetune_killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
 
         # IQL fine-tuning of two parents (seed 0 clean, seed 1 at k = 30) as one population.
