@@ -1,4 +1,4 @@
-"""The package's structure: data flows one way (DESIGN.md), and no two modules import each other.
+"""The package's structure: data flows one way (docs/architecture.md), and no two modules import each other.
 
 Read from the source (every import statement, including those inside functions), so a
 lazy import cannot hide a cycle or a layer violation.

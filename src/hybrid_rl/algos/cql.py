@@ -51,7 +51,7 @@ REWARD_SCALINGS = ("none", "iql")
 
 @dataclass(frozen=True)
 class CQLConfig:
-    """CQL hyperparameters; defaults are CORL's MuJoCo settings (DESIGN.md).
+    """CQL hyperparameters; defaults are CORL's MuJoCo settings (docs/algorithms.md).
 
     ``normalize_observations`` and ``reward_scaling`` are read by the trainer when it builds
     the sampler (CORL: states normalized, rewards unscaled except hopper-medium).

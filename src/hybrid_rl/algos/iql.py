@@ -11,7 +11,7 @@ paper; Qbar = the Polyak-averaged target critics, min over the twin pair):
 - actor, advantage-weighted regression (eq. 7; AWR, Peng et al. 2019):
       L_pi(phi) = -E_(s,a)~D [ min(exp(beta (Qbar(s, a) - V_psi(s))), 100) log pi_phi(a | s) ]
 
-Update order follows CORL (the source of the published scores in DESIGN.md): all three
+Update order follows CORL (the source of the published scores in docs/algorithms.md): all three
 losses are computed from the parameters at the start of the step (the advantage and the
 bootstrap value V(s') come from the V *before* its update), then V, Q and the actor each
 take one Adam step, the actor's LR follows a cosine decay to 0 over ``max_steps`` and the
