@@ -339,7 +339,8 @@ def with_references(recoveries: Sequence[Recovery]) -> list[Recovery]:
     parent of the same algorithm, dataset, seed and pretraining budget without corruption:
     every method from one parent measures the same policy on the same episodes), else the
     counterpart's Phase I final score; runs from scratch take the mean of the clean
-    counterparts' measurements of their dataset and seed over the pretraining algorithms present.
+    counterparts' measurements of their dataset and seed over the pretraining algorithms (and
+    settings) present.
     """
     clean: dict[tuple, float] = {}
     for r in recoveries:
@@ -351,7 +352,7 @@ def with_references(recoveries: Sequence[Recovery]) -> list[Recovery]:
         if r.pretrained:
             references["clean_offline"] = clean.get((r.algo, r.settings, r.dataset, r.seed, r.pretrain_steps), references["clean_offline"])
         else:
-            matches = [value for (_, settings, dataset, seed, _), value in clean.items() if dataset == r.dataset and seed == r.seed and not settings]
+            matches = [value for (_, _, dataset, seed, _), value in clean.items() if dataset == r.dataset and seed == r.seed]
             references["clean_offline"] = float(np.mean(matches)) if matches else math.nan
         curve_steps = np.concatenate([[0], r.eval_steps])
         curve_scores = np.concatenate([[r.switch.value], r.eval_scores])

@@ -252,8 +252,15 @@ def _method_panels(plt: Any, runs: Sequence[Recovery], levels: Sequence[str], co
     return fig, axes[0]
 
 
-def _legend_below(ax: Any) -> None:
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2, frameon=False)
+def _legend_below(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend under all panels (a method's line appears once, whichever panels it is in),
+    inside the figure: constrained layout makes room for it."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    ncol = max(1, min(3, len(entries), int(fig.get_figwidth() // 3.2)))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=ncol, fontsize=7, frameon=False)
 
 
 def _bar_error(runs: Sequence[Recovery], name: str) -> tuple[float, float]:
@@ -285,11 +292,11 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
             clean = _mean([r.references.get("clean_offline", math.nan) for r in panel])
             behavior = _mean([r.references.get("behavior", math.nan) for r in panel])
             if math.isfinite(clean):
-                ax.axhline(clean, color="#444444", ls="--", lw=1, label=f"clean offline ({clean:.1f})")
+                ax.axhline(clean, color="#444444", ls="--", lw=1, label="clean-data offline score (reference)")
             if math.isfinite(behavior):
-                ax.axhline(behavior, color="#888888", ls=":", lw=1, label=f"behaviour ({behavior:.1f})")
+                ax.axhline(behavior, color="#888888", ls=":", lw=1, label="behaviour score, clean data")
             ax.axvline(0, color="#bbbbbb", lw=0.8)
-            _legend_below(ax)
+        _legend_below(fig, axes)
         axes[0].set_ylabel("normalized return")
         fig.suptitle(f"{dataset}{generated}: recovery from the switch (step 0)", fontsize=9)
         written += save_figure(fig, plots_dir, f"recovery_curves_{safe_name(dataset)}")
@@ -300,7 +307,7 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
             fig, axes = _method_panels(plt, calibrated, levels, colors, _q_curve, 3.6)
             for ax in axes:
                 ax.axhline(0, color="#444444", lw=0.8)
-                _legend_below(ax)
+            _legend_below(fig, axes)
             axes[0].set_ylabel("Q - MC return, online episodes\n(original reward units)")
             fig.suptitle(f"{dataset}: critic calibration on its own episodes (> 0: overestimation)", fontsize=9)
             written += save_figure(fig, plots_dir, f"recovery_q_{safe_name(dataset)}")
@@ -333,7 +340,7 @@ def plot_recovery(recoveries: Sequence[Recovery], plots_dir: Path) -> list[Path]
         steps_ax.set_ylim(0, 1.3 * max([b.get_height() for b in steps_ax.patches] + [1.0]))  # room for the censoring labels
         dip_ax.axhline(0, color="#444444", lw=0.8)
         for ax, title in ((dip_ax, "dip: early mean - switch (95% CI)"), (steps_ax, "KM median steps to clean offline score")):
-            ax.set_xticks(np.arange(len(variants)) + width * (len(levels) - 1) / 2, variants, fontsize=8)
+            ax.set_xticks(np.arange(len(variants)) + width * (len(levels) - 1) / 2, [v.replace(" ", "\n") for v in variants], fontsize=7)
             ax.set_title(title, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=7)
