@@ -162,7 +162,7 @@ def _km(row: dict[str, Any], reference: str) -> str:
 def _method_label(row: dict[str, Any]) -> str:
     """'iql', 'frozen (iql)', 'offline (iql, beta=10)': the variant, its parents' algorithm
     when the name does not say it, and the settings of a sweep."""
-    extra = [part for part in (row["algo"] if row["algo"] not in (row.get("method"), row["variant"]) else "", row.get("settings", "")) if part]
+    extra = [part for part in (row["algo"] if row["variant"].split(" ")[0] != row["algo"] else "", row.get("settings", "")) if part]
     return row["variant"] + (f" ({', '.join(extra)})" if extra else "")
 
 
