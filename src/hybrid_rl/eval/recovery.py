@@ -363,5 +363,7 @@ def with_references(recoveries: Sequence[Recovery]) -> list[Recovery]:
 
 
 def load_recoveries(results_dir: str | Path) -> list[Recovery]:
-    """Recovery metrics of every fine-tuning run directly under ``results_dir`` (other runs are skipped)."""
-    return with_references([recovery_of(load_run(run_dir)) for run_dir in finetune_run_dirs(results_dir)])
+    """Recovery metrics of every finished (completed or diverged) fine-tuning run directly
+    under ``results_dir``: runs still in progress or failed have no final numbers to report."""
+    runs = [load_run(run_dir) for run_dir in finetune_run_dirs(results_dir)]
+    return with_references([recovery_of(run) for run in runs if run.is_result])
