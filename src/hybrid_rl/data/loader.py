@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
-from ..fileio import atomic_write_text, file_lock, file_sha256, read_file_record, sha256_of_file, sidecar_path, write_file_record
+from ..fileio import file_lock, file_sha256, read_file_record, sidecar_path, write_file_record
 from .dataset import OfflineDataset
 from .hdf5io import DatasetFileError, read_hdf5, read_hdf5_metadata, validate_hdf5
 from .envs import register_envs
