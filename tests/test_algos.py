@@ -14,7 +14,7 @@ import torch
 
 from hybrid_rl.algos import bc, cql, iql, td3bc
 from hybrid_rl.networks import TanhGaussianPolicy
-from hybrid_rl.algos.registry import ALGORITHMS, available_algorithms, make_algorithm, make_config, reference_overrides
+from hybrid_rl.algos.registry import SPECS, available_algorithms, make_algorithm, make_config, reference_overrides
 from hybrid_rl.algos.sac import sac_target, temperature_loss
 
 OBS_DIM, ACT_DIM = 3, 2
@@ -532,9 +532,8 @@ def test_state_dict_round_trip_gives_identical_next_updates(name: str) -> None:
 def test_registry_lists_and_builds_every_algorithm() -> None:
     assert available_algorithms() == ["bc", "calql", "cql", "iql", "td3bc"]
     for name in available_algorithms():
-        algorithm_cls, config_cls = ALGORITHMS[name]
         algo = tiny(name)
-        assert isinstance(algo, algorithm_cls) and isinstance(algo.config, config_cls)
+        assert isinstance(algo, SPECS[name].algorithm) and isinstance(algo.config, SPECS[name].config)
         assert algo.name == name
 
 

@@ -1,4 +1,4 @@
-"""Statistics on hand-checkable inputs: final scores, IQM/mean CIs, curve bands, variance."""
+"""Statistics on hand-checkable inputs: final scores (a run's, defined with its format), IQM/mean CIs, curve bands, variance."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,6 @@ import scipy.stats
 
 from hybrid_rl.eval.stats import (
     align_curves,
-    final_score,
     interval_estimates,
     iqm,
     iqm_trims_nothing,
@@ -17,6 +16,7 @@ from hybrid_rl.eval.stats import (
     rolling_variance,
     to_original_reward_units,
 )
+from hybrid_rl.run_format import final_score
 
 
 # ----------------------------------------------------------------------------- final_score

@@ -21,7 +21,8 @@ import torch
 
 from hybrid_rl.algos.sac import SAC, SACConfig
 from hybrid_rl.data.views import PopulationSampler
-from hybrid_rl.engine.population import AUTO_COMPILE_MIN_STEPS, compiled_step_wanted, cpp_compiler
+from hybrid_rl.algos.registry import SPECS
+from hybrid_rl.engine.population import compiled_step_wanted, cpp_compiler
 from hybrid_rl.finetune import FinetuneConfig, _online_learner
 from hybrid_rl.train import TrainConfig, train
 
@@ -36,7 +37,9 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 # ---------------------------------------------------------------------------------------
 def test_compile_modes_pick_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("hybrid_rl.engine.population.cpp_compiler", lambda: "/usr/bin/g++")
-    for algo, threshold in AUTO_COMPILE_MIN_STEPS.items():
+    thresholds = {name: spec.compile_min_steps for name, spec in SPECS.items() if spec.compile_min_steps is not None}
+    assert set(thresholds) == {"iql", "cql", "calql", "sac"}  # the timed ones
+    for algo, threshold in thresholds.items():
         assert compiled_step_wanted(algo, "auto", CPU, threshold)
         assert not compiled_step_wanted(algo, "auto", CPU, threshold - 1)  # too short to pay for compiling
         assert not compiled_step_wanted(algo, "auto", CUDA, 10 * threshold)  # not measured on a GPU yet
@@ -56,7 +59,7 @@ def test_fine_tuning_counts_gradient_steps_after_the_warm_up(monkeypatch: pytest
     """SAC from scratch makes no updates in its warm-up: 14,999 online steps after a 5,000-step
     warm-up are 9,999 updates, one short of SAC's threshold, so `auto` stays eager there."""
     monkeypatch.setattr("hybrid_rl.engine.population.cpp_compiler", lambda: "/usr/bin/g++")
-    short = FinetuneConfig(method="sac", parent="scratch", dataset="gen-hopper-medium-v0", online_steps=AUTO_COMPILE_MIN_STEPS["sac"] + 4_999, warmup_steps=5_000)
+    short = FinetuneConfig(method="sac", parent="scratch", dataset="gen-hopper-medium-v0", online_steps=SPECS["sac"].compile_min_steps + 4_999, warmup_steps=5_000)
     agent = SAC(3, 2, SACConfig(hidden=(8, 8)), CPU)
     assert _online_learner([agent], [short], CPU)[1] == {"update_step": "eager"}
     assert _online_learner([agent], [replace(short, online_steps=short.online_steps + 1)], CPU)[1] == {"update_step": "compiled"}

@@ -150,7 +150,10 @@ def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"), help="algorithms, comma-separated (cql, iql, calql, bc, td3bc); default cql,iql")
+    # Names are checked against the registry when the command runs (importing it here would
+    # make --help import torch); `hybrid-rl algorithms` lists them.
+    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"),
+                        help="Phase I algorithms, comma-separated (`hybrid-rl algorithms` lists them); default cql,iql")
     parser.add_argument(
         "--env", type=comma_list(str), default=None,
         help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v1[@SIZE]), "
@@ -396,8 +399,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
-    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: iql, cql, calql (from a Phase I run of that algorithm), "
-                        "rlpd, sac (from scratch), or the control offline (the parent keeps training offline); see docs/recovery.md")
+    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: one `hybrid-rl algorithms` lists with a Phase II recipe "
+                        "(from a Phase I run of that algorithm, or from scratch), or the control offline (the parent keeps training offline); see docs/recovery.md")
     parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
     parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
     parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
@@ -421,7 +424,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     from .grid_options import DEFAULT_DATASET, DEFAULT_SWITCH_EPISODES, PHASE2_DEFAULT_METHODS
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
-                        help="methods, comma-separated: iql, cql, calql, rlpd, sac, the control offline, with variants NAME@utdN or NAME@SAMPLING "
+                        help="methods, comma-separated: those `hybrid-rl algorithms` lists with a Phase II recipe, the control offline, with variants NAME@utdN or NAME@SAMPLING "
                         f"(iql@utd0: the frozen policy; rlpd@online_only: RLPD without data); default {','.join(PHASE2_DEFAULT_METHODS)}")
     parser.add_argument("--env", type=comma_list(str), default=(DEFAULT_DATASET,), help=f"datasets, comma-separated; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
@@ -652,6 +655,28 @@ def policy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def algorithms_command(args: argparse.Namespace) -> int:
+    """The registered algorithms and what they declare (algos/*.py: SPEC)."""
+    from .algos.registry import SPECS
+
+    rows = [("name", "shown as", "Phase I", "Phase II recipe", "source")]
+    for name, spec in SPECS.items():
+        recipe = spec.finetune
+        if recipe is None:
+            online = "-"
+        else:
+            start = f"from {'/'.join(recipe.parent_algos)} runs" if recipe.parent_algos else "from scratch"
+            warmup = f", {recipe.warmup_steps:,} {'random ' if recipe.random_warmup else ''}warm-up steps" if recipe.warmup_steps else ""
+            online = f"{start}, {recipe.sampling} sampling, UTD {recipe.utd}{warmup}"
+        rows.append((name, spec.display_name, "yes" if spec.offline else "no", online, spec.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    print("\nPhase II control: offline (the parent keeps training on its offline data, no interaction); "
+          "any pretrained method at --utd 0 is the frozen policy. docs/algorithms.md has the settings.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -674,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the policy file to write")
     export.add_argument("--force", action="store_true", help="replace an existing file")
     export.set_defaults(func=policy_command)
+    algorithms = sub.add_parser("algorithms", help="list the algorithms, their Phase II recipes and sources")
+    algorithms.set_defaults(func=algorithms_command)
     report = sub.add_parser("report", help="rebuild tables and figures from a results directory")
     report.add_argument("--results", default="results")
     report.add_argument("--plots", default="plots")

@@ -9,7 +9,7 @@ training loop (``engine.loop.fit``). The new run directory has the Phase I forma
 parent (run id, checkpoint SHA-256, status and final score: the score at the switch), and
 its metrics.jsonl adds an ``"episode"`` record for every finished online episode.
 
-Methods (``METHODS``; docs/recovery.md has the recipes and their sources):
+Methods (``methods()``, from the algorithms' declarations; docs/recovery.md has the recipes and their sources):
 
 ``iql``  IQL fine-tuning (Kostrikov et al. 2022): the same losses online, UTD 1, one buffer
          (offline data plus online transitions, sampled uniformly). The actor's cosine LR
@@ -56,6 +56,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .algos.registry import algorithm_spec, finetune_recipes, make_config
+from .algos.spec import FinetuneRecipe
 from .data.refs import normalized_score
 from .data.robots import EPISODE_LIMIT
 from .errors import HybridRLError
@@ -70,28 +72,18 @@ from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig,
 SCRATCH = "scratch"
 
 
-@dataclass(frozen=True)
-class Method:
-    """A fine-tuning recipe: which parents it starts from and its online defaults."""
-
-    name: str
-    parent_algos: tuple[str, ...]  # () = starts from scratch
-    sampling: str
-    utd: int
-    warmup_steps: int
-    random_warmup: bool  # uniform random actions during the warm-up (else the policy acts)
-    source: str
-    interacts: bool = True  # False: the offline control (no environment, no online buffer)
+OFFLINE_CONTROL = "offline"
 
 
-METHODS: dict[str, Method] = {
-    "iql": Method("iql", ("iql",), "uniform", 1, 0, False, "Kostrikov et al. 2022, IQL fine-tuning"),
-    "cql": Method("cql", ("cql",), "uniform", 1, 0, False, "Kumar et al. 2020; CORL's CQL fine-tuning"),
-    "calql": Method("calql", ("calql",), "symmetric", 1, 0, False, "Nakamoto et al. 2023, Cal-QL"),
-    "rlpd": Method("rlpd", (), "symmetric", 20, 5_000, True, "Ball et al. 2023, RLPD"),
-    "sac": Method("sac", (), "online_only", 1, 5_000, True, "Haarnoja et al. 2018, SAC from scratch"),
-    "offline": Method("offline", ("iql", "cql", "calql"), "offline", 1, 0, False, "control: continued offline training of the parent", interacts=False),
-}
+def methods() -> dict[str, FinetuneRecipe]:
+    """Every fine-tuning method by name: each algorithm's declared Phase II recipe
+    (algos/*.py: ``SPEC.finetune``) and the control that separates recovery from more
+    training, ``offline`` (the parent keeps training offline, for any pretrained method)."""
+    recipes = finetune_recipes()
+    pretrained = tuple(name for name, recipe in recipes.items() if recipe.parent_algos)
+    control = FinetuneRecipe(parent_algos=pretrained, sampling="offline", utd=1, source="control: continued offline training of the parent",
+                             interacts=False)
+    return {**recipes, OFFLINE_CONTROL: control}
 
 
 @dataclass(frozen=True)
@@ -134,8 +126,8 @@ class FinetuneConfig:
     mirror: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(METHODS)}")
+        if self.method not in methods():
+            raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(methods())}")
         for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "switch_episodes", "loss_variance_window"):
             if getattr(self, name) <= 0:
                 raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
@@ -168,8 +160,8 @@ class FinetuneConfig:
 
     # --- the recipe with defaults filled in ---------------------------------------------------
     @property
-    def recipe(self) -> Method:
-        return METHODS[self.method]
+    def recipe(self) -> FinetuneRecipe:
+        return methods()[self.method]
 
     @property
     def resolved_utd(self) -> int:
@@ -282,20 +274,20 @@ def load_parent(path: str | Path, method: str) -> Parent:
     if not (run_dir / CHECKPOINT_FILE).exists():
         raise HybridRLError(f"--from {run_dir} has no {CHECKPOINT_FILE}; it cannot be fine-tuned")
     config = train_config_from(recorded)
-    allowed = METHODS[method].parent_algos
+    allowed = methods()[method].parent_algos
     if config.algo not in allowed:
         raise HybridRLError(f"method {method} fine-tunes {', '.join(allowed) or 'nothing'} runs, but {run_dir.name} was trained with {config.algo}; "
-                            f"use --method {config.algo}" if config.algo in METHODS else f"method {method} cannot start from a {config.algo} run")
+                            f"use --method {config.algo}" if config.algo in methods() else f"method {method} cannot start from a {config.algo} run")
     return Parent(run_dir, config, summary, sha256_of_file(run_dir / CHECKPOINT_FILE), str(recorded.get("dataset_checksum", "")))
 
 
 def with_parent(config: FinetuneConfig) -> FinetuneConfig:
     """``config`` with ``parent_identity`` filled from its parent (checks the parent first)."""
     if config.parent == SCRATCH:
-        if METHODS[config.method].parent_algos:
+        if methods()[config.method].parent_algos:
             raise HybridRLError(f"method {config.method} fine-tunes a pretrained agent: pass --from RESULTS/RUN_ID")
         return config
-    if not METHODS[config.method].parent_algos:
+    if not methods()[config.method].parent_algos:
         raise HybridRLError(f"method {config.method} starts from scratch: pass --from scratch --env DATASET")
     parent = load_parent(config.parent, config.method)
     if config.parent_identity:  # filled in before
@@ -390,13 +382,10 @@ def finetune_population(configs: list[FinetuneConfig], *, resume: bool = True, l
 
 def scratch_algorithm(config: FinetuneConfig, obs_dim: int, act_dim: int, device: torch.device):
     """Fresh networks for a from-scratch method, its config's defaults under ``algo_overrides``."""
-    from .algos.registry import apply_overrides
-    from .algos.rlpd import RLPD, RLPDConfig
-    from .algos.sac import SAC, SACConfig
-
-    if config.method == "rlpd":  # the actor steps once per environment step
-        return RLPD(obs_dim, act_dim, apply_overrides(RLPDConfig(actor_every=config.resolved_utd), dict(config.algo_overrides), "--algo_overrides"), device)
-    return SAC(obs_dim, act_dim, apply_overrides(SACConfig(), dict(config.algo_overrides), "--algo_overrides"), device)
+    # A method whose actor steps once per environment step learns at actor_every = UTD.
+    recipe_fields = {"actor_every": config.resolved_utd} if config.recipe.actor_every_env_step else {}
+    algo_config = make_config(config.method, None, {**recipe_fields, **config.algo_overrides})
+    return algorithm_spec(config.method).algorithm(obs_dim, act_dim, algo_config, device)
 
 
 @dataclass
@@ -441,7 +430,7 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
             stage = OnlineStage(
                 [p.member for p in prepared], utd=first.resolved_utd, batch_size=algo_config.batch_size, warmup_steps=first.resolved_warmup_steps,
                 random_warmup=first.recipe.random_warmup, exploration_noise=exploration_noise(first, prepared[0].algorithm),
-                discount=algo_config.discount, returns_in_buffer=bool(getattr(algo_config, "uses_mc_returns", False)),
+                discount=algo_config.discount, returns_in_buffer=algorithm_spec(prepared[0].algorithm.name).uses_mc_returns,
             )
         else:  # the offline control runs alone (population_key): one sampler of its parent's data
             source = _StackedOfOne(prepared[0].offline) if learner.stacked_batches else prepared[0].offline
@@ -558,7 +547,6 @@ def _online_info(p: _Prepared) -> dict[str, Any]:
 def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None,
              device: torch.device) -> _Prepared:
     """Data, agent, book and online member of one run, restored from its checkpoint if there is one."""
-    from .algos.iql import IQL
     from .data.dataset import TransitionSampler
     from .data.loader import make_env
     from .data.replay import DeviceReplayBuffer, MixedSampler
@@ -583,10 +571,7 @@ def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float
         if not _finite(checkpoint["algorithm"]):
             raise HybridRLError(f"{parent.run_dir.name} diverged and its last checkpoint holds non-finite weights: there is no finite agent to fine-tune")
         algorithm.load_state_dict(checkpoint["algorithm"])
-        if isinstance(algorithm, IQL):
-            # The cosine schedule ended with pretraining; online the actor LR is constant.
-            algorithm.config = dataclasses.replace(algorithm.config, max_steps=max(1, algorithm.total_updates))
-            algorithm.optimizers["actor"].param_groups[0]["lr"] = algorithm.config.actor_lr
+        algorithm.start_online()  # the algorithm's own switch (IQL: a constant actor LR from here)
         recorded = run_dir / CONFIG_FILE
         if resume and recorded.exists() and (run_dir / CHECKPOINT_FILE).exists():
             before = json.loads(recorded.read_text()).get("parent", {}).get("checkpoint_sha256")
@@ -611,7 +596,7 @@ def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float
                                     reward_scale=preprocessing.reward_scale, seed=config.seed, extra=mc_extra(book))
     if not config.recipe.interacts:
         return _Prepared(book, algorithm, state, None, offline, parent_info)
-    uses_mc = bool(getattr(algorithm.config, "uses_mc_returns", False))
+    uses_mc = algorithm_spec(algorithm.name).uses_mc_returns
     buffer = DeviceReplayBuffer(dataset.obs_dim, dataset.act_dim, config.buffer_size or config.online_steps, device, seed=config.seed + 1,
                                 extra_fields=("mc_returns",) if uses_mc else ())
     member = OnlineMember(make_env(dataset, max_episode_steps=EPISODE_LIMIT), buffer,

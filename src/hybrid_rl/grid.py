@@ -23,18 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from .algos.registry import algorithm_spec
 from .errors import HybridRLError
 from .fileio import LockHeld, atomic_write_text, held_exclusively
 from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
 from .run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_NEW, STATE_PARTIAL, checkpoint_step
 from .train import TrainConfig, algorithm_overrides, check_compatible, record_failure
 from .units import plan_units, run_state, train_unit_safely, unit_result
-
-
-# Rough single-run throughput on a 2-core CPU (updates/s), used only for the time estimate
-# printed before a grid starts. IQL and CQL: the eager updates measured with 2 threads in
-# docs/performance.md (112.9 and 5.8 updates/s; Cal-QL is CQL's update); BC and TD3+BC: rough guesses.
-CPU_UPDATES_PER_SECOND = {"iql": 113.0, "bc": 600.0, "td3bc": 250.0, "cql": 5.8, "calql": 5.8}
 
 
 SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (name, value texts) per axis
@@ -115,7 +110,7 @@ class GridSpec:
 
 
 def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: str, threads: int = 1) -> float | None:
-    """Rough wall-time estimate on CPU from CPU_UPDATES_PER_SECOND (None on accelerators).
+    """Rough wall-time estimate on CPU from the algorithms' declared CPU rates (None on accelerators).
 
     Those rates keep both cores of a 2-core machine busy, so splitting the same cores among
     workers adds nothing; only cores beyond two (``workers x threads`` of them in use) do.
@@ -124,7 +119,7 @@ def estimate_seconds(configs: Sequence[TrainConfig], workers: int, device_type: 
         return None
     total = 0.0
     for config in configs:
-        rate = CPU_UPDATES_PER_SECOND.get(config.algo, 100.0)
+        rate = algorithm_spec(config.algo).cpu_updates_per_second or 100.0
         evals = config.total_steps // config.eval_every
         total += config.total_steps / rate + evals * 1.5  # ~1.5 s per 10-episode evaluation
     cores_in_use = min(os.cpu_count() or 1, max(1, workers) * max(1, threads))

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .errors import HybridRLError
 from .fileio import atomic_write_text
-from .finetune import METHODS, SCRATCH, FinetuneConfig
+from .finetune import SCRATCH, FinetuneConfig, methods
 from .grid import (GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, grid_lock, run_grid, run_units_locally,
                    setting_combinations, threads_per_run)
 from .grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
@@ -55,8 +55,8 @@ class MethodSpec:
         from .data.replay import SAMPLING_MODES
 
         name, *options = text.strip().lower().split("@")
-        if name not in METHODS:
-            raise HybridRLError(f"unknown fine-tuning method {name!r} in --method {text}; choose from {sorted(METHODS)} "
+        if name not in methods():
+            raise HybridRLError(f"unknown fine-tuning method {name!r} in --method {text}; choose from {sorted(methods())} "
                                 "(variants: NAME@utdN, NAME@SAMPLING, e.g. iql@utd0, rlpd@online_only)")
         utd, sampling = None, None
         for option in options:
@@ -102,7 +102,7 @@ class Phase2Spec:
     def __post_init__(self) -> None:
         specs = self.method_specs()  # raises for an unknown method or option
         if self.settings:
-            check_setting_axes(sorted({*self.parent_algos(), *(s.name for s in specs if not METHODS[s.name].parent_algos)}), self.settings)
+            check_setting_axes(sorted({*self.parent_algos(), *(s.name for s in specs if not methods()[s.name].parent_algos)}), self.settings)
 
     def method_specs(self) -> list[MethodSpec]:
         return [MethodSpec.parse(text) for text in self.methods]
@@ -110,10 +110,10 @@ class Phase2Spec:
     def study_parent_algos(self, spec: MethodSpec) -> tuple[str, ...]:
         """The algorithms whose parents ``spec`` starts from in this study: its recipe's, except
         for the offline control, which continues the parents the other methods fine-tune."""
-        recipe = METHODS[spec.name]
+        recipe = methods()[spec.name]
         if recipe.interacts:
             return recipe.parent_algos
-        others = {algo for other in self.method_specs() if METHODS[other.name].interacts for algo in METHODS[other.name].parent_algos}
+        others = {algo for other in self.method_specs() if methods()[other.name].interacts for algo in methods()[other.name].parent_algos}
         return tuple(sorted(others & set(recipe.parent_algos))) or ("iql",)
 
     def _parent_settings(self, algo: str) -> list[str]:
@@ -147,7 +147,7 @@ class Phase2Spec:
         for dataset in self.datasets:
             for spec in self.method_specs():
                 method = spec.name
-                recipe = METHODS[method]
+                recipe = methods()[method]
                 online = dict(utd=spec.utd if spec.utd is not None else self.utd, sampling=spec.sampling or (self.sampling if recipe.interacts else None))
                 data_free = (online["sampling"] or recipe.sampling) == "online_only"
                 for noise in self.reward_noise_std:

@@ -9,8 +9,11 @@ of training.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 RUN_FORMAT_VERSION = 1
 
@@ -70,3 +73,21 @@ def checkpoint_step(run_dir: str | Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
     except Exception:
         return None
+
+
+def final_score(eval_values: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
+    """Final score of one run: mean of the last ``fraction`` of its evaluations.
+
+    The trainer's ``summary.json`` uses this function, so a score recomputed from
+    metrics.jsonl matches the one the run reported: the last
+    ``max(1, round(fraction * n))`` evaluations, NaN evaluations among them ignored; NaN
+    when there is no finite evaluation in that tail (or no evaluation at all).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    values = np.asarray(eval_values, dtype=float)
+    if values.size == 0:
+        return math.nan
+    tail = values[-max(1, int(round(values.size * fraction))):]
+    finite = tail[np.isfinite(tail)]
+    return float(finite.mean()) if finite.size else math.nan

@@ -36,13 +36,12 @@ from .data.refs import normalized_score
 from .data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
 from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from .errors import HybridRLError
-from .eval.stats import final_score
 from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 from .grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
 from .naming import format_steps, settings_parts
 from .provenance import source_revision
 from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
-                         DIVERGED, finished_summary)
+                         DIVERGED, final_score, finished_summary)
 
 ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
 # Config fields that do not change what a run computes: a run may resume under new values.
@@ -620,7 +619,9 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, devic
 def mc_extra(book: RunBook) -> dict[str, np.ndarray] | None:
     """The Monte-Carlo returns-to-go that batches must carry for algorithms that use them
     (Cal-QL's floor): the book's, in the run's reward units."""
-    return {"mc_returns": book.mc_returns} if getattr(book.algo_config, "uses_mc_returns", False) else None
+    from .algos.registry import algorithm_spec
+
+    return {"mc_returns": book.mc_returns} if algorithm_spec(book.config.algo).uses_mc_returns else None
 
 
 def build_schedule(sampler: Any, batch_size: int, total_steps: int) -> Schedule:

@@ -66,6 +66,11 @@ class Algorithm:
         Monte-Carlo return comparable with this critic's Q adds it at every later step."""
         return None
 
+    def start_online(self) -> None:
+        """Called once when a pretrained agent starts fine-tuning online, after its Phase I
+        checkpoint is loaded and before any online update: where an algorithm's offline
+        schedule must not carry over (IQL's actor LR). Default: nothing changes."""
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)

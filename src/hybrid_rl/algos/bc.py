@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
+from .spec import AlgorithmSpec, check_reward_scaling
 from ..networks import DeterministicPolicy
-
-REWARD_SCALINGS = ("none", "iql")
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,8 @@ class BCConfig:
     reward_scaling: str = "none"
 
     def __post_init__(self) -> None:
-        if self.reward_scaling not in REWARD_SCALINGS:
-            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+        check_reward_scaling(self.reward_scaling)
 
-
-def reference_overrides(task: str | None) -> dict[str, Any]:
-    """CORL uses the same BC settings on every MuJoCo dataset: always ``{}``."""
-    return {}
 
 
 def bc_loss(policy: DeterministicPolicy, batch: Batch) -> tuple[torch.Tensor, Metrics]:
@@ -66,3 +60,9 @@ class BC(Algorithm):
 
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("BC learns no critic: there are no Q-values to report")
+
+
+SPEC = AlgorithmSpec(
+    name="bc", display_name="BC", algorithm=BC, config=BCConfig, source="behaviour cloning (CORL's BC)",
+    has_critic=False, loss_variance_power=None, color="#2ca02c", cpu_updates_per_second=600.0,
+)

@@ -14,7 +14,7 @@ a lower bound of the policy's value but not below the behaviour's.
 Everything else is CQL (``cql.py``): SAC actor and temperature, twin critics, the
 importance-sampled log-sum-exp with 3N proposals. The batch must carry ``mc_returns`` ``(B,)``
 in the same (possibly scaled) reward units as ``rewards``: the trainer adds them for
-``uses_mc_returns`` configs (``data.views.mc_returns_to_go``). Episodes cut by a time limit
+algorithms that declare ``uses_mc_returns`` (``data.views.mc_returns_to_go``). Episodes cut by a time limit
 have no known tail: their return-to-go is summed to the cut, which underestimates near it,
 so the floor stays conservative there (docs/algorithms.md).
 """
@@ -28,21 +28,13 @@ import torch
 from . import cql
 from .base import Batch
 from .cql import CQL, CQLConfig
+from .spec import AlgorithmSpec, FinetuneRecipe
 
 
 @dataclass(frozen=True)
 class CalQLConfig(CQLConfig):
     """CQL's settings (CORL's MuJoCo defaults); the calibration needs no parameter of its own."""
 
-    @property
-    def uses_mc_returns(self) -> bool:
-        """Batches must carry ``mc_returns`` (the trainer reads this)."""
-        return True
-
-
-def reference_overrides(task: str | None) -> dict[str, Any]:
-    """CQL's per-dataset settings (Cal-QL publishes no locomotion configuration of its own)."""
-    return cql.reference_overrides(task)
 
 
 class CalQL(CQL):
@@ -61,3 +53,12 @@ class CalQL(CQL):
         if "mc_returns" not in batch:
             raise KeyError("Cal-QL needs batches with 'mc_returns' (the Monte-Carlo return-to-go of each transition)")
         return batch["mc_returns"]
+
+
+# Cal-QL's step is CQL's plus one elementwise max: CQL's rate and compile threshold.
+SPEC = AlgorithmSpec(
+    name="calql", display_name="Cal-QL", algorithm=CalQL, config=CalQLConfig,
+    source="Nakamoto et al. 2023, NeurIPS", reference_settings=cql.REFERENCE_OVERRIDES,
+    loss_variance_power=None, loss_variance_note=cql.CQL_LOSS_NOTE, uses_mc_returns=True, cpu_updates_per_second=5.8, compile_min_steps=1_000,
+    finetune=FinetuneRecipe(parent_algos=("calql",), sampling="symmetric", utd=1, source="Nakamoto et al. 2023, Cal-QL"),
+)

@@ -26,6 +26,7 @@ hopper-medium-replay; see ``reference_overrides``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,13 +35,12 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
+from .spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
 from ..networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
 VFunction = Callable[[torch.Tensor], torch.Tensor]  # obs -> (B,)
-
-REWARD_SCALINGS = ("none", "iql")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ class IQLConfig:
             raise ValueError(f"IQL needs beta >= 0 and max_weight > 0, got beta={self.beta}, max_weight={self.max_weight}")
         if self.max_steps <= 0:
             raise ValueError(f"IQL max_steps (the cosine LR horizon) must be positive, got {self.max_steps}")
-        if self.reward_scaling not in REWARD_SCALINGS:
-            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+        check_reward_scaling(self.reward_scaling)
 
 
 # Per-dataset settings of CORL's IQL configs (configs/offline/iql/<robot>/<level>_v2.yaml);
@@ -84,15 +83,6 @@ REFERENCE_OVERRIDES: dict[str, dict[str, Any]] = {
     "hopper-medium": {"reward_scaling": "iql", "deterministic_actor": True, "tau": 0.001},
     "hopper-medium-replay": {"reward_scaling": "iql", "deterministic_actor": True, "tau": 0.001},
 }
-
-def reference_overrides(task: str | None) -> dict[str, Any]:
-    """Config fields that CORL changes for this task (``{}`` if none or unknown).
-
-    ``task`` is ``"<robot>-<level>"`` (``data.loader.dataset_task`` of the source dataset),
-    so every form of hopper-medium (D4RL, generated of any version or size, Minari, an
-    exported file) gets the hopper-medium settings.
-    """
-    return dict(REFERENCE_OVERRIDES.get(task or "", {}))
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,7 +244,23 @@ class IQL(Algorithm):
             "grad_norm_actor": actor_grad,
         }
 
+    def start_online(self) -> None:
+        """The cosine schedule ended with pretraining; online the actor LR is the constant
+        ``actor_lr`` (the official fine-tuning configuration; CORL's periodic scheduler would
+        climb back by accident)."""
+        self.config = dataclasses.replace(self.config, max_steps=max(1, self.total_updates))
+        self.optimizers["actor"].param_groups[0]["lr"] = self.config.actor_lr
+
     @torch.no_grad()
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """min over the twin critics, ``(B,)``."""
         return self.critic(obs, actions).min(dim=0).values
+
+
+# Compiled: ~7 ms saved per update on 2 cores, ~35-50 s cold compilation: break-even ~6k steps.
+SPEC = AlgorithmSpec(
+    name="iql", display_name="IQL", algorithm=IQL, config=IQLConfig,
+    source="Kostrikov, Nair & Levine 2022, ICLR", reference_settings=REFERENCE_OVERRIDES,
+    color="#1f77b4", cpu_updates_per_second=113.0, compile_min_steps=10_000,
+    finetune=FinetuneRecipe(parent_algos=("iql",), sampling="uniform", utd=1, source="Kostrikov et al. 2022, IQL fine-tuning"),
+)

@@ -1,10 +1,11 @@
-"""Name -> (algorithm class, config class), and the one way the trainer builds an algorithm.
+"""The algorithms the toolkit knows (one line each), and the one way the trainer builds one.
 
-Config resolution, lowest to highest precedence:
+Each algorithm module declares itself in ``SPEC`` (``algos/spec.py``); everything here is
+derived from those declarations. Config resolution, lowest to highest precedence:
 1. the config dataclass defaults (the paper's / CORL's settings),
-2. ``reference_overrides(task)`` of the algorithm's module (CORL's per-dataset settings,
-   e.g. IQL on hopper-medium; ``task`` is ``"<robot>-<level>"``, which the caller resolves
-   from the dataset with ``data.loader.dataset_task`` so every form of an id agrees),
+2. the declaration's ``reference_overrides(task)`` (CORL's per-dataset settings, e.g. IQL on
+   hopper-medium; ``task`` is ``"<robot>-<level>"``, which the caller resolves from the
+   dataset with ``data.loader.dataset_task`` so every form of an id agrees),
 3. the user's ``overrides``.
 
 The trainer should build the config first (``make_config``) to read the preprocessing
@@ -16,36 +17,44 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from . import bc, calql, cql, iql, rlpd, sac, td3bc
 from .base import Algorithm
+from .spec import AlgorithmSpec, FinetuneRecipe
 
-# name -> (Algorithm subclass, config dataclass, module with ``reference_overrides``)
-_REGISTRY: dict[str, tuple[type[Algorithm], type, ModuleType]] = {
-    "iql": (iql.IQL, iql.IQLConfig, iql),
-    "cql": (cql.CQL, cql.CQLConfig, cql),
-    "calql": (calql.CalQL, calql.CalQLConfig, calql),
-    "bc": (bc.BC, bc.BCConfig, bc),
-    "td3bc": (td3bc.TD3BC, td3bc.TD3BCConfig, td3bc),
-}
+# The algorithms the toolkit knows: adding one is its module plus its name in this line.
+SPECS: dict[str, AlgorithmSpec] = {module.SPEC.name: module.SPEC for module in (iql, cql, calql, bc, td3bc, sac, rlpd)}
 
-ALGORITHMS: dict[str, tuple[type[Algorithm], type]] = {name: (cls, config) for name, (cls, config, _) in _REGISTRY.items()}
+
+def register(spec: AlgorithmSpec) -> None:
+    """Add an algorithm declared outside the package (a plug-in, or one defined in a test)."""
+    SPECS[spec.name] = spec
 
 
 def available_algorithms() -> list[str]:
-    """Names accepted by ``make_algorithm``, sorted."""
-    return sorted(_REGISTRY)
+    """Phase I algorithms (those that learn from a dataset alone), sorted."""
+    return sorted(name for name, spec in SPECS.items() if spec.offline)
 
 
-def _lookup(name: str) -> tuple[type[Algorithm], type, ModuleType]:
+def algorithm_spec(name: str) -> AlgorithmSpec:
+    """The declaration of an algorithm or from-scratch method (ValueError for an unknown name)."""
     key = name.strip().lower() if isinstance(name, str) else name
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}: available algorithms are {available_algorithms()}")
-    return _REGISTRY[key]
+    if key not in SPECS:
+        online = sorted(set(SPECS) - set(available_algorithms()))
+        raise ValueError(f"unknown algorithm {name!r}: available algorithms are {available_algorithms()} (online methods: {online})")
+    return SPECS[key]
+
+
+def is_known(name: str) -> bool:
+    return isinstance(name, str) and name.strip().lower() in SPECS
+
+
+def finetune_recipes() -> dict[str, FinetuneRecipe]:
+    """The Phase II recipe of every algorithm that has one, by name."""
+    return {name: spec.finetune for name, spec in SPECS.items() if spec.finetune is not None}
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -68,7 +77,7 @@ def apply_overrides(config: Any, changes: dict[str, Any], source: str) -> Any:
 
 def reference_overrides(name: str, task: str | None) -> dict[str, Any]:
     """The per-task reference settings ``make_config`` applies for this algorithm."""
-    return _lookup(name)[2].reference_overrides(task)
+    return algorithm_spec(name).reference_overrides(task)
 
 
 def make_config(name: str, task: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
@@ -77,9 +86,8 @@ def make_config(name: str, task: str | None = None, overrides: dict[str, Any] | 
     Raises ValueError for an unknown algorithm or an unknown config field (listing the
     valid ones), and whatever the config's own validation raises for bad values.
     """
-    _, config_cls, module = _lookup(name)
-    config = config_cls()
-    config = apply_overrides(config, module.reference_overrides(task), f"reference overrides for {task!r}")
+    spec = algorithm_spec(name)
+    config = apply_overrides(spec.config(), spec.reference_overrides(task), f"reference overrides for {task!r}")
     return apply_overrides(config, dict(overrides or {}), "overrides")
 
 
@@ -97,25 +105,18 @@ def make_algorithm(
     CORL's per-dataset settings; ``overrides`` (e.g.
     ``{"max_steps": 500_000}`` for IQL's LR schedule) are applied last.
     """
-    algorithm_cls = _lookup(name)[0]
-    return algorithm_cls(obs_dim, act_dim, make_config(name, task, overrides), device)
+    return algorithm_spec(name).algorithm(obs_dim, act_dim, make_config(name, task, overrides), device)
 
 
 # ---------------------------------------------------------------------------------------
 # Settings: algorithm config fields as the command line names them (--set NAME=V1,V2)
 # ---------------------------------------------------------------------------------------
-# The from-scratch methods of Phase II are configured like the offline algorithms.
-_ONLINE_CONFIGS: dict[str, type] = {"sac": sac.SACConfig, "rlpd": rlpd.RLPDConfig}
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
-
-
-_ONLINE_CLASSES: dict[str, type[Algorithm]] = {"sac": sac.SAC, "rlpd": rlpd.RLPD}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
     """The class of an algorithm or from-scratch method (sac, rlpd)."""
-    key = name.strip().lower()
-    return _ONLINE_CLASSES[key] if key in _ONLINE_CLASSES else _lookup(key)[0]
+    return algorithm_spec(name).algorithm
 
 
 def config_from_dict(name: str, values: dict[str, Any]) -> Any:
@@ -127,8 +128,7 @@ def config_from_dict(name: str, values: dict[str, Any]) -> Any:
 
 def default_config(name: str) -> Any:
     """The published defaults of an algorithm (or from-scratch method: sac, rlpd)."""
-    key = name.strip().lower()
-    return _ONLINE_CONFIGS[key]() if key in _ONLINE_CONFIGS else _lookup(key)[1]()
+    return algorithm_spec(name).config()
 
 
 def setting_fields(name: str) -> list[str]:

@@ -26,6 +26,7 @@ import torch
 
 from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .base import Algorithm, Batch, Metrics, step_optimizer
+from .spec import AlgorithmSpec, FinetuneRecipe
 from .sac import entropy_bonus, q_statistics, td_loss, temperature_loss
 
 
@@ -54,9 +55,6 @@ class RLPDConfig:
         if self.actor_every < 1:
             raise ValueError(f"actor_every must be at least 1, got {self.actor_every}")
 
-
-def reference_overrides(task: str | None) -> dict[str, Any]:
-    return {}
 
 
 def rlpd_target(target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor, subset: torch.Tensor,
@@ -151,3 +149,12 @@ class RLPD(Algorithm):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
+
+
+# Not timed compiled yet: eager under --compile auto (compile_min_steps None).
+SPEC = AlgorithmSpec(
+    name="rlpd", display_name="RLPD", algorithm=RLPD, config=RLPDConfig, source="Ball, Smith, Kostrikov & Levine 2023, ICML",
+    offline=False,
+    finetune=FinetuneRecipe(parent_algos=(), sampling="symmetric", utd=20, warmup_steps=5_000, random_warmup=True,
+                            source="Ball et al. 2023, RLPD", actor_every_env_step=True),
+)

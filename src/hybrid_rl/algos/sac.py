@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
+from .spec import AlgorithmSpec, FinetuneRecipe
 from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
@@ -149,3 +150,12 @@ class SAC(Algorithm):
     def load_extra_state(self, state: dict) -> None:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
+
+
+# Compiled (2x256, from scratch): ~3.2 ms saved per update, ~30 s cold: break-even ~9,500 updates.
+SPEC = AlgorithmSpec(
+    name="sac", display_name="SAC", algorithm=SAC, config=SACConfig, source="Haarnoja et al. 2018",
+    offline=False, compile_min_steps=10_000,
+    finetune=FinetuneRecipe(parent_algos=(), sampling="online_only", utd=1, warmup_steps=5_000, random_warmup=True,
+                            source="Haarnoja et al. 2018, SAC from scratch"),
+)

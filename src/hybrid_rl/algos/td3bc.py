@@ -24,13 +24,12 @@ from typing import Any, Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
+from .spec import AlgorithmSpec, check_reward_scaling
 from ..networks import DeterministicPolicy, EnsembleCritic, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
 PolicyFunction = Callable[[torch.Tensor], torch.Tensor]  # obs -> actions in [-1, 1]
-
-REWARD_SCALINGS = ("none", "iql")
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,8 @@ class TD3BCConfig:
     def __post_init__(self) -> None:
         if self.policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {self.policy_freq}")
-        if self.reward_scaling not in REWARD_SCALINGS:
-            raise ValueError(f"reward_scaling must be one of {REWARD_SCALINGS}, got {self.reward_scaling!r}")
+        check_reward_scaling(self.reward_scaling)
 
-
-def reference_overrides(task: str | None) -> dict[str, Any]:
-    """TD3+BC uses one setting for every MuJoCo dataset: always ``{}``."""
-    return {}
 
 
 def td3_target(
@@ -155,3 +149,9 @@ class TD3BC(Algorithm):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._actor_metrics = {key: value.to(self.device) for key, value in state.get("actor_metrics", {}).items()}
+
+
+SPEC = AlgorithmSpec(
+    name="td3bc", display_name="TD3+BC", algorithm=TD3BC, config=TD3BCConfig, source="Fujimoto & Gu 2021, NeurIPS",
+    color="#9467bd", cpu_updates_per_second=250.0,
+)

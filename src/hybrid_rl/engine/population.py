@@ -57,6 +57,7 @@ from ..algos.base import Batch, Metrics
 from ..algos.calql import CalQL
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
+from ..algos.registry import algorithm_spec
 from ..algos.rlpd import RLPD, expected_subset_min, rlpd_actor_loss, rlpd_target
 from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 from ..data.views import PopulationSampler
@@ -390,7 +391,7 @@ class _Population:
             "next_observations": torch.zeros(2, self.obs_dim, device=self.device),
             "dones": torch.zeros(2, device=self.device),
         }
-        if getattr(self.config, "uses_mc_returns", False):
+        if algorithm_spec(self.algorithm_cls.name).uses_mc_returns:
             batch["mc_returns"] = torch.zeros(2, device=self.device)
         return batch
 
@@ -633,7 +634,7 @@ class _CQLLosses(_LossModule):
         super().__init__()
         self.config: CQLConfig = template.config
         # Cal-QL: the policy proposals' Q floored at the batch's Monte-Carlo returns-to-go.
-        self.calibrated = bool(getattr(template.config, "uses_mc_returns", False))
+        self.calibrated = algorithm_spec(template.name).uses_mc_returns
         self.target_entropy = template.target_entropy
         self.actor = _meta_copy(template.actor)
         self.critic = _meta_copy(template.critic)
@@ -904,16 +905,10 @@ def population_class(algo: str) -> type[_Population] | None:
 # ---------------------------------------------------------------------------------------
 # Which runs take the compiled step
 # ---------------------------------------------------------------------------------------
-# Under --compile auto, a CPU run takes the compiled step from this many gradient steps on:
-# where the time it saves exceeds a cold compilation (inductor's on-disk cache empty). On
-# the 2-core development machine (docs/performance.md, "The default update path") the
-# compiled step saves ~7 ms per IQL update and ~30 ms per CQL update, and compiling costs
-# ~35-50 s cold (either), ~7-8 s warm: break-even ~6k IQL steps cold; a 1,000-step CQL run
-# is already 1.15x faster compiled from a cold cache (end to end, measured).
-# Cal-QL's step is CQL's plus one elementwise max, so it takes CQL's threshold. SAC from
-# scratch (2x256): ~3.2 ms saved per update end to end, ~30 s to compile cold: break-even
-# ~9,500 updates. RLPD (an ensemble of 10 critics, UTD 20) is not timed yet: eager.
-AUTO_COMPILE_MIN_STEPS = {"iql": 10_000, "cql": 1_000, "calql": 1_000, "sac": 10_000}
+# Under --compile auto, a CPU run takes the compiled step from its algorithm's declared
+# ``compile_min_steps`` on (algos/*.py: SPEC): where the time it saves exceeds a cold
+# compilation (inductor's on-disk cache empty), measured in docs/performance.md ("The default
+# update path"). No declared threshold: no measurement shows that compiling pays, so eager.
 
 
 def cpp_compiler() -> str | None:
@@ -927,7 +922,7 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
 
     ``off``: never (the eager reference of ``algos/``). ``on``: whenever ``algo`` has a
     population step. ``auto``: on a CPU with a C++ compiler, for runs long enough that the
-    measured gain pays for a cold compilation (``AUTO_COMPILE_MIN_STEPS``); on GPUs not yet,
+    measured gain pays for a cold compilation (the declaration's ``compile_min_steps``); on GPUs not yet,
     because no GPU measurement shows what pays there (docs/performance.md). The answer
     depends on the configuration only, never on how far a run got, so a resumed run takes
     the same path as an uninterrupted one.
@@ -938,7 +933,7 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
         return False
     if mode == "on":
         return True
-    threshold = AUTO_COMPILE_MIN_STEPS.get(algo)  # none: no measurement says compiling pays
+    threshold = algorithm_spec(algo).compile_min_steps
     return device.type == "cpu" and threshold is not None and total_steps >= threshold and cpp_compiler() is not None
 
 

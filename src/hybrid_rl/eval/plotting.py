@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from ..algos.registry import algorithm_spec, is_known
 from ..fileio import write_atomically
 from ..naming import format_setting
 from .runs import CorruptionLevel, RunRecord, is_generated_dataset
@@ -62,8 +63,6 @@ PNG_DPI = 150
 ROLLING_WINDOW = 20
 """Window (in train-log lines) of the critic-loss variance when the trainer did not log one."""
 
-ALGO_NAMES = {"iql": "IQL", "cql": "CQL", "bc": "BC", "td3bc": "TD3+BC", "sac": "SAC"}
-_ALGO_BASE_COLORS = {"iql": "#1f77b4", "cql": "#d62728", "bc": "#2ca02c", "td3bc": "#9467bd"}
 _SPARE_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 _LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 1, 1, 1, 1, 1)))
 _BEHAVIOR_STYLE = {"color": "0.25", "linestyle": (0, (6, 3)), "linewidth": 1.3}
@@ -97,19 +96,20 @@ def level_note(levels: Iterable[CorruptionLevel]) -> str:
 
 # ----------------------------------------------------------------------------- styling
 def algo_display_name(algo: str) -> str:
-    """'iql' -> 'IQL', 'td3bc' -> 'TD3+BC', a sweep's 'cql cql_alpha=5' -> 'CQL cql_alpha=5';
-    unknown names are upper-cased."""
+    """'iql' -> 'IQL', 'td3bc' -> 'TD3+BC', a sweep's 'cql cql_alpha=5' -> 'CQL cql_alpha=5'
+    (the algorithm's declared display name); unknown names are upper-cased."""
     name, _, settings = algo.partition(" ")
-    return " ".join(part for part in (ALGO_NAMES.get(name, name.upper()), settings) if part)
+    shown = algorithm_spec(name).display_name if is_known(name) else name.upper()
+    return " ".join(part for part in (shown, settings) if part)
 
 
 def algo_colors(algos: Iterable[str]) -> dict[str, str]:
-    """A fixed colour per algorithm (IQL blue, CQL red, BC green, TD3+BC purple); other
+    """The algorithm's declared colour (IQL blue, CQL red, BC green, TD3+BC purple); other
     algorithms get spare colours in sorted order so a figure set stays consistent."""
     colors = {}
     spare = iter(_SPARE_COLORS)
     for algo in sorted(set(algos)):
-        colors[algo] = _ALGO_BASE_COLORS.get(algo) or next(spare, "#333333")
+        colors[algo] = (algorithm_spec(algo).color if is_known(algo) else None) or next(spare, "#333333")
     return colors
 
 
@@ -432,14 +432,15 @@ def _diverged_sentence(any_diverged: bool) -> str:
             if any_diverged else "")
 
 
-_NO_CRITIC = frozenset({"bc"})
+def _has_critic(algo: str) -> bool:
+    return algorithm_spec(algo).has_critic if is_known(algo) else True
 
 
 def _skipped_sentence(skipped: Sequence[str], what: str) -> str:
     """'Not shown: BC (no critic, so no Q-values logged).'"""
     if not skipped:
         return ""
-    reasons = [f"{algo_display_name(a)} ({'no critic, so ' if a in _NO_CRITIC else ''}no {what} logged)"
+    reasons = [f"{algo_display_name(a)} ({'' if _has_critic(a) else 'no critic, so '}no {what} logged)"
                for a in skipped]
     return "Not shown: " + ", ".join(reasons) + "."
 
@@ -478,17 +479,15 @@ def _units_note(grouped: Mapping[str, Mapping[CorruptionLevel, Sequence[RunRecor
 
 
 # ----------------------------------------------------------------------------- units
-_SQUARED_TD_ALGOS = frozenset({"iql", "td3bc", "sac"})  # critic loss = squared TD error only
-
-
 def loss_variance_power(algo: str) -> int | None:
-    """Power of the reward scale in the critic-loss variance, None if it has none.
+    """Power of the reward scale in the critic-loss variance, None if it has none (the
+    algorithm's declaration; unknown algorithms: None).
 
     IQL, TD3+BC and SAC minimise a squared TD error: scale² in the loss, scale⁴ in its
     variance. CQL adds alpha * (logsumexp Q − Q), which does not scale as any power of the
     reward scale, so its loss cannot be converted exactly.
     """
-    return 4 if algo in _SQUARED_TD_ALGOS else None
+    return algorithm_spec(algo).loss_variance_power if is_known(algo) else None
 
 
 def _in_reward_units(run: RunRecord, values: np.ndarray | None, power: int | None) -> np.ndarray | None:
@@ -511,8 +510,7 @@ def _unconverted_sentence(runs: Sequence[RunRecord], power_of: Callable[[str], i
     for algo in sorted({r.algo for r in runs}):
         algo_runs = [r for r in runs if r.algo == algo]
         if power_of(algo) is None:
-            why = ("its loss adds α·(logsumexp Q − Q), which does not scale as a power of the reward scale"
-                   if algo == "cql" else "its loss has no known power of the reward scale")
+            why = algorithm_spec(algo).loss_variance_note if is_known(algo) else "its loss has no known power of the reward scale"
         else:
             why = "config.json records no reward scale"
         parts.append(f"{algo_display_name(algo)} ({len(algo_runs)} run(s), panel marked 'logged, scaled units') is "

@@ -23,9 +23,8 @@ import numpy as np
 
 from ..errors import HybridRLError
 from ..run_format import (COMPLETED, CONFIG_FILE, DIVERGED, FAILED, IN_PROGRESS, KNOWN_STATUSES, METRICS_FILE, RESULT_STATUSES,
-                          SUMMARY_FILE)
+                          SUMMARY_FILE, final_score)
 from ..naming import format_steps, settings_parts
-from .stats import final_score
 
 # Canonical order and label format of the built-in corruption parameters (top-level keys
 # of config["corruption"]); other numeric keys are shown as ``key=value`` after these.

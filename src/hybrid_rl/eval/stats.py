@@ -22,8 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-# scipy.stats and rliable are imported where they are used: together they take ~2 s to
-# import, which every `hybrid-rl train` process would pay for final_score alone.
+# scipy.stats and rliable are imported where they are used: together they take ~2 s to import.
 
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
@@ -72,24 +71,6 @@ def to_original_reward_units(values: Sequence[float] | np.ndarray, reward_scale:
     if not (isinstance(reward_scale, (int, float)) and math.isfinite(reward_scale) and reward_scale > 0):
         raise ValueError(f"reward_scale must be a positive finite number, got {reward_scale!r}")
     return np.asarray(values, dtype=float) / float(reward_scale) ** power
-
-
-def final_score(eval_values: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
-    """Final score of one run: mean of the last ``fraction`` of its evaluations.
-
-    The trainer's ``summary.json`` uses this function, so a score recomputed from
-    metrics.jsonl matches the one the run reported: the last
-    ``max(1, round(fraction * n))`` evaluations, NaN evaluations among them ignored; NaN
-    when there is no finite evaluation in that tail (or no evaluation at all).
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    values = np.asarray(eval_values, dtype=float)
-    if values.size == 0:
-        return math.nan
-    tail = values[-max(1, int(round(values.size * fraction))):]
-    finite = tail[np.isfinite(tail)]
-    return float(finite.mean()) if finite.size else math.nan
 
 
 @dataclass(frozen=True)
