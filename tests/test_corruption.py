@@ -304,3 +304,34 @@ def test_records_with_results_need_spec_from_record(make_dataset):
     with pytest.raises(ValueError, match="spec_from_record"):
         apply_corruptions(ds, [record], seed=0)
     assert spec_from_record(record) == {"kind": "remove_top_k", "k": 50}
+
+
+# ---------------------------------------------------------------------------------------
+# The command-line form, and the one validation before any data is loaded
+# ---------------------------------------------------------------------------------------
+def test_corruptions_read_and_write_their_command_line_form() -> None:
+    from hybrid_rl.data.corruption import format_corruptions, parse_corruptions
+
+    text = "corrupt_transitions:target=dynamics:rate=0.3:scale=1.5+reward_noise:std=0.5:seed=7"
+    specs = parse_corruptions(text)
+    assert specs == ({"kind": "corrupt_transitions", "target": "dynamics", "rate": 0.3, "scale": 1.5},
+                     {"kind": "reward_noise", "std": 0.5, "seed": 7})
+    assert parse_corruptions(format_corruptions(specs)) == specs
+    assert parse_corruptions("none") == () and format_corruptions(()) == "none"
+    assert parse_corruptions("replace_rewards:rate=1") == parse_corruptions("replace_rewards:rate=1.0")  # one run, one id
+
+
+@pytest.mark.parametrize("text, message", [
+    ("corrupt_transitions:target=obs:rate=0.3:scale=1", "target must be one of"),
+    ("corrupt_transitions:target=observations:rate=0.3", "missing parameter(s) ['scale']"),
+    ("replace_rewards:rate=0.3:size=2", "unknown parameter(s) ['size']"),
+    ("replace_rewards:rate=-0.1", "rate"),
+    ("melt:rate=0.1", "unknown kind 'melt'"),
+    ("replace_rewards:0.3", "is not NAME=VALUE"),
+])
+def test_a_bad_corruption_is_refused_before_any_data_is_loaded(text: str, message: str) -> None:
+    from hybrid_rl.data.corruption import parse_corruptions
+
+    with pytest.raises(ValueError) as error:
+        parse_corruptions(text)
+    assert message in str(error.value) and "\n" not in str(error.value)

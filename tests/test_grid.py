@@ -198,6 +198,10 @@ def test_failed_population_keeps_its_finished_members(tmp_path: Path, generated_
         (["--total_steps", "0"], None),
         (["--env", "hoper-medium-v2", "--quick"], "unknown dataset"),
         (["--workers", "0"], "--workers"),
+        (["--corruption", "corrupt_transitions:target=obs:rate=0.3:scale=1"], "target must be one of"),
+        (["--corruption", "replace_rewards:rate=1.5"], "must be <= 1"),
+        (["--corruption", "replace_rewards:rate"], "is not NAME=VALUE"),
+        (["--corruption", "none", "--corruption", "clean", "--quick"], "given twice"),
     ],
 )
 def test_bad_input_fails_before_work(argv, message, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -458,3 +462,30 @@ def test_runs_of_other_budgets_and_settings_coexist_and_the_quick_studies_share_
     grid = {c.run_id: c.identity() for c in grid_spec(parser.parse_args(["grid", "--quick", "--algo", "iql"]), ("gen-hopper-medium-v1",)).expand()}
     parents = {c.run_id: c.identity() for c in phase2_spec(parser.parse_args(["phase2", "--quick"])).phase1_spec().expand()}
     assert parents and all(grid.get(run_id) == identity for run_id, identity in parents.items())
+
+
+# ---------------------------------------------------------------------------------------
+# Every corruption kind is a grid axis (--corruption)
+# ---------------------------------------------------------------------------------------
+def test_the_corruption_axis_crosses_the_other_levels_and_names_each_run() -> None:
+    from hybrid_rl.cli import build_parser, grid_spec, phase2_spec
+
+    parser = build_parser()
+    observations = "corrupt_transitions:target=observations:rate=0.3:scale=1"
+    args = parser.parse_args(["grid", "--quick", "--algo", "iql", "--remove_top_k", "0,30", "--seed", "0",
+                              "--corruption", "none", "--corruption", observations, "--corruption", "replace_rewards:rate=0.2+flip_reward_sign:rate=0.1"])
+    configs = grid_spec(args, ("gen-hopper-medium-v1",)).expand()
+    assert len(configs) == 2 * 3 and len({c.run_id for c in configs}) == 6
+    assert [c.extra_corruptions for c in configs[:3]] == [
+        (), ({"kind": "corrupt_transitions", "target": "observations", "rate": 0.3, "scale": 1.0},),
+        ({"kind": "replace_rewards", "rate": 0.2}, {"kind": "flip_reward_sign", "rate": 0.1})]
+    # Without --corruption the grid is what it always was (no further level, the same ids).
+    plain = grid_spec(parser.parse_args(["grid", "--quick", "--algo", "iql"]), ("gen-hopper-medium-v1",)).expand()
+    assert all(c.extra_corruptions == () and "corrupt" not in c.run_id for c in plain)
+    # The Phase II study pretrains its parents on the same levels and starts each fine-tuning run from its own.
+    study = phase2_spec(parser.parse_args(["phase2", "--quick", "--method", "iql,sac", "--seed", "0", "--remove_top_k", "0",
+                                           "--corruption", "none", "--corruption", observations]))
+    parents = {c.run_id: c for c in study.phase1_spec().expand()}
+    runs = study.finetune_configs()
+    assert sorted(Path(c.parent).name for c in runs if c.method == "iql") == sorted(parents)
+    assert [c.extra_corruptions for c in runs if c.method == "sac"] == [()]  # SAC learns without the data: one run

@@ -22,10 +22,10 @@ from hybrid_rl.data import loader
 from hybrid_rl.data.dataset import ARRAY_FIELDS, OfflineDataset
 from hybrid_rl.data.hdf5io import DatasetFileError, write_hdf5
 from hybrid_rl.data.loader import (
+    d4rl_cache_dir,
     d4rl_cache_path,
     d4rl_filename,
     d4rl_url,
-    default_cache_dir,
     download_file,
     known_dataset_ids,
     load_dataset,
@@ -214,7 +214,7 @@ def test_cache_dir_follows_d4rl(monkeypatch, tmp_path):
     assert d4rl_cache_path("hopper-medium-v2", cache_dir=tmp_path / "x") == tmp_path / "x" / "hopper_medium-v2.hdf5"
     monkeypatch.delenv("D4RL_DATASET_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_cache_dir() == tmp_path / "home" / ".d4rl" / "datasets"
+    assert d4rl_cache_dir() == tmp_path / "home" / ".d4rl" / "datasets"
 
 
 def test_unknown_ids_suggest_close_ones(tmp_path):

@@ -146,10 +146,52 @@ def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return wrapper
 
 
+def corruption_specs(text: str) -> tuple[dict, ...]:
+    """argparse type of --corruption: ``none`` or KIND:NAME=VALUE[:NAME=VALUE...][+KIND:...]."""
+    from .data.corruption import parse_corruptions
+
+    try:
+        return parse_corruptions(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+CORRUPTION_HELP = ("KIND:NAME=VALUE[:NAME=VALUE...], several joined by + (applied in order), or none: e.g. "
+                   "corrupt_transitions:target=observations:rate=0.3:scale=1 (RIQL's random observation corruption); the kinds and their "
+                   "parameters are in docs/data.md, and an unknown kind's error lists them")
+
+
+def corruption_levels(given: Sequence[tuple[dict, ...]] | None) -> tuple[tuple[dict, ...], ...]:
+    """The --corruption axis: the levels given, in order and each once; none given: no further corruption."""
+    from .data.corruption import format_corruptions
+
+    levels: list[tuple[dict, ...]] = []
+    for level in given or [()]:
+        if level in levels:
+            raise HybridRLError(f"--corruption {format_corruptions(level)} is given twice")
+        levels.append(level)
+    return tuple(levels)
+
+
+def check_level_flags(remove_top_k: Sequence[float], reward_noise_std: Sequence[float]) -> None:
+    """--remove_top_k and --reward_noise_std levels, checked by the data layer's one rule."""
+    from .data.corruption import check_shorthands
+
+    try:
+        for k in remove_top_k:
+            check_shorthands(k, 0.0, flags=True)
+        for std in reward_noise_std:
+            check_shorthands(0.0, std, flags=True)
+    except ValueError as exc:
+        raise HybridRLError(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    from .grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+
     # Names are checked against the registry when the command runs (importing it here would
     # make --help import torch); `hybrid-rl algorithms` lists them.
     parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"),
@@ -162,8 +204,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 30.0, 60.0), help="percent of best trajectories removed, comma-separated; default 0,30,60")
     parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels (reward units); default 0")
+    parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
+                        help="a further corruption level, repeatable: each is one level of the grid's corruption axis, crossed with --remove_top_k "
+                        "and --reward_noise_std (add --corruption none to keep the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
     parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds, comma-separated; default 0,1,2 (0 with --quick)")
-    parser.add_argument("--total_steps", type=positive_int, default=None, help="gradient steps per run; default 500000 (20000 with --quick)")
+    parser.add_argument("--total_steps", type=positive_int, default=None, help=f"gradient steps per run; default {DEFAULT_TOTAL_STEPS} ({QUICK_STEPS} with --quick)")
     parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000 (2000 with --quick)")
     parser.add_argument("--eval_episodes", type=positive_int, default=10)
     parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps), as hybrid-rl train")
@@ -244,6 +289,7 @@ def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
 
     return GridSpec(
         algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        corruptions=corruption_levels(args.corruption),
         seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
         eval_every=args.eval_every or (2_000 if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, device=args.device, compile=args.compile, results_dir=args.results, settings=tuple(args.settings),
@@ -269,12 +315,7 @@ def grid_command(args: argparse.Namespace) -> int:
     if unknown:
         raise HybridRLError(f"unknown algorithm(s) {unknown}; choose from {available_algorithms()}")
     check_setting_axes(args.algo, tuple(args.settings))
-    for k in args.remove_top_k:
-        if not 0 <= k < 100:
-            raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
-    for std in args.reward_noise_std:
-        if std < 0:
-            raise HybridRLError(f"--reward_noise_std {std:g} is negative")
+    check_level_flags(args.remove_top_k, args.reward_noise_std)
     if args.env is None:
         datasets, why = default_datasets(args.cache_dir)
         print(f"datasets: {why}")
@@ -308,7 +349,8 @@ def train_command(args: argparse.Namespace) -> int:
     check_setting_axes([args.algo], tuple(args.settings))
     overrides = {**json_overrides(args.algo_overrides), **setting_combinations(args.algo, tuple(args.settings))[0]}
     config = TrainConfig(
-        algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
+        algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, extra_corruptions=args.corruption,
+        seed=args.seed,
         total_steps=args.total_steps, eval_episodes=args.eval_episodes, **run_schedule(args.total_steps, args.eval_every, args.log_every, args.checkpoint_every),
         device=args.device, tensorboard=args.tensorboard, wandb=args.wandb, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir,
         mirror=args.mirror, threads=args.threads, compile=args.compile,
@@ -329,6 +371,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=float, default=0.0)
     parser.add_argument("--reward_noise_std", type=float, default=0.0)
+    parser.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="further corruption of the data: " + CORRUPTION_HELP)
     parser.add_argument("--total_steps", type=positive_int, default=DEFAULT_TOTAL_STEPS)
     add_run_arguments(parser, results="results", overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
     add_settings_argument(parser, "one value each here, e.g. --set beta=10")
@@ -371,6 +414,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
     config = FinetuneConfig(
         method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
+        extra_corruptions=args.corruption,
         online_steps=args.online_steps, utd=args.utd, sampling=args.sampling, switch_episodes=args.switch_episodes,
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
         exploration_noise=args.exploration_noise, seed=args.seed, eval_episodes=args.eval_episodes,
@@ -404,6 +448,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
     parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
     parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
+    parser.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="with --from scratch: further corruption of that data: " + CORRUPTION_HELP)
     parser.add_argument("--online_steps", type=positive_int, default=DEFAULT_ONLINE_STEPS, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS}")
     parser.add_argument("--utd", type=non_negative_int, default=None, help="gradient steps per environment step (0: a frozen policy, evaluated only); default: the method's")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")
@@ -421,7 +466,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_DATASET, DEFAULT_SWITCH_EPISODES, PHASE2_DEFAULT_METHODS
+    from .grid_options import (DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS, PHASE2_DEFAULT_METHODS,
+                               PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS)
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
                         help="methods, comma-separated: those `hybrid-rl algorithms` lists with a Phase II recipe, the control offline, with variants NAME@utdN or NAME@SAMPLING "
@@ -429,9 +475,12 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", type=comma_list(str), default=(DEFAULT_DATASET,), help=f"datasets, comma-separated; default {DEFAULT_DATASET}")
     parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
     parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
+    parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
+                        help="a further corruption level, repeatable (crossed with --remove_top_k and --reward_noise_std; add --corruption none to keep "
+                        "the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
     parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")
-    parser.add_argument("--total_steps", type=positive_int, default=None, help="Phase I steps of the pretrained parents; default 500000 (10000 with --quick)")
-    parser.add_argument("--online_steps", type=positive_int, default=None, help="online environment steps; default 250000 (5000 with --quick)")
+    parser.add_argument("--total_steps", type=positive_int, default=None, help=f"Phase I steps of the pretrained parents; default {DEFAULT_TOTAL_STEPS} ({PHASE2_QUICK_PRETRAIN_STEPS} with --quick)")
+    parser.add_argument("--online_steps", type=positive_int, default=None, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS} ({PHASE2_QUICK_ONLINE_STEPS} with --quick)")
     parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method without its own @utdN; default: each method's (1 with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
     add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
@@ -465,6 +514,7 @@ def phase2_spec(args: argparse.Namespace) -> Any:
     online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else DEFAULT_ONLINE_STEPS)
     return Phase2Spec(
         methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        corruptions=corruption_levels(args.corruption),
         seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
         online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
@@ -489,9 +539,7 @@ def phase2_command(args: argparse.Namespace) -> int:
         return 0
     from .phase2 import run_phase2
 
-    for k in args.remove_top_k:
-        if not 0 <= k < 100:
-            raise HybridRLError(f"--remove_top_k {k:g} is outside [0, 100): it is a percentage of trajectories")
+    check_level_flags(args.remove_top_k, args.reward_noise_std)
     spec = phase2_spec(args)
     workers = resolve_workers(args.workers, args.device, len(spec.finetune_configs())) if args.launcher == "local" else 1
     status = run_phase2(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
@@ -557,7 +605,7 @@ def export_command(args: argparse.Namespace) -> int:
         raise HybridRLError(f"--out {args.out}: a Minari dataset id needs a namespace, e.g. hybrid-rl/{args.out}")
     run_config = None
     if args.run_dir is not None:
-        if args.remove_top_k or args.reward_noise_std or args.seed:
+        if args.remove_top_k or args.reward_noise_std or args.corruption or args.seed:
             raise HybridRLError("--from exports exactly the run's data: drop --remove_top_k, --reward_noise_std and --seed")
         data, run_config = data_config_of_run(args.run_dir)
         data = TrainConfig(**{**data.__dict__, "cache_dir": args.cache_dir or data.cache_dir, "mirror": args.mirror or data.mirror})
@@ -565,7 +613,8 @@ def export_command(args: argparse.Namespace) -> int:
         from .data.loader import check_dataset_name
 
         check_dataset_name(args.name)
-        data = TrainConfig(dataset=args.name, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, seed=args.seed,
+        data = TrainConfig(dataset=args.name, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, extra_corruptions=args.corruption,
+                           seed=args.seed,
                            cache_dir=args.cache_dir, mirror=args.mirror)
     written = export_dataset(data, args.out, fmt=args.format, run_config=run_config)
     print(f"{args.format} data of {args.run_dir or args.name} written to {written}")
@@ -725,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--from", dest="run_dir", default=None, help="RESULTS/RUN_ID of a finished run: exactly the data it trained on")
     export.add_argument("--remove_top_k", type=float, default=0.0, help="percent of best trajectories removed")
     export.add_argument("--reward_noise_std", type=float, default=0.0, help="Gaussian reward noise (reward units)")
+    export.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="further corruption: " + CORRUPTION_HELP)
     export.add_argument("--seed", type=int, default=0, help="the corruption's seed (a run's seed gives its data)")
     export.add_argument("--format", choices=("d4rl", "minari"), default="d4rl", help="d4rl: an HDF5 file in D4RL's layout; minari: a local Minari dataset")
     export.add_argument("--out", required=True, help="d4rl: the file to write; minari: the dataset id (namespace/name-v0)")

@@ -72,6 +72,7 @@ class GridSpec:
     datasets: tuple[str, ...] = D4RL_DEFAULT_ENVS
     remove_top_k: tuple[float, ...] = (0.0, 30.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
+    corruptions: tuple[tuple[dict, ...], ...] = ((),)  # further corruption levels (--corruption): each a list of specs, () = none
     seeds: tuple[int, ...] = (0, 1, 2)
     total_steps: int = DEFAULT_TOTAL_STEPS
     eval_every: int | None = None  # None: grid_options.run_schedule's defaults, as hybrid-rl train
@@ -88,18 +89,18 @@ class GridSpec:
     mirror: str | None = None
 
     def expand(self) -> list[TrainConfig]:
-        """Every run of the grid, in a stable order (dataset, algo, settings, noise, k, seed)."""
+        """Every run of the grid, in a stable order (dataset, algo, settings, noise, k, further corruption, seed)."""
         schedule = run_schedule(self.total_steps, self.eval_every, self.log_every, self.checkpoint_every)
         configs = []
         for dataset in self.datasets:
             for algo in self.algos:
                 for settings in setting_combinations(algo, self.settings):
                     for noise in self.reward_noise_std:
-                        for k in self.remove_top_k:
-                            for seed in self.seeds:
+                        for k, extra, seed in itertools.product(self.remove_top_k, self.corruptions, self.seeds):
                                 configs.append(
                                     TrainConfig(
-                                        algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), seed=int(seed),
+                                        algo=algo, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise), extra_corruptions=tuple(extra),
+                                        seed=int(seed),
                                         total_steps=self.total_steps, eval_episodes=self.eval_episodes, **schedule, device=self.device,
                                         compile=self.compile, results_dir=self.results_dir,
                                         algo_overrides={**self.algo_overrides.get(algo, {}), **settings}, wandb=self.wandb, cache_dir=self.cache_dir,

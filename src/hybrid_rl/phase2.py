@@ -23,6 +23,7 @@ dataset and seed (on the clean level) and is drawn in every panel.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Phase2Spec:
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
     remove_top_k: tuple[float, ...] = (0.0, 60.0)
     reward_noise_std: tuple[float, ...] = (0.0,)
+    corruptions: tuple[tuple[dict, ...], ...] = ((),)  # further corruption levels (--corruption): each a list of specs, () = none
     seeds: tuple[int, ...] = (0, 1, 2)
     pretrain_steps: int = DEFAULT_TOTAL_STEPS  # Phase I steps of the parents
     online_steps: int = DEFAULT_ONLINE_STEPS
@@ -130,19 +132,19 @@ class Phase2Spec:
         """The Phase I grid whose runs are the parents."""
         return GridSpec(
             algos=self.parent_algos(), datasets=self.datasets, remove_top_k=self.remove_top_k, reward_noise_std=self.reward_noise_std,
-            seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=self.pretrain_eval_every,
+            corruptions=self.corruptions, seeds=self.seeds, total_steps=self.pretrain_steps, eval_every=self.pretrain_eval_every,
             eval_episodes=self.eval_episodes, checkpoint_every=self.checkpoint_every, device=self.device,
             compile=self.compile, results_dir=self.results_dir, algo_overrides=dict(self.algo_overrides), settings=self.settings,
             wandb=self.wandb, cache_dir=self.cache_dir, mirror=self.mirror,
         )
 
     def finetune_configs(self) -> list[FinetuneConfig]:
-        """Every fine-tuning run, in a stable order (dataset, method, noise, k, seed)."""
+        """Every fine-tuning run, in a stable order (dataset, method, noise, k, further corruption, seed)."""
         common = dict(online_steps=self.online_steps, eval_episodes=self.eval_episodes, switch_episodes=self.switch_episodes,
                       **run_schedule(self.online_steps, self.eval_every, None, self.checkpoint_every), device=self.device, compile=self.compile,
                       results_dir=self.phase2_results, wandb=self.wandb, cache_dir=self.cache_dir, mirror=self.mirror)
-        parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, c.seed, json.dumps(c.settings(), sort_keys=True)): c
-                   for c in self.phase1_spec().expand()}
+        parents = {(c.algo, c.dataset, c.remove_top_k, c.reward_noise_std, json.dumps(c.extra_corruptions), c.seed,
+                    json.dumps(c.settings(), sort_keys=True)): c for c in self.phase1_spec().expand()}
         configs = []
         for dataset in self.datasets:
             for spec in self.method_specs():
@@ -151,19 +153,20 @@ class Phase2Spec:
                 online = dict(utd=spec.utd if spec.utd is not None else self.utd, sampling=spec.sampling or (self.sampling if recipe.interacts else None))
                 data_free = (online["sampling"] or recipe.sampling) == "online_only"
                 for noise in self.reward_noise_std:
-                    for k in self.remove_top_k:
-                        if data_free and (k or noise):
+                    for k, extra in itertools.product(self.remove_top_k, self.corruptions):
+                        if data_free and (k or noise or extra):
                             continue
                         for seed in self.seeds:
                             if recipe.parent_algos:
                                 for algo in self.study_parent_algos(spec):
                                     for settings in self._parent_settings(algo):
-                                        parent = parents[(algo, dataset, float(k), float(noise), int(seed), settings)]
+                                        parent = parents[(algo, dataset, float(k), float(noise), json.dumps(tuple(extra)), int(seed), settings)]
                                         configs.append(FinetuneConfig(method=method, parent=str(Path(self.results_dir) / parent.run_id), seed=int(seed),
                                                                       **online, **common))
                             else:
                                 for settings in setting_combinations(method, self.settings):
                                     configs.append(FinetuneConfig(method=method, parent=SCRATCH, dataset=dataset, remove_top_k=float(k), reward_noise_std=float(noise),
+                                                                  extra_corruptions=tuple(extra),
                                                                   seed=int(seed), warmup_steps=self.warmup_steps,
                                                                   algo_overrides={**self.method_overrides.get(method, {}), **settings}, **online, **common))
         if len({config.run_id for config in configs}) != len(configs):

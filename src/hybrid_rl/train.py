@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .data.corruption import check_corruptions, check_shorthands
 from .data.dataset import OfflineDataset, TransitionSampler, truncated_tail_steps
 from .data.refs import normalized_score
 from .data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
@@ -84,10 +85,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {self.total_steps}")
-        if not 0 <= self.remove_top_k < 100:
-            raise ValueError(f"remove_top_k is a percentage in [0, 100), got {self.remove_top_k}")
-        if self.reward_noise_std < 0:
-            raise ValueError(f"reward_noise_std must be >= 0, got {self.reward_noise_std}")
+        check_shorthands(self.remove_top_k, self.reward_noise_std)
+        if self.extra_corruptions:
+            check_corruptions(self.extra_corruptions)
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):

@@ -341,6 +341,16 @@ def flip_reward_sign(dataset: OfflineDataset, rate: float, seed: int, scale: flo
     return _derive(dataset, record, rewards=rewards), record
 
 
+def check_shorthands(remove_top_k: float, reward_noise_std: float, *, flags: bool = False) -> None:
+    """The one validation of the two corruption shorthands every config and command takes:
+    ValueError naming the field (``flags``: the command-line flag) and its domain."""
+    prefix = "--" if flags else ""
+    if not 0 <= remove_top_k < 100:
+        raise ValueError(f"{prefix}remove_top_k {remove_top_k:g} is outside [0, 100): it is a percentage of trajectories")
+    if reward_noise_std < 0:
+        raise ValueError(f"{prefix}reward_noise_std {reward_noise_std:g} is negative: it is a standard deviation")
+
+
 # ---------------------------------------------------------------------------------------
 # Composition and replay
 # ---------------------------------------------------------------------------------------
@@ -377,6 +387,28 @@ def derive_seed(seed: int, position: int) -> int:
     return int(np.random.SeedSequence([_seed(seed), int(position)]).generate_state(1)[0])
 
 
+def _checked(spec: Any, position: int) -> tuple[Callable[..., tuple[OfflineDataset, Record]], dict[str, Any], bool]:
+    """The function, parameters and seededness of one spec; a one-line ValueError for an
+    unknown kind, an unknown or missing parameter."""
+    if not isinstance(spec, Mapping) or "kind" not in spec:
+        raise ValueError(f"corruption spec #{position} must be a dict with a 'kind' key, got {spec!r}")
+    kind = spec["kind"]
+    if kind not in _KINDS:
+        raise ValueError(f"corruption spec #{position}: unknown kind {kind!r}; known kinds: {', '.join(CORRUPTION_KINDS)}")
+    function, required, optional, seeded = _KINDS[kind]
+    allowed = {"kind", *required, *optional} | ({"seed"} if seeded else set())
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(
+            f"corruption spec #{position} ({kind}): unknown parameter(s) {unknown}; allowed: {sorted(allowed - {'kind'})} "
+            "(to replay a record use spec_from_record)"
+        )
+    missing = [key for key in required if key not in spec]
+    if missing:
+        raise ValueError(f"corruption spec #{position} ({kind}): missing parameter(s) {missing}")
+    return function, {key: spec[key] for key in required + optional if key in spec}, seeded
+
+
 def apply_corruptions(dataset: OfflineDataset, specs: Sequence[Mapping[str, Any]], seed: int) -> tuple[OfflineDataset, list[Record]]:
     """Apply corruptions in order, e.g. ``[{"kind": "remove_top_k", "k": 30},
     {"kind": "reward_noise", "std": 0.5}]``.
@@ -394,23 +426,7 @@ def apply_corruptions(dataset: OfflineDataset, specs: Sequence[Mapping[str, Any]
     seed = _seed(seed)
     records: list[Record] = []
     for position, spec in enumerate(specs):
-        if not isinstance(spec, Mapping) or "kind" not in spec:
-            raise ValueError(f"corruption spec #{position} must be a dict with a 'kind' key, got {spec!r}")
-        kind = spec["kind"]
-        if kind not in _KINDS:
-            raise ValueError(f"corruption spec #{position}: unknown kind {kind!r}; known kinds: {', '.join(CORRUPTION_KINDS)}")
-        function, required, optional, seeded = _KINDS[kind]
-        allowed = {"kind", *required, *optional} | ({"seed"} if seeded else set())
-        unknown = sorted(set(spec) - allowed)
-        if unknown:
-            raise ValueError(
-                f"corruption spec #{position} ({kind}): unknown parameter(s) {unknown}; allowed: {sorted(allowed - {'kind'})} "
-                "(to replay a record use spec_from_record)"
-            )
-        missing = [key for key in required if key not in spec]
-        if missing:
-            raise ValueError(f"corruption spec #{position} ({kind}): missing parameter(s) {missing}")
-        kwargs = {key: spec[key] for key in required + optional if key in spec}
+        function, kwargs, seeded = _checked(spec, position)
         if seeded:
             kwargs["seed"] = spec["seed"] if "seed" in spec else derive_seed(seed, position)
         dataset, record = function(dataset, **kwargs)
@@ -418,15 +434,82 @@ def apply_corruptions(dataset: OfflineDataset, specs: Sequence[Mapping[str, Any]
     return dataset, records
 
 
+def _probe_dataset() -> OfflineDataset:
+    """Two short trajectories (one terminal, one time-limited): enough for every kind's own
+    checks of its parameters to run."""
+    rewards = np.array([1.0, 2.0, 3.0, 0.5, 0.25, 0.75], dtype=np.float32)
+    observations = np.arange(12, dtype=np.float32).reshape(6, 2)
+    return OfflineDataset(observations=observations, actions=np.zeros((6, 1), dtype=np.float32), rewards=rewards,
+                          next_observations=observations + 1.0, terminals=np.array([0, 0, 1, 0, 0, 0], dtype=bool),
+                          timeouts=np.array([0, 0, 0, 0, 0, 1], dtype=bool), name="probe")
+
+
+def check_corruptions(specs: Sequence[Mapping[str, Any]]) -> None:
+    """The one validation of a list of corruption specs, before any data is loaded: names
+    (as ``apply_corruptions`` checks them) and values (each kind's own checks, run on a tiny
+    probe dataset). One-line ValueError."""
+    probe = _probe_dataset()
+    for position, spec in enumerate(specs):
+        function, kwargs, seeded = _checked(spec, position)
+        try:
+            function(probe, **kwargs, **({"seed": 0} if seeded else {}))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"corruption {format_corruptions([spec])}: {exc}") from None
+
+
+def _parse_value(name: str, text: str) -> Any:
+    """Numbers are floats (so ``scale=1`` and ``scale=1.0`` name the same run), a seed an int;
+    anything else stays text (``target=observations``)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if name == "seed" else number
+
+
+def parse_corruptions(text: str) -> tuple[dict[str, Any], ...]:
+    """Corruption specs as the command line writes them: ``none``, or
+    ``KIND:NAME=VALUE[:NAME=VALUE...]``, several joined by ``+`` and applied in that order
+    (``corrupt_transitions:target=observations:rate=0.3:scale=1``). Checked with
+    ``check_corruptions``; one-line ValueError naming the form for text that is not one."""
+    raw = text.strip()
+    if raw.lower() in ("none", "clean", ""):
+        return ()
+    specs = []
+    for part in raw.split("+"):
+        kind, *pairs = part.strip().split(":")
+        spec: dict[str, Any] = {"kind": kind.strip()}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise ValueError(f"corruption {text!r}: {pair!r} is not NAME=VALUE; write KIND:NAME=VALUE[:NAME=VALUE...], "
+                                 f"e.g. corrupt_transitions:target=observations:rate=0.3:scale=1 (kinds: {', '.join(CORRUPTION_KINDS)})")
+            spec[name.strip()] = _parse_value(name.strip(), value.strip())
+        specs.append(spec)
+    check_corruptions(specs)
+    return tuple(specs)
+
+
+def format_corruptions(specs: Sequence[Mapping[str, Any]]) -> str:
+    """The command-line form of ``specs`` (``parse_corruptions`` reads it back); ``none`` for no spec."""
+    if not specs:
+        return "none"
+    return "+".join(":".join([str(spec.get("kind")), *(f"{key}={value}" for key, value in spec.items() if key != "kind")]) for spec in specs)
+
+
 __all__ = [
     "CORRUPTION_KINDS",
+    "check_shorthands",
     "INDEX_LIST_LIMIT",
     "TRANSITION_TARGETS",
     "add_reward_noise",
     "apply_corruptions",
+    "check_corruptions",
     "corrupt_transitions",
     "derive_seed",
     "flip_reward_sign",
+    "format_corruptions",
+    "parse_corruptions",
     "remove_top_k_trajectories",
     "replace_rewards",
     "spec_from_record",

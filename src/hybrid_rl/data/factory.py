@@ -90,10 +90,6 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def is_generated_id(name: str) -> bool:
-    return name.startswith("gen-")
-
-
 def generated_ids() -> list[str]:
     """Every generated id whose behaviour policies this installation ships."""
     return [f"gen-{robot}-{level}-{version}" for version in POLICY_VERSIONS for robot in FACTORY_ROBOTS
@@ -566,14 +562,16 @@ def _generate_dataset(name: str, *, seed: int, policy_file: str | Path | None, n
 # ---------------------------------------------------------------------------------------
 # Cache
 # ---------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
+def generated_data_dir() -> Path:
+    """Where generated datasets are kept: ``$HYBRID_RL_DATA_DIR``, else ``~/.hybrid_rl/datasets``
+    (D4RL's own files stay in d4rl's cache, ``loader.d4rl_cache_dir``)."""
     return Path(os.environ.get("HYBRID_RL_DATA_DIR", Path.home() / ".hybrid_rl" / "datasets"))
 
 
 def generated_path(name: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     gid = parse_generated_id(name)
     suffix = "" if seed == 0 else f"-seed{seed}"
-    return Path(cache_dir or default_cache_dir()) / f"{gid.name}{suffix}.hdf5"
+    return Path(cache_dir or generated_data_dir()) / f"{gid.name}{suffix}.hdf5"
 
 
 def make_generated(name: str, *, cache_dir: str | Path | None = None, seed: int = 0, policy_file: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:

@@ -143,14 +143,14 @@ def d4rl_url(dataset_id: str, mirror: str | None = None) -> str:
     return base.rstrip("/") + "/" + d4rl_filename(dataset_id)
 
 
-def default_cache_dir() -> Path:
+def d4rl_cache_dir() -> Path:
     """d4rl's cache directory: ``$D4RL_DATASET_DIR``, else ``~/.d4rl/datasets``."""
     return Path(os.environ.get(CACHE_ENV_VAR) or "~/.d4rl/datasets").expanduser()
 
 
 def d4rl_cache_path(dataset_id: str, cache_dir: str | Path | None = None) -> Path:
     """Where a D4RL v2 file is (or will be) cached, exactly where d4rl keeps it."""
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else d4rl_cache_dir()
     return directory / d4rl_filename(dataset_id)
 
 
@@ -758,7 +758,7 @@ __all__ = [
     "d4rl_dataset_ids",
     "d4rl_filename",
     "d4rl_url",
-    "default_cache_dir",
+    "d4rl_cache_dir",
     "d4rl_cached_path",
     "download_file",
     "ensure_d4rl_file",
