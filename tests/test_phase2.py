@@ -81,7 +81,7 @@ def test_the_study_trains_populations_when_asked(tmp_path: Path, generated_cache
     lines: list[str] = []
     status = run_phase2(spec, workers=1, log=lines.append, progress=False)
     assert status["failed"] == {} and status["ran"] == 2
-    assert any("2 fine-tuning runs in 1 population(s) of up to 2" in line for line in lines), lines
+    assert any("2 runs in 1 population(s) of up to 2 (one stacked step, every member in its own environment" in line for line in lines), lines
     for root in ("results", "results_phase2"):
         for config_file in (tmp_path / root).glob("*/config.json"):
             assert json.loads(config_file.read_text())["population"]["size"] == 2, config_file

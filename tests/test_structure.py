@@ -60,7 +60,7 @@ LAYER_MODULES: dict[str, tuple[str, ...]] = {
     "algorithms": ("hybrid_rl.algos",),
     "engine": ("hybrid_rl.engine",),
     "runs": ("hybrid_rl.train", "hybrid_rl.finetune", "hybrid_rl.units", "hybrid_rl.policy", "hybrid_rl.export"),
-    "studies": ("hybrid_rl.grid", "hybrid_rl.phase2", "hybrid_rl.ray_launcher"),
+    "studies": ("hybrid_rl.grid", "hybrid_rl.phase2", "hybrid_rl.launcher", "hybrid_rl.ray_launcher"),
     "analysis": ("hybrid_rl.eval",),
     "commands": ("hybrid_rl.cli",),
     "package": ("hybrid_rl",),  # the top-level __init__: the public API (lazily: load_policy)

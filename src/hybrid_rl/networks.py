@@ -116,8 +116,16 @@ class EnsembleCritic(nn.Module):
         self.norms = nn.ModuleList(EnsembleLayerNorm(ensemble_size, width) for width in hidden) if layer_norm else None
         self.head = EnsembleLinear(ensemble_size, dims[-1], 1, orthogonal_init=orthogonal_init, gain=1.0)
 
+    # True: each member's layers as their own matrix products instead of one batched product
+    # over the members (the same math; on a CPU the plain products run ~1.1x faster at CQL's
+    # shapes, benchmarks/critic_layout.py). A compiled step may choose it; the eager
+    # reference keeps the batched layout.
+    member_products: bool = False
+
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], dim=-1)
+        if self.member_products and self.norms is None:
+            return torch.stack([self._member(x, member) for member in range(self.ensemble_size)])
         x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
         for index, layer in enumerate(self.hidden_layers):
             x = layer(x)
@@ -125,6 +133,11 @@ class EnsembleCritic(nn.Module):
                 x = self.norms[index](x)
             x = torch.relu(x)
         return self.head(x).squeeze(-1)
+
+    def _member(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        for layer in self.hidden_layers:
+            x = torch.relu(torch.addmm(layer.bias[member, 0], x, layer.weight[member]))
+        return torch.addmm(self.head.bias[member, 0], x, self.head.weight[member]).squeeze(-1)
 
 
 class ValueNetwork(nn.Module):

@@ -25,21 +25,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import HybridRLError
-from .fileio import atomic_write_text
 from .finetune import SCRATCH, FinetuneConfig, methods
-from .grid import (GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, grid_lock, run_grid, run_units_locally,
-                   setting_combinations, threads_per_run)
+from .grid import GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, run_grid, setting_combinations
 from .grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
                            PHASE2_DEFAULT_METHODS, run_schedule)
-from .run_format import GRID_STATUS_FILE, STATE_COMPLETE
+from .launcher import check_launcher, launch
 from .train import resolve_device
-from .units import plan_units, run_state
 
 
 @dataclass(frozen=True)
@@ -180,14 +176,10 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
 
     launcher "local": ``workers`` processes on this machine; "ray": one Ray task per run on the
     cluster at ``ray_address`` (None: a local Ray instance), each declaring ``cpus_per_run``
-    CPUs and ``gpus_per_run`` GPU, for the parents and the fine-tuning runs alike.
+    CPUs and ``gpus_per_run`` GPU, for the parents and the fine-tuning runs alike. Both
+    stages go through the one study launcher (``launcher.launch``).
     """
-    if launcher == "ray":
-        from .ray_launcher import require_ray
-
-        require_ray()  # the one-line install hint, before any work
-    elif launcher != "local":
-        raise HybridRLError(f"unknown launcher {launcher!r}; use local or ray")
+    check_launcher(launcher)
     check_writable_dir(spec.phase2_results)
     configs = spec.finetune_configs()  # checks methods, utd, sampling ... before any work
     phase1 = spec.phase1_spec()
@@ -199,31 +191,14 @@ def run_phase2(spec: Phase2Spec, *, workers: int = 1, log: Callable[[str], None]
             log(f"{len(status['failed'])} parent run(s) failed; their fine-tuning runs will fail with the reason")
     else:
         check_datasets(spec.datasets, spec.cache_dir, spec.mirror, log)
-    Path(spec.phase2_results).mkdir(parents=True, exist_ok=True)
-    with grid_lock(spec.phase2_results):
-        states = {config.run_id: run_state(config) for config in configs}
-        todo = [config for config in configs if states[config.run_id] != STATE_COMPLETE]
+
+    def announce(states: dict[str, str], todo: list[FinetuneConfig]) -> None:
         where = f"{workers} worker(s)" if launcher == "local" else f"Ray, {cpus_per_run:g} CPU(s) and {gpus_per_run:g} GPU per run"
         log(f"phase 2: {len(configs)} fine-tuning runs ({', '.join(spec.methods)}), {spec.online_steps:,} online steps each; "
             f"{len(configs) - len(todo)} complete (skipped), {len(todo)} to run, {where}")
-        started = time.time()
-        # As in the Phase I grid: on Ray, 'auto' groups runs when each task holds a GPU share.
-        device_type = resolve_device(spec.device).type if launcher == "local" else ("cuda" if gpus_per_run > 0 else "cpu")
-        units = plan_units(todo, spec.population, device_type, spec.max_population)
-        grouped = [unit for unit in units if len(unit) > 1]
-        if grouped:
-            log(f"phase 2: {sum(len(u) for u in grouped)} fine-tuning runs in {len(grouped)} population(s) of up to {max(len(u) for u in grouped)} "
-                "(one stacked step, every member in its own environment)")
-        if launcher == "ray":  # reports each run itself, as it finishes
-            from .ray_launcher import run_units_on_ray
 
-            results = run_units_on_ray(units, address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
-        else:
-            results = run_units_locally(configs, states, units, workers, threads_per_run(workers), log, progress)
-        failed = {run_id: r["error"] for run_id, r in results.items() if not r["ok"]}
-        status = {"runs": len(configs), "skipped_complete": len(configs) - len(todo), "ran": len(todo), "failed": failed,
-                  "wall_time_s": time.time() - started}
-        atomic_write_text(Path(spec.phase2_results) / GRID_STATUS_FILE, json.dumps(status, indent=2))
-        for run_id, error in failed.items():
-            log(f"  FAILED {run_id}: {error}")
-        return status
+    # As in the Phase I grid: on Ray, 'auto' groups runs when each task holds a GPU share.
+    device_type = resolve_device(spec.device).type if launcher == "local" else ("cuda" if gpus_per_run > 0 else "cpu")
+    return launch(configs, spec.phase2_results, announce=announce, describe_population="one stacked step, every member in its own environment",
+                  workers=workers, launcher=launcher, ray_address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                  population=spec.population, max_population=spec.max_population, device_type=device_type, log=log, progress=progress)

@@ -11,7 +11,6 @@ BC has no critic: ``update`` reports ``actor_loss`` and ``grad_norm_actor`` only
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 

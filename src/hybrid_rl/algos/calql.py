@@ -21,7 +21,6 @@ so the floor stays conservative there (docs/algorithms.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 

@@ -61,6 +61,7 @@ from ..algos.registry import algorithm_spec
 from ..algos.rlpd import RLPD, expected_subset_min, rlpd_actor_loss, rlpd_target
 from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 from ..data.views import PopulationSampler
+from ..networks import EnsembleCritic
 from ..grid_options import COMPILE_MODES
 from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
 
@@ -116,6 +117,8 @@ class _Population:
 
     algorithm_cls: type
     randomness: str = "error"  # vmap randomness: IQL draws nothing inside its update
+    # The compiled CPU step evaluates the critics member by member (networks.EnsembleCritic.member_products).
+    member_critic_products: bool = False
 
     def __init__(self, agents: Sequence[Any], *, compile: bool | str = False) -> None:
         if len(agents) == 0:
@@ -165,6 +168,10 @@ class _Population:
         self.metric_names = self._probe_metric_names()
 
         self.compile_mode = self._resolve_compile(compile)
+        if self.compile_mode is not None and self.device.type == "cpu" and self.member_critic_products:
+            for module in self._losses.modules():
+                if isinstance(module, EnsembleCritic):
+                    module.member_products = True
         # Modes that capture CUDA graphs: replays overwrite outputs and copy every input
         # whose address is not marked static.
         self._cudagraphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
@@ -694,6 +701,7 @@ class CQLPopulation(_TemperaturePopulation):
     """
 
     algorithm_cls = CQL
+    member_critic_products = True  # measured: benchmarks/cql_reference.py
 
     def _loss_module(self) -> _LossModule:
         return _CQLLosses(self._template)
