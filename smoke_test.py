@@ -27,7 +27,7 @@ FIGURE_KINDS = ("learning_curves", "q_values", "critic_loss_variance", "corrupti
 
 
 def main() -> int:
-    from hybrid_rl.grid_options import DEFAULT_DATASET
+    from hybrid_rl.core.grid_options import DEFAULT_DATASET
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=None, help="results directory (default: a fresh temporary one)")
@@ -37,7 +37,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from hybrid_rl.cli import phase1_main
-    from hybrid_rl.grid import GridSpec
+    from hybrid_rl.studies.grid import GridSpec
 
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="hybrid_rl_smoke_"))

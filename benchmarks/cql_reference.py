@@ -12,7 +12,10 @@ Compared, interleaved round by round so a drift of the machine's speed hits all 
 ``eager``      ``TransitionSampler.sample`` + ``CQL.update`` (``--compile off``)
 ``default``    what ``hybrid-rl train --algo cql`` runs on a CPU with a C++ compiler for any
                run of 1,000 steps or more: the compiled population-of-one step
-               (``CQLPopulation(compile=True).train_step``)
+               (``CQLPopulation(compile=True).train_step``), whose critics are evaluated
+               member by member (``EnsembleCritic.member_products``)
+``batched``    the same compiled step with the critics' members in one batched product
+               (the eager layout): what the critic layout alone is worth
 
 The table gives updates/s (median over rounds) and each variant's rate relative to the
 reference. One thread by default, as the comparison that set the target was made.
@@ -151,11 +154,17 @@ def variants(dataset, config: CQLConfig) -> dict[str, Callable[[], object]]:
     sampler = TransitionSampler(dataset, device, obs_mean=obs_mean, obs_std=obs_std, seed=0)
     agent = CQL(dataset.obs_dim, dataset.act_dim, config, device)
     population_sampler = PopulationSampler(dataset, [DatasetView.full(dataset, normalize_observations=True)], [0], device)
+    batched_sampler = PopulationSampler(dataset, [DatasetView.full(dataset, normalize_observations=True)], [0], device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         population = CQLPopulation.create(dataset.obs_dim, dataset.act_dim, config, [0], device, compile=True)
+        batched = BatchedCriticsCQL.create(dataset.obs_dim, dataset.act_dim, config, [0], device, compile=True)
     return {"reference": reference_step, "eager": lambda: agent.update(sampler.sample(config.batch_size)),
-            "default": lambda: population.train_step(population_sampler)}
+            "default": lambda: population.train_step(population_sampler), "batched": lambda: batched.train_step(batched_sampler)}
+
+
+class BatchedCriticsCQL(CQLPopulation):
+    member_critic_products = False
 
 
 def main(argv: list[str] | None = None) -> int:

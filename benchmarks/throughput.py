@@ -47,7 +47,7 @@ import torch
 from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
-from hybrid_rl.grid import GridSpec
+from hybrid_rl.studies.grid import GridSpec
 from hybrid_rl.data.views import DatasetView, PopulationSampler
 from hybrid_rl.engine.population import CQLPopulation, IQLPopulation
 

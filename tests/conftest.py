@@ -185,7 +185,7 @@ TINY_DATASET = "gen-hopper-random-v0@3000"  # needs no behaviour policy file
 @pytest.fixture
 def base_config(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch):
     """A tiny IQL run on generated data: 120 steps, evaluations at 60 and 120, checkpoints every 40."""
-    from hybrid_rl.train import TrainConfig
+    from hybrid_rl.runs.train import TrainConfig
 
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     return TrainConfig(

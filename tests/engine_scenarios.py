@@ -145,7 +145,7 @@ def _kill_and_resume(args: list[str], run_dir: Path, data_dir: str) -> None:
 def _population_configs(algo: str, results: Path, cache: Path) -> list:
     from dataclasses import replace
 
-    from hybrid_rl.train import TrainConfig
+    from hybrid_rl.runs.train import TrainConfig
 
     base = TrainConfig(
         algo=algo, dataset=TINY_DATASET, seed=0, total_steps=STEPS, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES,
@@ -184,7 +184,7 @@ def run_scenarios(root: Path) -> dict[str, Any]:
         out["killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
 
         # Populations of 3 (one member with top-k removal, one with reward noise).
-        from hybrid_rl.train import train_population
+        from hybrid_rl.runs.train import train_population
 
         torch.set_num_threads(1)
         for algo in ("iql", "cql"):
@@ -193,7 +193,7 @@ def run_scenarios(root: Path) -> dict[str, Any]:
             out[f"population_{algo}"] = {path.name: run_outputs(path, root) for path in sorted(results.iterdir()) if path.is_dir()}
 
         # A grid of 4 IQL runs on 2 worker processes.
-        from hybrid_rl.grid import GridSpec, run_grid
+        from hybrid_rl.studies.grid import GridSpec, run_grid
 
         results = root / "grid"
         spec = GridSpec(
@@ -294,7 +294,7 @@ def run_phase2_scenarios(root: Path) -> dict[str, Any]:
         from dataclasses import replace
 
         from hybrid_rl.data.loader import load_dataset
-        from hybrid_rl.train import train
+        from hybrid_rl.runs.train import train
 
         load_dataset(TINY_DATASET, cache_dir=data_dir)
         torch.set_num_threads(1)
@@ -322,7 +322,7 @@ def run_phase2_scenarios(root: Path) -> dict[str, Any]:
         out["finetune_killed_and_resumed"] = {run_id: run_outputs(killed / run_id, root)}
 
         # IQL fine-tuning of two parents (seed 0 clean, seed 1 at k = 30) as one population.
-        from hybrid_rl.finetune import FinetuneConfig, finetune_population
+        from hybrid_rl.runs.finetune import FinetuneConfig, finetune_population
 
         population = root / "finetune_population"
         common = dict(method="iql", online_steps=ONLINE_STEPS, eval_every=60, eval_episodes=EVAL_EPISODES, switch_episodes=3, log_every=LOG_EVERY,
@@ -333,7 +333,7 @@ def run_phase2_scenarios(root: Path) -> dict[str, Any]:
         out["finetune_population"] = {path.name: run_outputs(path, root) for path in sorted(population.iterdir()) if path.is_dir()}
 
         # The Phase II study (its parents included) on 2 worker processes.
-        from hybrid_rl.phase2 import Phase2Spec, run_phase2
+        from hybrid_rl.studies.phase2 import Phase2Spec, run_phase2
 
         study = root / "study"
         spec = Phase2Spec(methods=("iql", "sac"), datasets=(TINY_DATASET,), remove_top_k=(0.0, 30.0), seeds=(0,), pretrain_steps=STEPS,

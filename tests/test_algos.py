@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hybrid_rl.algos import bc, cql, iql, td3bc
-from hybrid_rl.networks import TanhGaussianPolicy
+from hybrid_rl.core.networks import TanhGaussianPolicy
 from hybrid_rl.algos.registry import SPECS, available_algorithms, make_algorithm, make_config, reference_overrides
 from hybrid_rl.algos.sac import sac_target, temperature_loss
 
@@ -384,7 +384,7 @@ def test_bc_loss_is_action_mse_and_bc_has_no_critic() -> None:
 # ---------------------------------------------------------------------------------------
 def test_rlpd_target_is_the_min_over_the_chosen_subset_with_entropy() -> None:
     from hybrid_rl.algos.rlpd import rlpd_target
-    from hybrid_rl.networks import EnsembleCritic
+    from hybrid_rl.core.networks import EnsembleCritic
 
     critic = EnsembleCritic(OBS_DIM, ACT_DIM, (8,), ensemble_size=5, layer_norm=True)
     policy = TanhGaussianPolicy(OBS_DIM, ACT_DIM, (8,))

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_rl import train as train_module
+from hybrid_rl.runs import train as train_module
 from hybrid_rl.data.replay import DeviceReplayBuffer
 from hybrid_rl.engine.loop import OfflineStage, check_schedule, stage_at
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import run_killed
 

@@ -11,7 +11,7 @@ import pytest
 from hybrid_rl.cli import main as cli_main
 from hybrid_rl.data.dataset import ARRAY_FIELDS
 from hybrid_rl.data.loader import dataset_task, load_dataset
-from hybrid_rl.train import TrainConfig, prepare_dataset, train
+from hybrid_rl.runs.train import TrainConfig, prepare_dataset, train
 
 from conftest import TINY_DATASET
 

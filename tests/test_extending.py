@@ -20,9 +20,9 @@ from hybrid_rl.algos.base import Algorithm, Batch, Metrics, step_optimizer
 from hybrid_rl.algos.sac import q_statistics, td_loss
 from hybrid_rl.algos.spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
 from hybrid_rl.cli import main as cli_main
-from hybrid_rl.finetune import FinetuneConfig, finetune, methods
-from hybrid_rl.networks import DeterministicPolicy, EnsembleCritic, soft_update
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.runs.finetune import FinetuneConfig, finetune, methods
+from hybrid_rl.core.networks import DeterministicPolicy, EnsembleCritic, soft_update
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import TINY_DATASET
 

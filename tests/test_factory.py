@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from hybrid_rl.networks import TanhGaussianPolicy
+from hybrid_rl.core.networks import TanhGaussianPolicy
 from hybrid_rl.data import factory
-from hybrid_rl.fileio import atomic_torch_save
+from hybrid_rl.core.fileio import atomic_torch_save
 from hybrid_rl.data.hdf5io import read_hdf5, validate_hdf5
 from hybrid_rl.data.loader import load_dataset
 from hybrid_rl.data.robots import make_robot_env
@@ -299,9 +299,9 @@ def test_defaults_use_the_default_policy_version() -> None:
     suggest, follow factory.DEFAULT_POLICY_VERSION (flipping it to v1 flips them all)."""
     from hybrid_rl.cli import default_datasets
     from hybrid_rl.data.loader import default_generated_version
-    from hybrid_rl.grid_options import DEFAULT_DATASET
-    from hybrid_rl.phase2 import Phase2Spec
-    from hybrid_rl.train import TrainConfig
+    from hybrid_rl.core.grid_options import DEFAULT_DATASET
+    from hybrid_rl.studies.phase2 import Phase2Spec
+    from hybrid_rl.runs.train import TrainConfig
 
     version = factory.DEFAULT_POLICY_VERSION
     assert default_generated_version() == version

@@ -1,4 +1,4 @@
-"""Atomic writes and file locks (fileio.py)."""
+"""Atomic writes and file locks (core/fileio.py)."""
 from __future__ import annotations
 
 import errno
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from hybrid_rl import train as train_module
-from hybrid_rl.fileio import LockHeld, atomic_write_text, file_lock
-from hybrid_rl.run_format import RUN_LOCK_FILE
+from hybrid_rl.runs import train as train_module
+from hybrid_rl.core.fileio import LockHeld, atomic_write_text, file_lock
+from hybrid_rl.core.run_format import RUN_LOCK_FILE
 
 
 def test_lock_file_is_removed_and_waiters_relock(tmp_path):

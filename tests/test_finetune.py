@@ -15,9 +15,9 @@ from hybrid_rl.data.replay import DeviceReplayBuffer, MixedSampler
 from hybrid_rl.data.dataset import TransitionSampler
 from hybrid_rl.engine.loop import OfflineStage
 from hybrid_rl.engine.online import OnlineMember, OnlineStage
-from hybrid_rl.errors import HybridRLError
-from hybrid_rl.finetune import FinetuneConfig, finetune
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.core.errors import HybridRLError
+from hybrid_rl.runs.finetune import FinetuneConfig, finetune
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import TINY_DATASET, build_dataset, run_killed
 

@@ -22,9 +22,9 @@ import torch
 
 from hybrid_rl.engine.online import OnlineStage
 from hybrid_rl.engine.population import cpp_compiler
-from hybrid_rl.finetune import FinetuneConfig, finetune, finetune_population, population_key
-from hybrid_rl.train import TrainConfig, train
-from hybrid_rl.units import plan_units
+from hybrid_rl.runs.finetune import FinetuneConfig, finetune, finetune_population, population_key
+from hybrid_rl.runs.train import TrainConfig, train
+from hybrid_rl.runs.units import plan_units
 
 from conftest import TINY_DATASET, run_killed
 from test_finetune import SMALL, ft_config, read_records

@@ -13,10 +13,10 @@ import pytest
 
 from hybrid_rl.cli import main as cli_main
 from hybrid_rl.cli import phase1_main
-from hybrid_rl.errors import HybridRLError
-from hybrid_rl import units
-from hybrid_rl.grid import GridSpec, run_grid
-from hybrid_rl.units import plan_units, run_state
+from hybrid_rl.core.errors import HybridRLError
+from hybrid_rl.runs import units
+from hybrid_rl.studies.grid import GridSpec, run_grid
+from hybrid_rl.runs.units import plan_units, run_state
 
 DATASET = "gen-hopper-random-v0@3000"
 
@@ -254,8 +254,8 @@ def test_plot_only_on_empty_results_is_a_clear_error(tmp_path: Path, capsys: pyt
 
 GRID_SCRIPT = """
 import sys
-from hybrid_rl.errors import HybridRLError
-from hybrid_rl.grid import GridSpec, run_grid
+from hybrid_rl.core.errors import HybridRLError
+from hybrid_rl.studies.grid import GridSpec, run_grid
 spec = GridSpec(algos=("bc", "iql"), datasets=("{dataset}",), remove_top_k=(0.0, 30.0), seeds=(0,), total_steps={steps},
     eval_every=100, eval_episodes=2, log_every=25, checkpoint_every=100, device="cpu", results_dir=sys.argv[1], cache_dir="{cache}",
     algo_overrides={{"bc": {{"hidden": [32, 32]}}, "iql": {{"hidden": [32, 32]}}}})
@@ -349,7 +349,7 @@ def test_a_dead_worker_process_does_not_fail_the_grid(grid_script, tmp_path: Pat
 
 
 def test_second_grid_on_the_same_results_is_refused(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybrid_rl.fileio import file_lock
+    from hybrid_rl.core.fileio import file_lock
 
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(generated_cache))
     spec = small_spec(tmp_path / "r", generated_cache)
@@ -361,8 +361,8 @@ def test_second_grid_on_the_same_results_is_refused(tmp_path: Path, generated_ca
 
 
 def test_a_run_being_trained_elsewhere_is_not_touched(base_config) -> None:
-    from hybrid_rl.fileio import file_lock
-    from hybrid_rl.train import RunBusyError, train
+    from hybrid_rl.core.fileio import file_lock
+    from hybrid_rl.runs.train import RunBusyError, train
 
     run_dir = Path(base_config.results_dir) / base_config.run_id
     run_dir.mkdir(parents=True)
@@ -451,7 +451,7 @@ def test_train_and_the_grid_share_their_run_defaults(tmp_path: Path, generated_c
 
 def test_runs_of_other_budgets_and_settings_coexist_and_the_quick_studies_share_parents() -> None:
     from hybrid_rl.cli import build_parser, grid_spec, phase2_spec
-    from hybrid_rl.train import TrainConfig
+    from hybrid_rl.runs.train import TrainConfig
 
     assert TrainConfig(dataset=DATASET).run_id == f"iql__{DATASET}__k0__noise0__s0"  # default budget and settings: the short id
     assert TrainConfig(dataset=DATASET, total_steps=20_000).run_id == f"iql__{DATASET}__k0__noise0__steps20k__s0"

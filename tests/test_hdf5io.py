@@ -10,7 +10,7 @@ import pytest
 
 from hybrid_rl.data.dataset import ARRAY_FIELDS
 from hybrid_rl.data.hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
-from hybrid_rl.errors import HybridRLError
+from hybrid_rl.core.errors import HybridRLError
 
 
 def test_round_trip_keeps_arrays_infos_and_metadata(hopper_dataset, tmp_path):

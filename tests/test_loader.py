@@ -32,7 +32,7 @@ from hybrid_rl.data.loader import (
     make_env,
     make_vector_env,
 )
-from hybrid_rl.errors import (
+from hybrid_rl.core.errors import (
     DatasetEnvMismatchError,
     DatasetUnavailableError,
     HybridRLError,
@@ -197,7 +197,7 @@ def test_every_form_of_a_dataset_id_trains_with_the_same_presets(hopper_dataset,
     gets CORL's hopper-medium IQL settings, not the generic ones."""
     import torch
 
-    from hybrid_rl.train import TrainConfig, build_algorithm
+    from hybrid_rl.runs.train import TrainConfig, build_algorithm
 
     exported = tmp_path / "exported.hdf5"
     write_hdf5(hopper_dataset.replace(metadata={"source_dataset_id": "hopper-medium-v2"}), exported)

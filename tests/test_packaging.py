@@ -43,7 +43,7 @@ def test_runs_record_the_source_revision_of_a_checkout() -> None:
     import subprocess
 
     import hybrid_rl
-    from hybrid_rl.provenance import source_revision
+    from hybrid_rl.core.provenance import source_revision
 
     source = source_revision()
     package = Path(hybrid_rl.__file__).resolve().parent

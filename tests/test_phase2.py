@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hybrid_rl.cli import phase2_main
-from hybrid_rl.errors import HybridRLError
-from hybrid_rl.phase2 import Phase2Spec, run_phase2
+from hybrid_rl.core.errors import HybridRLError
+from hybrid_rl.studies.phase2 import Phase2Spec, run_phase2
 
 from conftest import TINY_DATASET
 
@@ -111,7 +111,7 @@ from dataclasses import replace
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_phase2 import tiny_spec
-from hybrid_rl.phase2 import run_phase2
+from hybrid_rl.studies.phase2 import run_phase2
 spec = replace(tiny_spec(Path({root!r}), Path({cache!r})), methods=("iql", "sac"), remove_top_k=(0.0,), online_steps=400, checkpoint_every=100, eval_every=200)
 status = run_phase2(spec, workers=1, log=lambda line: None, progress=False)
 sys.exit(1 if status["failed"] else 0)

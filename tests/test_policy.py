@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hybrid_rl.cli import main as cli_main
-from hybrid_rl.rollouts import episode_returns
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.core.rollouts import episode_returns
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import TINY_DATASET
 

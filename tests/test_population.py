@@ -177,7 +177,7 @@ def run_iql_population_and_singles(base: OfflineDataset, steps: int, **populatio
     seeds = [seed for seed, _, _ in runs]
     singles = []
     for seed, corrupted, view in runs:
-        torch.manual_seed(seed)  # as train.py before building the algorithm
+        torch.manual_seed(seed)  # as runs/train.py before building the algorithm
         singles.append((IQL(OBS_DIM, ACT_DIM, IQL_TINY), single_sampler(corrupted, view, seed)))
     population = IQLPopulation.create(OBS_DIM, ACT_DIM, IQL_TINY, seeds, **population_kwargs)
     sampler = PopulationSampler(base, [view for _, _, view in runs], seeds)

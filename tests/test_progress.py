@@ -5,12 +5,12 @@ import io
 
 import pytest
 
-from hybrid_rl.progress import PlainProgress, progress_bar
+from hybrid_rl.core.progress import PlainProgress, progress_bar
 
 
 def test_plain_progress_writes_whole_lines_with_rate_and_eta(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     now = [0.0]
-    monkeypatch.setattr("hybrid_rl.progress.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("hybrid_rl.core.progress.time.monotonic", lambda: now[0])
     out = io.StringIO()
     bar = PlainProgress(total=1000, desc="grid", unit="step", stream=out, interval_s=60)
     now[0] = 30.0

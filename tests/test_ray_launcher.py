@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_rl.errors import MissingDependencyError
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.core.errors import MissingDependencyError
+from hybrid_rl.runs.train import TrainConfig, train
 
 DATASET = "gen-hopper-random-v0@3000"  # uniform-random data: generated in ~2 s, no policy file
 REDUCED = os.environ.get("HYBRID_RL_CI_REDUCED") == "1"
@@ -67,7 +67,7 @@ def assert_clean_run_dir(run_dir: Path, steps: int, log_every: int = 50) -> None
 # Without Ray
 # ---------------------------------------------------------------------------------------
 def test_missing_ray_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hybrid_rl import ray_launcher
+    from hybrid_rl.studies import ray_launcher
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     for call in (ray_launcher.require_ray, lambda: ray_launcher.run_configs_on_ray([TrainConfig(results_dir=str(tmp_path))], address=None)):
@@ -99,7 +99,7 @@ def test_cli_launcher_ray_without_ray(study: str, monkeypatch: pytest.MonkeyPatc
 # Checks that need Ray but no cluster
 # ---------------------------------------------------------------------------------------
 def test_threads_follow_the_cpu_share() -> None:
-    from hybrid_rl.ray_launcher import threads_for
+    from hybrid_rl.studies.ray_launcher import threads_for
 
     assert [threads_for(c) for c in (0.25, 0.5, 1, 1.6, 2, 4)] == [1, 1, 1, 2, 2, 4]
 
@@ -115,8 +115,8 @@ def test_threads_follow_the_cpu_share() -> None:
 )
 def test_bad_resources_fail_before_ray_starts(kwargs, config_changes, message, tmp_path: Path) -> None:
     ray = import_ray()
-    from hybrid_rl.errors import HybridRLError
-    from hybrid_rl.ray_launcher import run_configs_on_ray
+    from hybrid_rl.core.errors import HybridRLError
+    from hybrid_rl.studies.ray_launcher import run_configs_on_ray
 
     with pytest.raises(HybridRLError, match=message):
         run_configs_on_ray([TrainConfig(results_dir=str(tmp_path), **config_changes)], address=None, **kwargs)
@@ -125,7 +125,7 @@ def test_bad_resources_fail_before_ray_starts(kwargs, config_changes, message, t
 
 def test_a_run_ray_gave_up_on_is_a_one_line_failure() -> None:
     ray = import_ray()
-    from hybrid_rl.ray_launcher import _system_failure
+    from hybrid_rl.studies.ray_launcher import _system_failure
 
     result = _system_failure(ray, "run", ray.exceptions.WorkerCrashedError(), max_retries=3)
     assert not result["ok"] and result["error"].startswith("worker died on each of 4 attempts: WorkerCrashedError")
@@ -181,7 +181,7 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_grid_through_two_worker_nodes_equals_local_runs(ray_cluster, dataset_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from hybrid_rl.ray_launcher import run_configs_on_ray
+    from hybrid_rl.studies.ray_launcher import run_configs_on_ray
 
     cluster, address = ray_cluster
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))  # forwarded to the tasks
@@ -228,7 +228,7 @@ def test_worker_node_killed_mid_run_grid_still_completes(ray_cluster, dataset_ca
     the surviving node, it resumes from its checkpoint, and every result is whole and single."""
     import ray
 
-    from hybrid_rl.ray_launcher import run_configs_on_ray
+    from hybrid_rl.studies.ray_launcher import run_configs_on_ray
 
     cluster, address = ray_cluster
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))
@@ -277,8 +277,8 @@ def test_worker_node_killed_mid_run_grid_still_completes(ray_cluster, dataset_ca
 def test_grid_population_is_one_ray_task_equal_to_a_local_population(ray_cluster, dataset_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--launcher ray --population on`: the runs that differ only in seed and corruption go
     to one task as one population; its run directories equal a population trained here."""
-    from hybrid_rl.grid import GridSpec, run_grid
-    from hybrid_rl.train import train_population
+    from hybrid_rl.studies.grid import GridSpec, run_grid
+    from hybrid_rl.runs.train import train_population
 
     _, address = ray_cluster
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))
@@ -313,7 +313,7 @@ def test_phase2_study_through_worker_nodes_equals_the_local_study(ray_cluster, d
     the driver; every run directory equals the same study run here with local workers."""
     from test_phase2 import tiny_spec
 
-    from hybrid_rl.phase2 import run_phase2
+    from hybrid_rl.studies.phase2 import run_phase2
 
     _, address = ray_cluster
     monkeypatch.setenv("HYBRID_RL_DATA_DIR", str(dataset_cache))

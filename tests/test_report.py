@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hybrid_rl.data.refs import PUBLISHED_SCORES
-from hybrid_rl.errors import HybridRLError
+from hybrid_rl.core.errors import HybridRLError
 from hybrid_rl.eval import report as report_module
 from hybrid_rl.eval.report import build_report
 from hybrid_rl.eval.runs import (

@@ -16,7 +16,7 @@ from hybrid_rl.eval.stats import (
     rolling_variance,
     to_original_reward_units,
 )
-from hybrid_rl.run_format import final_score
+from hybrid_rl.core.run_format import final_score
 
 
 # ----------------------------------------------------------------------------- final_score

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hybrid_rl.cli import main as cli_main
-from hybrid_rl.trackers import scalars
+from hybrid_rl.core.trackers import scalars
 
 from conftest import TINY_DATASET
 

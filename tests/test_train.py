@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_rl import train as train_module
-from hybrid_rl.errors import HybridRLError
-from hybrid_rl.train import ConfigMismatchError, TrainConfig, mc_diagnostic_indices, resolve_device, train
+from hybrid_rl.runs import train as train_module
+from hybrid_rl.core.errors import HybridRLError
+from hybrid_rl.runs.train import ConfigMismatchError, TrainConfig, mc_diagnostic_indices, resolve_device, train
 
 from conftest import TINY_DATASET as DATASET
 from conftest import run_killed

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hybrid_rl.data import views as views_module
-from hybrid_rl import train as train_module
-from hybrid_rl.train import TrainConfig, population_key, train, train_population
+from hybrid_rl.runs import train as train_module
+from hybrid_rl.runs.train import TrainConfig, population_key, train, train_population
 
 from conftest import run_killed
 

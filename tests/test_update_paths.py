@@ -23,8 +23,8 @@ from hybrid_rl.algos.sac import SAC, SACConfig
 from hybrid_rl.data.views import PopulationSampler
 from hybrid_rl.algos.registry import SPECS
 from hybrid_rl.engine.population import compiled_step_wanted, cpp_compiler
-from hybrid_rl.finetune import FinetuneConfig, _online_learner
-from hybrid_rl.train import TrainConfig, train
+from hybrid_rl.runs.finetune import FinetuneConfig, _online_learner
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import run_killed
 

@@ -29,7 +29,7 @@ mujoco.set_mju_user_warning(_mujoco_warning)
 def __getattr__(name: str):
     """``hybrid_rl.load_policy`` / ``hybrid_rl.Policy`` (imported on first use: they need torch)."""
     if name in ("load_policy", "Policy"):
-        from . import policy
+        from .runs import policy
 
         return getattr(policy, name)
     raise AttributeError(f"module 'hybrid_rl' has no attribute {name!r}")

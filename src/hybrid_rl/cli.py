@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import HybridRLError
+from .core.errors import HybridRLError
 
 EXIT_BAD_INPUT = 2
 
@@ -77,7 +77,7 @@ def add_wandb_argument(parser: argparse.ArgumentParser) -> None:
 def check_wandb(args: argparse.Namespace) -> None:
     """--wandb without the package is a one-line error before any work."""
     if getattr(args, "wandb", None):
-        from .trackers import require_wandb
+        from .core.trackers import require_wandb
 
         require_wandb()
 
@@ -91,7 +91,7 @@ def add_settings_argument(parser: argparse.ArgumentParser, what: str) -> None:
 def announce_run(run_dir: str | Path, *, resume: bool) -> None:
     """Say on stderr where a single run's directory is, and whether it is finished (then
     skipped) or resumes, so a log read later says what the command did."""
-    from .run_format import RESULT_STATUSES, checkpoint_step, read_summary
+    from .core.run_format import RESULT_STATUSES, checkpoint_step, read_summary
 
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) if resume else None
@@ -190,7 +190,7 @@ def check_level_flags(remove_top_k: Sequence[float], reward_noise_std: Sequence[
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+    from .core.grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
 
     # Names are checked against the registry when the command runs (importing it here would
     # make --help import torch); `hybrid-rl algorithms` lists them.
@@ -229,7 +229,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_population_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
+    from .core.grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 
     parser.add_argument("--population", choices=POPULATION_MODES, default="auto",
                         help="train runs that differ only in seed and corruption as one vmapped population: auto = on GPUs only (default), on, off")
@@ -254,7 +254,7 @@ def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
     """The grid's default datasets and a sentence saying why they were chosen."""
     from .data.factory import DEFAULT_POLICY_VERSION
     from .data.loader import d4rl_cached_path
-    from .grid_options import D4RL_DEFAULT_ENVS
+    from .core.grid_options import D4RL_DEFAULT_ENVS
 
     if all(d4rl_cached_path(name, cache_dir) is not None for name in D4RL_DEFAULT_ENVS):
         return D4RL_DEFAULT_ENVS, "D4RL files found in the local cache"
@@ -268,7 +268,7 @@ def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
 
 def resolve_workers(text: str, device: str, runs: int) -> int:
     if text == "auto":
-        from .train import resolve_device
+        from .runs.train import resolve_device
 
         if resolve_device(device).type != "cpu":
             return 1
@@ -284,8 +284,8 @@ def resolve_workers(text: str, device: str, runs: int) -> int:
 
 def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
     """The Phase I grid the flags describe (``--quick``: 20k steps, one seed, evaluations every 2k)."""
-    from .grid import GridSpec
-    from .grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+    from .studies.grid import GridSpec
+    from .core.grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
 
     return GridSpec(
         algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
@@ -300,7 +300,7 @@ def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
 @guarded
 def grid_command(args: argparse.Namespace) -> int:
     from .eval.report import build_report
-    from .grid import check_setting_axes, check_writable_dir, run_grid
+    from .studies.grid import check_setting_axes, check_writable_dir, run_grid
 
     check_launcher_arguments(args)
     check_wandb(args)
@@ -336,9 +336,9 @@ def grid_command(args: argparse.Namespace) -> int:
 @guarded
 def train_command(args: argparse.Namespace) -> int:
     from .algos.registry import available_algorithms
-    from .grid import check_setting_axes, preflight, setting_combinations
-    from .grid_options import run_schedule
-    from .train import TrainConfig, train
+    from .studies.grid import check_setting_axes, preflight, setting_combinations
+    from .core.grid_options import run_schedule
+    from .runs.train import TrainConfig, train
 
     if args.algo not in available_algorithms():
         raise HybridRLError(f"unknown algorithm {args.algo!r}; choose from {available_algorithms()}")
@@ -365,7 +365,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+    from .core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
 
     parser.add_argument("--algo", default="iql", type=str.lower)
     parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
@@ -380,7 +380,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import COMPILE_HELP, COMPILE_MODES
+    from .core.grid_options import COMPILE_HELP, COMPILE_MODES
 
     parser.add_argument("--compile", nargs="?", const="on", choices=COMPILE_MODES, default="auto", help=COMPILE_HELP)
 
@@ -408,9 +408,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, override
 # ---------------------------------------------------------------------------------------
 @guarded
 def finetune_command(args: argparse.Namespace) -> int:
-    from .finetune import SCRATCH, FinetuneConfig, finetune, with_parent
-    from .grid import check_writable_dir
-    from .grid_options import run_schedule
+    from .runs.finetune import SCRATCH, FinetuneConfig, finetune, with_parent
+    from .studies.grid import check_writable_dir
+    from .core.grid_options import run_schedule
 
     config = FinetuneConfig(
         method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
@@ -439,7 +439,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
+    from .core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
 
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
@@ -466,7 +466,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .grid_options import (DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS, PHASE2_DEFAULT_METHODS,
+    from .core.grid_options import (DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS, PHASE2_DEFAULT_METHODS,
                                PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS)
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
@@ -507,9 +507,9 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
 def phase2_spec(args: argparse.Namespace) -> Any:
     """The Phase II study the flags describe. ``--quick``'s parents are the runs that
     ``run_phase1.py --quick`` makes (20k steps, evaluations every 2k), reused when present."""
-    from .grid_options import (DEFAULT_ONLINE_STEPS, DEFAULT_TOTAL_STEPS, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
+    from .core.grid_options import (DEFAULT_ONLINE_STEPS, DEFAULT_TOTAL_STEPS, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
                                PHASE2_QUICK_WARMUP_STEPS)
-    from .phase2 import Phase2Spec
+    from .studies.phase2 import Phase2Spec
 
     online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else DEFAULT_ONLINE_STEPS)
     return Phase2Spec(
@@ -528,7 +528,7 @@ def phase2_spec(args: argparse.Namespace) -> Any:
 @guarded
 def phase2_command(args: argparse.Namespace) -> int:
     from .eval.recovery_report import build_recovery_report
-    from .grid import check_writable_dir
+    from .studies.grid import check_writable_dir
 
     check_launcher_arguments(args)
     check_wandb(args)
@@ -537,7 +537,7 @@ def phase2_command(args: argparse.Namespace) -> int:
         written = build_recovery_report(args.results_phase2, args.plots)
         print(f"recovery report rebuilt from {args.results_phase2}: {len(written['figures'])} figure files in {args.plots}, tables {args.results_phase2}/recovery.md and recovery.csv")
         return 0
-    from .phase2 import run_phase2
+    from .studies.phase2 import run_phase2
 
     check_level_flags(args.remove_top_k, args.reward_noise_std)
     spec = phase2_spec(args)
@@ -568,7 +568,7 @@ def report_command(args: argparse.Namespace) -> int:
     from .eval.recovery_report import build_recovery_report
     from .eval.report import NoRunsError, build_report
     from .eval.runs import finetune_run_dirs
-    from .grid import check_writable_dir
+    from .studies.grid import check_writable_dir
 
     check_writable_dir(args.plots, "--plots")
     written: dict[str, Any] = {}
@@ -590,8 +590,8 @@ def report_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 def export_command(args: argparse.Namespace) -> int:
     """``hybrid-rl dataset export``: every check before the data are loaded, nothing written on bad input."""
-    from .export import data_config_of_run, export_dataset
-    from .train import TrainConfig
+    from .runs.export import data_config_of_run, export_dataset
+    from .runs.train import TrainConfig
 
     if (args.name is None) == (args.run_dir is None):
         raise HybridRLError("name a dataset or pass --from RESULTS/RUN_ID (one of the two)")
@@ -690,7 +690,7 @@ def dataset_command(args: argparse.Namespace) -> int:
 
 @guarded
 def policy_command(args: argparse.Namespace) -> int:
-    from .policy import load_policy
+    from .runs.policy import load_policy
 
     out = Path(args.out)
     if out.exists() and not args.force:

@@ -124,7 +124,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def step_optimizer(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters) -> torch.Tensor:
     """zero_grad, backward, step; returns the gradient norm before the step (0-d tensor)."""
-    from ..networks import grad_norm
+    from ..core.networks import grad_norm
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

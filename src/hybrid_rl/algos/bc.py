@@ -16,7 +16,7 @@ import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, check_reward_scaling
-from ..networks import DeterministicPolicy
+from ..core.networks import DeterministicPolicy
 
 
 @dataclass(frozen=True)

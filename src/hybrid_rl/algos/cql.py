@@ -42,7 +42,7 @@ import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
-from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .sac import q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)

@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
-from ..networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
+from ..core.networks import DeterministicPolicy, EnsembleCritic, GaussianPolicy, ValueNetwork, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe
 from .sac import entropy_bonus, q_statistics, td_loss, temperature_loss

@@ -16,7 +16,7 @@ import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe
-from ..networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
 

@@ -25,7 +25,7 @@ import torch
 
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, check_reward_scaling
-from ..networks import DeterministicPolicy, EnsembleCritic, soft_update
+from ..core.networks import DeterministicPolicy, EnsembleCritic, soft_update
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)

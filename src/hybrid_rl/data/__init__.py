@@ -1,5 +1,5 @@
 """Data layer: sources -> OfflineDataset -> corruption -> sampler."""
-from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, HybridRLError, MissingDependencyError, UnknownDatasetError
+from ..core.errors import DatasetEnvMismatchError, DatasetUnavailableError, HybridRLError, MissingDependencyError, UnknownDatasetError
 from .corruption import (
     CORRUPTION_KINDS,
     add_reward_noise,

@@ -37,13 +37,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..provenance import package_versions
-from ..fileio import atomic_torch_save, file_sha256, read_file_record, sha256_of_file, write_file_record
+from ..core.provenance import package_versions
+from ..core.fileio import atomic_torch_save, file_sha256, read_file_record, sha256_of_file, write_file_record
 from .robots import EPISODE_LIMIT, FACTORY_ROBOTS, MEDIUM_TARGET_RANGE, evaluate_actor, make_robot_env, read_progress, robot_dimensions
 from .dataset import OfflineDataset, concatenate_datasets
 from .hdf5io import DatasetFileError, read_hdf5, validate_hdf5, write_hdf5
 from .refs import GYM_ENV_IDS, normalized_score
-from ..networks import TanhGaussianPolicy
+from ..core.networks import TanhGaussianPolicy
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 POLICY_VERSIONS = ("v0", "v1")  # shipped behaviour-policy versions, oldest first
@@ -362,7 +362,7 @@ def stochastic_actor_policy(actor: TanhGaussianPolicy, seed: int) -> PolicyFn:
         noise = torch.randn(mean.shape, generator=generator)
         pre_tanh = mean + log_std.exp() * noise
         log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(pre_tanh).sum(-1)
-        from ..networks import tanh_log_det_jacobian
+        from ..core.networks import tanh_log_det_jacobian
 
         log_prob = log_prob - tanh_log_det_jacobian(pre_tanh).sum(-1)
         return torch.tanh(pre_tanh).numpy(), log_prob.numpy()
@@ -389,7 +389,7 @@ def rollout(robot: str, policy: PolicyFn, num_transitions: int, *, num_envs: int
     episode is cut at `num_transitions` (a trailing partial trajectory, as in D4RL files).
     Deterministic for a given seed: envs are seeded once and stepped in a fixed order.
     """
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     envs = [make_robot_env(robot) for _ in range(num_envs)]
     obs = np.stack([env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
@@ -432,7 +432,7 @@ def rollout_sequential(robot: str, policy: PolicyFn, num_transitions: int, *, se
     fields = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel", "action_log_probs")
     out = {key: [] for key in fields}
     obs, _ = env.reset(seed=seed * 1000)
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     for step in progress_bar(range(num_transitions), desc=desc or f"replay {robot}", disable=not progress, unit="tr", mininterval=2):
         action, log_prob = policy(obs[None].astype(np.float32), step)

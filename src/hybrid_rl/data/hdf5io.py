@@ -13,8 +13,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import HybridRLError
-from ..fileio import atomic_path
+from ..core.errors import HybridRLError
+from ..core.fileio import atomic_path
 from .dataset import ARRAY_FIELDS, OfflineDataset, build_next_observations
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
-from ..fileio import file_lock, file_sha256, read_file_record, sidecar_path, write_file_record
+from ..core.errors import DatasetEnvMismatchError, DatasetUnavailableError, MissingDependencyError, UnknownDatasetError
+from ..core.fileio import file_lock, file_sha256, read_file_record, sidecar_path, write_file_record
 from .dataset import OfflineDataset
 from .hdf5io import DatasetFileError, read_hdf5, read_hdf5_metadata, validate_hdf5
 from .envs import register_envs
@@ -247,7 +247,7 @@ def _download_attempt(url: str, part: Path, *, timeout: float, progress: bool) -
         if start and response.status != 206:
             start = 0  # server ignored the Range header and sends the whole file
         total = _total_size(response, start)
-        from ..progress import progress_bar
+        from ..core.progress import progress_bar
 
         mode = "ab" if start else "wb"
         received = start

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ..rollouts import episode_returns
+from ..core.rollouts import episode_returns
 from .envs import register_envs
 from .refs import GYM_ENV_IDS
 

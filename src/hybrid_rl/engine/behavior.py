@@ -38,7 +38,7 @@ from .population import SACPopulation, cpp_compiler
 from ..data.replay import ReplayBuffer
 from ..data.refs import normalized_score
 from ..data.robots import evaluate_actor, make_robot_env
-from ..fileio import atomic_torch_save, atomic_write_text
+from ..core.fileio import atomic_torch_save, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     returns and normalized scores), ``snapshots/actor_{step:07d}.pt`` (actor weights),
     ``checkpoint.pt`` (everything needed to resume), ``config.json``.
     """
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     out = Path(out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data.views import PopulationSampler
-from ..rollouts import episode_returns
+from ..core.rollouts import episode_returns
 
 
 class Learner(Protocol):

@@ -115,7 +115,7 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
     is finished at once and drops out of logging, evaluation and checkpoints (in a
     population its parameters go on being updated, but nothing reads them any more).
     """
-    from ..progress import PlainProgress, progress_bar
+    from ..core.progress import PlainProgress, progress_bar
 
     check_schedule(schedule)
     config = books[0].config  # the schedule fields are shared by every member

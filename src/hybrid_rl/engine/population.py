@@ -61,8 +61,8 @@ from ..algos.registry import algorithm_spec
 from ..algos.rlpd import RLPD, expected_subset_min, rlpd_actor_loss, rlpd_target
 from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 from ..data.views import PopulationSampler
-from ..networks import EnsembleCritic
-from ..grid_options import COMPILE_MODES
+from ..core.networks import EnsembleCritic
+from ..core.grid_options import COMPILE_MODES
 from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
 
 Tensors = dict[str, torch.Tensor]

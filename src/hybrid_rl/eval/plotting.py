@@ -44,8 +44,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from ..algos.registry import algorithm_spec, is_known
-from ..fileio import write_atomically
-from ..naming import format_setting
+from ..core.fileio import write_atomically
+from ..core.naming import format_setting
 from .runs import CorruptionLevel, RunRecord, is_generated_dataset
 from .stats import (
     DEFAULT_REPS,

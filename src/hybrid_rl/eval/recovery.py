@@ -48,8 +48,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..naming import settings_parts
-from ..run_format import CONFIG_FILE, SUMMARY_FILE
+from ..core.naming import settings_parts
+from ..core.run_format import CONFIG_FILE, SUMMARY_FILE
 from .runs import RunRecord, finetune_run_dirs, load_run, read_metrics
 
 EARLY_FRACTION = 0.1  # the dip's window: the first 10% of online steps

@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import HybridRLError
-from ..fileio import atomic_write_text
+from ..core.errors import HybridRLError
+from ..core.fileio import atomic_write_text
 from .recovery import REFERENCES, Measured, Recovery, binned_means, is_control, kaplan_meier_median, load_recoveries
 from .stats import ScoreEstimate, interval_estimates, mean_ci_over_seeds, paired_difference, t_interval
 

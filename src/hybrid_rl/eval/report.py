@@ -28,9 +28,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..data.refs import PUBLISHED_SCORES
-from ..fileio import atomic_write_text
-from ..naming import format_setting
-from ..run_format import FAILED, IN_PROGRESS
+from ..core.fileio import atomic_write_text
+from ..core.naming import format_setting
+from ..core.run_format import FAILED, IN_PROGRESS
 from .plotting import algo_display_name, plot_all, safe_name
 from .runs import (
     CorruptionLevel,

@@ -21,10 +21,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import HybridRLError
-from ..run_format import (COMPLETED, CONFIG_FILE, DIVERGED, FAILED, IN_PROGRESS, KNOWN_STATUSES, METRICS_FILE, RESULT_STATUSES,
+from ..core.errors import HybridRLError
+from ..core.run_format import (COMPLETED, CONFIG_FILE, DIVERGED, FAILED, IN_PROGRESS, KNOWN_STATUSES, METRICS_FILE, RESULT_STATUSES,
                           SUMMARY_FILE, final_score)
-from ..naming import format_steps, settings_parts
+from ..core.naming import format_steps, settings_parts
 
 # Canonical order and label format of the built-in corruption parameters (top-level keys
 # of config["corruption"]); other numeric keys are shown as ``key=value`` after these.

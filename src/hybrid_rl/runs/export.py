@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import HybridRLError
-from .run_format import CONFIG_FILE, RESULT_STATUSES, read_summary
+from ..core.errors import HybridRLError
+from ..core.run_format import CONFIG_FILE, RESULT_STATUSES, read_summary
 from .train import TrainConfig, prepare_dataset
 
 FORMATS = ("d4rl", "minari")
@@ -51,10 +51,10 @@ def export_dataset(data: TrainConfig, out: str | Path, *, fmt: str = "d4rl", run
         **({"run_id": run_config.get("run_id")} if run_config else {}),
     }
     if fmt == "minari":
-        from .data.loader import export_minari
+        from ..data.loader import export_minari
 
         return export_minari(corrupted, str(out), provenance=provenance)
-    from .data.hdf5io import write_hdf5
+    from ..data.hdf5io import write_hdf5
 
     keep = {key: value for key, value in original.metadata.items() if key in ("env_name", "gym_env_id", "gym_env_kwargs", "gym_env_spec", "source", "recipe")}
     write_hdf5(corrupted.replace(metadata={**keep, **provenance}), Path(out))

@@ -31,17 +31,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .data.corruption import check_corruptions, check_shorthands
-from .data.dataset import OfflineDataset, TransitionSampler, truncated_tail_steps
-from .data.refs import normalized_score
-from .data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
-from .engine.loop import OfflineStage, Schedule, fit, load_stage_states
-from .errors import HybridRLError
-from .fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
-from .grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
-from .naming import format_steps, settings_parts
-from .provenance import source_revision
-from .run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
+from ..data.corruption import check_corruptions, check_shorthands
+from ..data.dataset import OfflineDataset, TransitionSampler, truncated_tail_steps
+from ..data.refs import normalized_score
+from ..data.views import is_view_corruption, mc_returns_to_go, run_preprocessing
+from ..engine.loop import OfflineStage, Schedule, fit, load_stage_states
+from ..core.errors import HybridRLError
+from ..core.fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
+from ..core.grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+from ..core.naming import format_steps, settings_parts
+from ..core.provenance import source_revision
+from ..core.run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FILE, RUN_FORMAT_VERSION, RUN_LOCK_FILE, SUMMARY_FILE, COMPLETED,
                          DIVERGED, final_score, finished_summary)
 
 ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
@@ -112,7 +112,7 @@ class TrainConfig:
     def settings(self) -> dict[str, Any]:
         """The algorithm settings this run changes from the published defaults
         (``algos.registry.non_default_settings``; ValueError for a field the algorithm lacks)."""
-        from .algos.registry import available_algorithms, non_default_settings
+        from ..algos.registry import available_algorithms, non_default_settings
 
         return non_default_settings(self.algo, self.algo_overrides) if self.algo in available_algorithms() else {}
 
@@ -169,7 +169,7 @@ def mc_diagnostic_indices(dataset: OfflineDataset, discount: float, size: int, s
 
 
 def package_versions() -> dict[str, str]:
-    from .provenance import package_versions as versions
+    from ..core.provenance import package_versions as versions
 
     return {**versions(), "python": platform.python_version()}
 
@@ -194,8 +194,8 @@ def corruption_specs(config: TrainConfig) -> list[dict]:
 
 def prepare_dataset(config: TrainConfig, original: OfflineDataset | None = None) -> tuple[OfflineDataset, OfflineDataset, list[dict]]:
     """Load the dataset (unless given) and apply the configured corruptions: (original, corrupted, records)."""
-    from .data.corruption import apply_corruptions
-    from .data.loader import load_dataset
+    from ..data.corruption import apply_corruptions
+    from ..data.loader import load_dataset
 
     if original is None:
         original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
@@ -206,8 +206,8 @@ def prepare_dataset(config: TrainConfig, original: OfflineDataset | None = None)
 def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
     """The run's overrides of its algorithm's settings; raises ValueError (naming the valid
     fields) for an unknown algorithm or field, without building anything."""
-    from .algos.registry import make_config
-    from .data.loader import dataset_task
+    from ..algos.registry import make_config
+    from ..data.loader import dataset_task
 
     overrides = dict(config.algo_overrides)
     if hasattr(make_config(config.algo, dataset_task(config.dataset), overrides), "max_steps"):
@@ -217,8 +217,8 @@ def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
 
 def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
     """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
-    from .algos.registry import make_algorithm
-    from .data.loader import dataset_task
+    from ..algos.registry import make_algorithm
+    from ..data.loader import dataset_task
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -318,7 +318,7 @@ class RunBook:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, original: OfflineDataset,
                  dataset: OfflineDataset, records: list[dict], algo_config: Any, started: float,
                  on_progress: ProgressCallback | None = None) -> None:
-        from .data.loader import make_env
+        from ..data.loader import make_env
 
         self.config, self.run_dir, self.device = config, run_dir, device
         self.original, self.dataset, self.records, self.algo_config = original, dataset, records, algo_config
@@ -412,7 +412,7 @@ class RunBook:
 
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         if self.config.wandb:
-            from .trackers import start_wandb_run
+            from ..core.trackers import start_wandb_run
 
             job = "finetune" if "online" in self.written_config else "train"
             self._wandb = start_wandb_run(self.config.wandb, self.run_dir, self.config.run_id, json.loads(json.dumps(self.written_config, default=str)), job)
@@ -425,7 +425,7 @@ class RunBook:
         self._metrics_file.write(json.dumps(record) + "\n")
         self._metrics_file.flush()
         if self._writer is not None or self._wandb is not None:
-            from .trackers import scalars
+            from ..core.trackers import scalars
 
             values = scalars(record)
             for key, value in values.items() if self._writer is not None else ():
@@ -484,7 +484,7 @@ class RunBook:
             "algorithm": algorithm_state,
             "sampler": stage_states[0],
             **({"stages": list(stage_states[1:])} if len(stage_states) > 1 else {}),
-            # What a policy needs to act on raw observations (hybrid_rl.policy.load_policy).
+            # What a policy needs to act on raw observations (hybrid_rl.runs.policy.load_policy).
             "preprocessing": {"obs_mean": self.obs_mean, "obs_std": self.obs_std, "reward_scale": self.reward_scale},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -592,8 +592,8 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, devic
     compiled population of one: the same losses, batches and random draws, equal to the
     eager run up to floating-point rounding (tests/test_update_paths.py).
     """
-    from .engine.learners import AgentLearner, PopulationLearner
-    from .engine.population import compiled_step_wanted, population_class
+    from ..engine.learners import AgentLearner, PopulationLearner
+    from ..engine.population import compiled_step_wanted, population_class
 
     first = books[0]
     config = first.config
@@ -602,7 +602,7 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, devic
         sampler = TransitionSampler(first.dataset, first.device, obs_mean=first.obs_mean, obs_std=first.obs_std,
                                     reward_scale=first.reward_scale, seed=config.seed, extra=mc_extra(first))
         return AgentLearner(agents[0]), sampler, {"update_step": "eager"}, config.run_id
-    from .data.views import DatasetView, PopulationSampler
+    from ..data.views import DatasetView, PopulationSampler
 
     population = population_class(config.algo)(agents, compile=compiled)
     views = [DatasetView.for_run(original, book.dataset, book.records, book.algo_config, name=book.config.run_id) for book in books]
@@ -619,7 +619,7 @@ def _learner(agents: list, books: list[RunBook], original: OfflineDataset, devic
 def mc_extra(book: RunBook) -> dict[str, np.ndarray] | None:
     """The Monte-Carlo returns-to-go that batches must carry for algorithms that use them
     (Cal-QL's floor): the book's, in the run's reward units."""
-    from .algos.registry import algorithm_spec
+    from ..algos.registry import algorithm_spec
 
     return {"mc_returns": book.mc_returns} if algorithm_spec(book.config.algo).uses_mc_returns else None
 
@@ -640,7 +640,7 @@ def population_key(config: TrainConfig) -> str | None:
     """Configs with equal keys can train as one population (``train_population``); None if
     this one cannot: its algorithm has no population, or a corruption is not a view of the
     base dataset (observation, action or dynamics corruptions)."""
-    from .engine.population import population_class
+    from ..engine.population import population_class
 
     if population_class(config.algo) is None or not all(is_view_corruption(spec) for spec in config.extra_corruptions):
         return None

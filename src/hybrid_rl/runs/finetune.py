@@ -56,15 +56,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .algos.registry import algorithm_spec, finetune_recipes, make_config
-from .algos.spec import FinetuneRecipe
-from .data.refs import normalized_score
-from .data.robots import EPISODE_LIMIT
-from .errors import HybridRLError
-from .fileio import sha256_of_file
-from .grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
-from .naming import format_steps, settings_parts
-from .run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
+from ..algos.registry import algorithm_spec, finetune_recipes, make_config
+from ..algos.spec import FinetuneRecipe
+from ..data.refs import normalized_score
+from ..data.robots import EPISODE_LIMIT
+from ..core.errors import HybridRLError
+from ..core.fileio import sha256_of_file
+from ..core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
+from ..core.naming import format_steps, settings_parts
+from ..core.run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
 from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
                     prepare_dataset, record_failure, resolve_device, restore_rng, run_lock, run_population)
@@ -131,7 +131,7 @@ class FinetuneConfig:
         for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "switch_episodes", "loss_variance_window"):
             if getattr(self, name) <= 0:
                 raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
-        from .data.replay import SAMPLING_MODES
+        from ..data.replay import SAMPLING_MODES
 
         if not self.recipe.interacts and self.sampling not in (None, self.recipe.sampling):
             raise HybridRLError(f"method {self.method} samples its parent's offline data only: drop --sampling {self.sampling}")
@@ -149,7 +149,7 @@ class FinetuneConfig:
             raise HybridRLError(f"--buffer_size must be positive, got {self.buffer_size}")
         if not 0.0 < self.online_fraction <= 1.0:
             raise HybridRLError(f"--online_fraction must be in (0, 1], got {self.online_fraction}")
-        from .grid_options import COMPILE_MODES
+        from ..core.grid_options import COMPILE_MODES
 
         if self.compile not in COMPILE_MODES:
             raise HybridRLError(f"unknown compile mode {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
@@ -223,7 +223,7 @@ class FinetuneConfig:
     def settings(self) -> dict[str, Any]:
         """The algorithm settings that depart from the published defaults: a from-scratch
         method's own, else its parent's (what the report groups sweeps by)."""
-        from .algos.registry import non_default_settings
+        from ..algos.registry import non_default_settings
 
         if self.parent == SCRATCH:
             return non_default_settings(self.method, self.algo_overrides)
@@ -339,7 +339,7 @@ def population_key(config: FinetuneConfig) -> str | None:
     runs of one method (``sac``, ``rlpd``) on one dataset that differ only in seed and
     corruption. None if this run cannot (a parent that is missing or not finished: it then
     runs alone and fails with the reason)."""
-    from .engine.population import population_class
+    from ..engine.population import population_class
 
     if not config.recipe.interacts:
         return None  # the offline control trains alone
@@ -410,8 +410,8 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
     (and writes nothing more) if the runs are not all at the same step. A failure marks
     every run that had not finished as failed, then is raised.
     """
-    from .engine.loop import OfflineStage, fit, load_stage_states
-    from .engine.online import OnlineStage
+    from ..engine.loop import OfflineStage, fit, load_stage_states
+    from ..engine.online import OnlineStage
 
     first = configs[0]
     started = time.time()
@@ -460,7 +460,7 @@ def _finetune_locked(configs: Sequence[FinetuneConfig], run_dirs: Sequence[Path]
 
 def exploration_noise(config: FinetuneConfig, algorithm: Any) -> float:
     """Gaussian action noise on top of the policy: the config's, else 0.1 for a deterministic actor (TD3), else 0."""
-    from .networks import DeterministicPolicy
+    from ..core.networks import DeterministicPolicy
 
     if config.exploration_noise is not None:
         return float(config.exploration_noise)
@@ -471,8 +471,8 @@ def _online_learner(algorithms: list, configs: Sequence[FinetuneConfig], device:
     """(learner, extra config.json fields): the agent updated eagerly, or, for several runs or
     where ``compiled_step_wanted`` says the compiled step pays (counted in
     ``FinetuneConfig.gradient_steps``), a population (of one) of them."""
-    from .engine.learners import AgentLearner, PopulationLearner
-    from .engine.population import compiled_step_wanted, population_class
+    from ..engine.learners import AgentLearner, PopulationLearner
+    from ..engine.population import compiled_step_wanted, population_class
 
     first = configs[0]
     compiled = compiled_step_wanted(first.algo, first.compile, device, first.gradient_steps)
@@ -493,7 +493,7 @@ def measure_switch(learner: Any, books: Sequence[RunBook], episodes: int) -> Non
     ``eval_episodes`` of them are the episodes every later evaluation plays: a paired design.
     Deterministic actions draw no random numbers, so the training that follows is unchanged.
     """
-    from .data.loader import make_env
+    from ..data.loader import make_env
 
     views = [_EvaluationEnvs([make_env(book.dataset) for _ in range(episodes)], book.obs_mean, book.obs_std, book.eval_seed) for book in books]
     try:
@@ -547,10 +547,10 @@ def _online_info(p: _Prepared) -> dict[str, Any]:
 def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float, on_progress: ProgressCallback | None,
              device: torch.device) -> _Prepared:
     """Data, agent, book and online member of one run, restored from its checkpoint if there is one."""
-    from .data.dataset import TransitionSampler
-    from .data.loader import make_env
-    from .data.replay import DeviceReplayBuffer, MixedSampler
-    from .engine.online import OnlineMember
+    from ..data.dataset import TransitionSampler
+    from ..data.loader import make_env
+    from ..data.replay import DeviceReplayBuffer, MixedSampler
+    from ..engine.online import OnlineMember
 
     parent_info: dict[str, Any] = {"run_id": None}
     if config.parent == SCRATCH:

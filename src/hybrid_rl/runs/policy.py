@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import HybridRLError
-from .fileio import atomic_torch_save
-from .run_format import CHECKPOINT_FILE, CONFIG_FILE, read_summary
+from ..core.errors import HybridRLError
+from ..core.fileio import atomic_torch_save
+from ..core.run_format import CHECKPOINT_FILE, CONFIG_FILE, read_summary
 
 POLICY_FORMAT = "hybrid-rl-policy"
 POLICY_FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ class Policy:
 
     def make_env(self, **kwargs: Any) -> Any:
         """The environment of the policy's data (``gymnasium.make`` kwargs on top)."""
-        from .data.loader import make_env_from_metadata
+        from ..data.loader import make_env_from_metadata
 
         return make_env_from_metadata(self.env, self.obs_dim, self.act_dim, name=str(self.info.get("dataset", "the policy's data")), **kwargs)
 
@@ -85,7 +85,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _build(algo: str, algo_config: dict[str, Any], obs_dim: int, act_dim: int) -> Any:
-    from .algos.registry import algorithm_class, config_from_dict
+    from ..algos.registry import algorithm_class, config_from_dict
 
     return algorithm_class(algo)(obs_dim, act_dim, config_from_dict(algo, algo_config), "cpu")
 
@@ -137,7 +137,7 @@ def _array(value: Any) -> np.ndarray | None:
 def _recomputed_preprocessing(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint from before the preprocessing was stored in it: the normalisation again
     from the run's (corrupted) data, checked against its recorded checksum."""
-    from .data.views import run_preprocessing
+    from ..data.views import run_preprocessing
     from .finetune import train_config_from
     from .train import prepare_dataset
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .algos.registry import algorithm_spec
-from .errors import HybridRLError
-from .grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
+from ..algos.registry import algorithm_spec
+from ..core.errors import HybridRLError
+from ..core.grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
 from .launcher import check_launcher, launch, threads_per_run
-from .run_format import STATE_COMPLETE, STATE_NEW, STATE_PARTIAL
-from .train import TrainConfig, algorithm_overrides, check_compatible
+from ..core.run_format import STATE_COMPLETE, STATE_NEW, STATE_PARTIAL
+from ..runs.train import TrainConfig, algorithm_overrides, check_compatible
 
 
 SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (name, value texts) per axis
@@ -29,7 +29,7 @@ SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (
 def check_setting_axes(algorithms: Sequence[str], axes: SettingAxes) -> None:
     """One-line HybridRLError for a --set axis no algorithm of ``algorithms`` has, a value that
     is not of its field's type or outside its domain, or a setting given twice."""
-    from .algos.registry import parse_setting, setting_fields
+    from ..algos.registry import parse_setting, setting_fields
 
     names = [name for name, _ in axes]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -51,7 +51,7 @@ def check_setting_axes(algorithms: Sequence[str], axes: SettingAxes) -> None:
 def setting_combinations(algo: str, axes: SettingAxes) -> list[dict[str, Any]]:
     """Every combination of the axes that ``algo`` has (``[{}]`` when it has none): the
     cartesian product, values typed as its config holds them, in the order given."""
-    from .algos.registry import parse_setting, setting_fields
+    from ..algos.registry import parse_setting, setting_fields
 
     own = [(name, [parse_setting(algo, name, text) for text in texts]) for name, texts in axes if name in setting_fields(algo)]
     return [dict(zip([name for name, _ in own], values)) for values in itertools.product(*[values for _, values in own])]
@@ -138,7 +138,7 @@ def check_datasets(datasets: Sequence[str], cache_dir: str | None, mirror: str |
     Raises the loader's one-line error if a dataset is unavailable or its env does not
     fit, so a grid never starts half its work and then fails. Returns each dataset's summary.
     """
-    from .data.loader import load_dataset, make_env
+    from ..data.loader import load_dataset, make_env
 
     summaries = {}
     for name in datasets:
@@ -173,7 +173,7 @@ def preflight(configs: Sequence[TrainConfig], log: Callable[[str], None], *, run
     results directories, dataset names, algorithm settings, (with `run_dirs`) clashes with
     existing run directories of another configuration, and only then the datasets and
     their envs (which may download or generate data). Returns each dataset's summary."""
-    from .data.loader import check_dataset_name
+    from ..data.loader import check_dataset_name
 
     for results_dir in sorted({config.results_dir for config in configs}):
         check_writable_dir(results_dir)
@@ -212,7 +212,7 @@ def run_grid(
     task per unit on the cluster at `ray_address` (None: a local Ray instance), see
     ray_launcher and docs/cluster.md. Everything after planning is ``launcher.launch``.
     """
-    from .train import resolve_device
+    from ..runs.train import resolve_device
 
     check_launcher(launcher)
     # On Ray each run resolves its device on its own node (the driver may have no GPU).

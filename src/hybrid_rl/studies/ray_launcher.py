@@ -33,11 +33,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import HybridRLError, MissingDependencyError
-from .finetune import SCRATCH, FinetuneConfig
-from .run_format import checkpoint_step
-from .train import TrainConfig
-from .units import train_unit_safely
+from ..core.errors import HybridRLError, MissingDependencyError
+from ..runs.finetune import SCRATCH, FinetuneConfig
+from ..core.run_format import checkpoint_step
+from ..runs.train import TrainConfig
+from ..runs.units import train_unit_safely
 
 RunConfig = TrainConfig | FinetuneConfig  # a Phase I run or a Phase II fine-tuning run
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import HybridRLError
-from .fileio import LockHeld, atomic_write_text, held_exclusively
-from .run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_PARTIAL, checkpoint_step
-from .train import record_failure
-from .units import plan_units, run_state, train_unit_safely, unit_result
+from ..core.errors import HybridRLError
+from ..core.fileio import LockHeld, atomic_write_text, held_exclusively
+from ..core.run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_PARTIAL, checkpoint_step
+from ..runs.train import record_failure
+from ..runs.units import plan_units, run_state, train_unit_safely, unit_result
 
 LAUNCHERS = ("local", "ray")
 
@@ -238,7 +238,7 @@ class StepProgress:
     measured, not guessed); the postfix counts finished runs."""
 
     def __init__(self, configs: Sequence[Any], states: dict[str, str], enabled: bool) -> None:
-        from .progress import progress_bar
+        from ..core.progress import progress_bar
 
         self.total_steps = {config.run_id: config.total_steps for config in configs}
         self.done = {config.run_id: self._steps_done(config, states[config.run_id]) for config in configs}

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import HybridRLError
-from .finetune import SCRATCH, FinetuneConfig, methods
+from ..core.errors import HybridRLError
+from ..runs.finetune import SCRATCH, FinetuneConfig, methods
 from .grid import GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, run_grid, setting_combinations
-from .grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
+from ..core.grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
                            PHASE2_DEFAULT_METHODS, run_schedule)
 from .launcher import check_launcher, launch
-from .train import resolve_device
+from ..runs.train import resolve_device
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
-        from .data.replay import SAMPLING_MODES
+        from ..data.replay import SAMPLING_MODES
 
         name, *options = text.strip().lower().split("@")
         if name not in methods():
@@ -116,7 +116,7 @@ class Phase2Spec:
 
     def _parent_settings(self, algo: str) -> list[str]:
         """The non-default settings of ``algo``'s parents in this study (one per swept combination), as keys."""
-        from .algos.registry import non_default_settings
+        from ..algos.registry import non_default_settings
 
         return [json.dumps(non_default_settings(algo, {**self.algo_overrides.get(algo, {}), **combination}), sort_keys=True)
                 for combination in setting_combinations(algo, self.settings)]

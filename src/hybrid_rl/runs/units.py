@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import HybridRLError
-from .grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
-from .run_format import STATE_COMPLETE, read_summary
-from .run_format import run_state as run_dir_state
+from ..core.errors import HybridRLError
+from ..core.grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
+from ..core.run_format import STATE_COMPLETE, read_summary
+from ..core.run_format import run_state as run_dir_state
 from .finetune import FinetuneConfig, finetune, finetune_population
 from .finetune import population_key as finetune_population_key
 from .train import ProgressCallback, TrainConfig, population_key, train, train_population

@@ -36,7 +36,7 @@ def source_revision() -> dict[str, object] | None:
     package runs from a git checkout (``src/hybrid_rl`` of the work tree, as an editable
     install does); None for an installed copy (a wheel), whose version says what it is, or
     without git."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # core/ -> the hybrid_rl package
     root = package.parent.parent
     if package.parent.name != "src" or _git(root, "rev-parse", "--show-toplevel") != str(root):
         return None
