@@ -379,6 +379,26 @@ def test_bc_loss_is_action_mse_and_bc_has_no_critic() -> None:
         algo.q_values(batch["observations"], batch["actions"])
 
 
+def test_the_critic_members_one_by_one_compute_the_batched_critic() -> None:
+    """EnsembleCritic.member_products (the compiled CPU step's layout) is the same function as
+    the batched layout, values and gradients, up to rounding."""
+    from hybrid_rl.core.networks import EnsembleCritic
+
+    torch.manual_seed(0)
+    critic = EnsembleCritic(OBS_DIM, ACT_DIM, (16, 16), ensemble_size=2, orthogonal_init=True)
+    batch = make_batch(12)
+    results = []
+    for member_products in (False, True):
+        critic.member_products = member_products
+        critic.zero_grad()
+        q = critic(batch["observations"], batch["actions"])
+        q.square().sum().backward()
+        results.append((q.detach(), [p.grad.clone() for p in critic.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for mine, batched in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(mine, batched)
+
+
 # ---------------------------------------------------------------------------------------
 # RLPD
 # ---------------------------------------------------------------------------------------

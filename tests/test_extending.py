@@ -111,3 +111,11 @@ def test_an_algorithm_declared_outside_the_package_trains_fine_tunes_and_is_repo
     capsys.readouterr()
     assert "TinyTD" in (results / "summary.md").read_text()
     assert "tinytd" in (phase2 / "recovery.md").read_text()
+
+
+def test_an_online_only_method_is_refused_as_a_phase_one_algorithm() -> None:
+    from hybrid_rl.runs.train import build_algorithm
+
+    assert "sac" not in registry.available_algorithms() and registry.algorithm_spec("sac").finetune.parent_algos == ()
+    with pytest.raises(ValueError, match="sac learns online only.*finetune --method sac --from scratch"):
+        build_algorithm(TrainConfig(algo="sac", dataset=TINY_DATASET), None, torch.device("cpu"))

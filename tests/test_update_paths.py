@@ -38,7 +38,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def test_compile_modes_pick_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("hybrid_rl.engine.population.cpp_compiler", lambda: "/usr/bin/g++")
     thresholds = {name: spec.compile_min_steps for name, spec in SPECS.items() if spec.compile_min_steps is not None}
-    assert set(thresholds) == {"iql", "cql", "calql", "sac"}  # the timed ones
+    assert set(thresholds) == {"iql", "cql", "calql", "sac", "rlpd"}  # the timed ones
     for algo, threshold in thresholds.items():
         assert compiled_step_wanted(algo, "auto", CPU, threshold)
         assert not compiled_step_wanted(algo, "auto", CPU, threshold - 1)  # too short to pay for compiling

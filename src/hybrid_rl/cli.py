@@ -606,7 +606,7 @@ def export_command(args: argparse.Namespace) -> int:
     run_config = None
     if args.run_dir is not None:
         if args.remove_top_k or args.reward_noise_std or args.corruption or args.seed:
-            raise HybridRLError("--from exports exactly the run's data: drop --remove_top_k, --reward_noise_std and --seed")
+            raise HybridRLError("--from exports exactly the run's data: drop --remove_top_k, --reward_noise_std, --corruption and --seed")
         data, run_config = data_config_of_run(args.run_dir)
         data = TrainConfig(**{**data.__dict__, "cache_dir": args.cache_dir or data.cache_dir, "mirror": args.mirror or data.mirror})
     else:

@@ -217,9 +217,12 @@ def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
 
 def build_algorithm(config: TrainConfig, dataset: OfflineDataset, device: torch.device):
     """The run's algorithm, initialised from ``config.seed`` (seeds torch and numpy first)."""
-    from ..algos.registry import make_algorithm
+    from ..algos.registry import algorithm_spec, make_algorithm
     from ..data.loader import dataset_task
 
+    if not algorithm_spec(config.algo).offline:
+        raise ValueError(f"{config.algo} learns online only, not from a dataset alone: train it with "
+                         f"hybrid-rl finetune --method {config.algo} --from scratch --env {config.dataset}")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     return make_algorithm(config.algo, dataset.obs_dim, dataset.act_dim, device, task=dataset_task(config.dataset),
