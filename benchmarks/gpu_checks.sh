@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Checks that only a CUDA machine can run, in one short script (about 6 minutes on an H200):
-# the tests that skip without a GPU, the update throughput of single runs and populations
-# (eager, vmapped, compiled with CUDA graphs), and small Phase II studies on the GPU (CQL
-# parents and fine-tuning as populations of 8; Cal-QL and RLPD populations). Run it from
+# Checks that only a CUDA machine can run, in one short script (about 6 minutes on an H200,
+# plus the reduced grid): the tests that skip without a GPU, the update throughput of single
+# runs and populations (eager, vmapped, compiled with CUDA graphs), small Phase II studies on
+# the GPU (CQL parents and fine-tuning as populations of 8; Cal-QL and RLPD populations), and
+# a reduced Phase I grid end to end (its grid_status.json holds the wall time). Run it from
 # anywhere on a GPU machine:
 #
 #     bash benchmarks/gpu_checks.sh
@@ -100,6 +101,15 @@ study="$work/rlpd"
 stage 60 "Phase II RLPD study as a population of 4" "$PY" run_phase2.py --method rlpd --env gen-hopper-medium-v0@100000 --seed 0,1 \
     --online_steps 500 --warmup_steps 100 --eval_every 500 --eval_episodes 3 --device cuda --population on \
     --results "$study/results" --results_phase2 "$study/results_phase2" --plots "$study/plots" --cache_dir "$work/datasets"
+
+# A reduced Phase I grid end to end (IQL and CQL x 3 levels x 3 seeds = 18 runs as two
+# populations of 9, 1,000 steps, evaluations included): the wall time a grid gets on this GPU,
+# beside the throughput table's update-only "grid (h)" estimate of the full 500k-step grid.
+grid="$work/grid"
+stage 120 "reduced Phase I grid end to end (populations of 9)" "$PY" run_phase1.py --algo iql,cql --env gen-hopper-medium-v0@100000 \
+    --seed 0,1,2 --remove_top_k 0,30,60 --total_steps 1000 --eval_every 500 --eval_episodes 5 --device cuda --population on \
+    --results "$grid/results" --plots "$grid/plots" --cache_dir "$work/datasets"
+cp "$grid/results/grid_status.json" "$out/reduced_grid_status.json" 2>/dev/null
 
 # Every run's config, metrics and summary (wall time, scores), without checkpoints and data.
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoint.pt --exclude='*.pt' --exclude=datasets . 2>/dev/null
