@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hybrid_rl.runs import train as train_module
+from hybrid_rl.runs import book as run_book
 from hybrid_rl.core.fileio import LockHeld, atomic_write_text, file_lock
 from hybrid_rl.core.run_format import RUN_LOCK_FILE
 
@@ -86,13 +86,13 @@ def test_run_lock_waits_for_a_holder_that_lets_go(tmp_path, monkeypatch):
     taken.wait(5)
     threading.Timer(0.5, release.set).start()
     started = time.monotonic()
-    with train_module.run_lock(tmp_path, wait_s=10.0):
+    with run_book.run_lock(tmp_path, wait_s=10.0):
         waited = time.monotonic() - started
     thread.join(5)
     assert 0.4 < waited < 9
     with file_lock(tmp_path / RUN_LOCK_FILE, owner="pid 9"):
-        with pytest.raises(train_module.RunBusyError, match="pid 9"):
-            with train_module.run_lock(tmp_path):
+        with pytest.raises(run_book.RunBusyError, match="pid 9"):
+            with run_book.run_lock(tmp_path):
                 pass
 
 

@@ -362,7 +362,8 @@ def test_second_grid_on_the_same_results_is_refused(tmp_path: Path, generated_ca
 
 def test_a_run_being_trained_elsewhere_is_not_touched(base_config) -> None:
     from hybrid_rl.core.fileio import file_lock
-    from hybrid_rl.runs.train import RunBusyError, train
+    from hybrid_rl.runs.book import RunBusyError
+    from hybrid_rl.runs.train import train
 
     run_dir = Path(base_config.results_dir) / base_config.run_id
     run_dir.mkdir(parents=True)

@@ -11,7 +11,8 @@ import torch
 
 from hybrid_rl.runs import train as train_module
 from hybrid_rl.core.errors import HybridRLError
-from hybrid_rl.runs.train import ConfigMismatchError, TrainConfig, mc_diagnostic_indices, resolve_device, train
+from hybrid_rl.runs.book import ConfigMismatchError, mc_diagnostic_indices, resolve_device
+from hybrid_rl.runs.train import TrainConfig, train
 
 from conftest import TINY_DATASET as DATASET
 from conftest import run_killed

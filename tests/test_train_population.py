@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hybrid_rl.data import views as views_module
+from hybrid_rl.runs import book as run_book
 from hybrid_rl.runs import train as train_module
 from hybrid_rl.runs.train import TrainConfig, population_key, train, train_population
 
@@ -103,14 +104,14 @@ def test_interrupted_population_resumes_to_the_uninterrupted_result(base_config:
 def test_a_diverged_member_ends_alone(base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     configs = members(base_config)
     victim = configs[1].run_id
-    log_train = train_module.RunBook.log_train
+    log_train = run_book.RunBook.log_train
 
     def poisoned(self, values, loss_window, q_mc):
         if self.config.run_id == victim and self.step >= 40:
             values = {**values, "critic_loss": float("nan")}
         return log_train(self, values, loss_window, q_mc)
 
-    monkeypatch.setattr(train_module.RunBook, "log_train", poisoned)
+    monkeypatch.setattr(run_book.RunBook, "log_train", poisoned)
     summaries = train_population(configs)
     assert summaries[victim]["status"] == "diverged" and summaries[victim]["diverged_at_step"] == 40
     assert summaries[victim]["steps_done"] == 40

@@ -268,7 +268,7 @@ def default_datasets(cache_dir: str | None) -> tuple[tuple[str, ...], str]:
 
 def resolve_workers(text: str, device: str, runs: int) -> int:
     if text == "auto":
-        from .runs.train import resolve_device
+        from .runs.book import resolve_device
 
         if resolve_device(device).type != "cpu":
             return 1

@@ -13,7 +13,7 @@ the divergence check, evaluation and checkpoints. What a step does is the stage'
 A schedule is ``[(stage, end_step), ...]`` with increasing end steps: a stage runs from the
 previous stage's end to its own. Each stage's per-member state (sampler generators, later
 buffers and environments) goes into the member's checkpoint, so a run resumes in the middle
-of any stage. The books (``train.RunBook``, one per member) hold everything written to the
+of any stage. The books (``runs.book.RunBook``, one per member) hold everything written to the
 run directory; the loop never writes a file itself.
 """
 from __future__ import annotations

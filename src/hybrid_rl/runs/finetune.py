@@ -65,9 +65,11 @@ from ..core.fileio import sha256_of_file
 from ..core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
 from ..core.naming import format_steps, settings_parts
 from ..core.run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
+from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device, restore_rng,
+                   run_lock, run_population)
+# Phase I's own: its config (a parent's), its data and its algorithm.
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
-from .train import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, TrainConfig, build_algorithm, finished_summary_for, mc_extra,
-                    prepare_dataset, record_failure, resolve_device, restore_rng, run_lock, run_population)
+from .train import TrainConfig, build_algorithm, prepare_dataset
 
 SCRATCH = "scratch"
 

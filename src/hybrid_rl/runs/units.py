@@ -22,7 +22,8 @@ from ..core.run_format import STATE_COMPLETE, read_summary
 from ..core.run_format import run_state as run_dir_state
 from .finetune import FinetuneConfig, finetune, finetune_population
 from .finetune import population_key as finetune_population_key
-from .train import ProgressCallback, TrainConfig, population_key, train, train_population
+from .book import ProgressCallback
+from .train import TrainConfig, population_key, train, train_population
 
 
 def run_state(config: TrainConfig) -> str:

@@ -20,7 +20,8 @@ from ..core.errors import HybridRLError
 from ..core.grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
 from .launcher import check_launcher, launch, threads_per_run
 from ..core.run_format import STATE_COMPLETE, STATE_NEW, STATE_PARTIAL
-from ..runs.train import TrainConfig, algorithm_overrides, check_compatible
+from ..runs.book import check_compatible
+from ..runs.train import TrainConfig, algorithm_overrides
 
 
 SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (name, value texts) per axis
@@ -212,7 +213,7 @@ def run_grid(
     task per unit on the cluster at `ray_address` (None: a local Ray instance), see
     ray_launcher and docs/cluster.md. Everything after planning is ``launcher.launch``.
     """
-    from ..runs.train import resolve_device
+    from ..runs.book import resolve_device
 
     check_launcher(launcher)
     # On Ray each run resolves its device on its own node (the driver may have no GPU).

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..core.errors import HybridRLError
 from ..core.fileio import LockHeld, atomic_write_text, held_exclusively
 from ..core.run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_PARTIAL, checkpoint_step
-from ..runs.train import record_failure
+from ..runs.book import record_failure
 from ..runs.units import plan_units, run_state, train_unit_safely, unit_result
 
 LAUNCHERS = ("local", "ray")

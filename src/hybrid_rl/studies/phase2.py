@@ -35,7 +35,7 @@ from .grid import GridSpec, SettingAxes, check_datasets, check_setting_axes, che
 from ..core.grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
                            PHASE2_DEFAULT_METHODS, run_schedule)
 from .launcher import check_launcher, launch
-from ..runs.train import resolve_device
+from ..runs.book import resolve_device
 
 
 @dataclass(frozen=True)
