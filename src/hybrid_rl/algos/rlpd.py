@@ -27,7 +27,7 @@ import torch
 from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe
-from .sac import entropy_bonus, q_statistics, td_loss, temperature_loss
+from .sac import actor_temperature_phase, entropy_bonus, q_statistics, td_loss
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,16 @@ def rlpd_target(target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch
         if backup_entropy:
             next_q = next_q - alpha * next_log_prob
         return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
+
+
+def rlpd_critic_phase(critic: EnsembleCritic, target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor,
+                      subset: torch.Tensor, cfg: "RLPDConfig") -> tuple[torch.Tensor, Metrics]:
+    """The first phase of RLPD's step: the ensemble's TD loss on the random-subset target, and
+    its diagnostics. Shared by ``RLPD.update`` and the population."""
+    target = rlpd_target(target_critic, policy, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
+    q_pred = critic(batch["observations"], batch["actions"])
+    loss = td_loss(q_pred, target)
+    return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
 
 
 def expected_subset_min(q: torch.Tensor, subset_size: int) -> torch.Tensor:
@@ -113,24 +123,28 @@ class RLPD(Algorithm):
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
         }
 
+    # The two phases of the step (the population steps them the same way).
+    critic_phase = staticmethod(rlpd_critic_phase)
+    actor_loss_fn = staticmethod(rlpd_actor_loss)
+
     def update(self, batch: Batch) -> Metrics:
         cfg = self.config
         alpha = self.log_alpha.exp().detach()
         # The subset is drawn on the device from the global generator (no host sync).
         subset = torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset]
-        target = rlpd_target(self.target_critic, self.actor, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
-        q_pred = self.critic(batch["observations"], batch["actions"])
-        critic_loss = td_loss(q_pred, target)
+        critic_loss, critic_metrics = self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, subset, cfg)
         critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.total_updates += 1
-        metrics = {"critic_loss": critic_loss.detach(), "alpha": alpha, "grad_norm_critic": critic_grad, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+        metrics = {"critic_loss": critic_metrics.pop("critic_loss"), "alpha": critic_metrics.pop("alpha"), "grad_norm_critic": critic_grad,
+                   **critic_metrics}
         if self.total_updates % cfg.actor_every == 0:  # the last update of an environment step
-            actor_loss, actor_metrics = rlpd_actor_loss(self.critic, self.actor, batch["observations"], alpha)
+            actor_loss, alpha_loss, actor_metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.log_alpha,
+                                                                            batch["observations"], alpha, self.target_entropy)
             actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-            alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
             step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
-            metrics.update(actor_metrics, alpha_loss=alpha_loss.detach(), grad_norm_actor=actor_grad)
+            alpha_loss_value = actor_metrics.pop("alpha_loss")
+            metrics.update(actor_metrics, alpha_loss=alpha_loss_value, grad_norm_actor=actor_grad)
         return metrics
 
     @torch.no_grad()

@@ -79,6 +79,27 @@ def entropy_bonus(policy: TanhGaussianPolicy, obs: torch.Tensor, actions: torch.
     return -alpha * policy.log_prob(obs, actions)
 
 
+def sac_critic_phase(critic: QFunction, target_critic: QFunction, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor,
+                     subset: torch.Tensor | None, cfg: "SACConfig") -> tuple[torch.Tensor, Metrics]:
+    """The first phase of SAC's step: the critics' TD loss on the soft target, and its
+    diagnostics (``subset`` is RLPD's; SAC takes none). Shared by ``SAC.update`` and the
+    population so the wiring exists once."""
+    target = sac_target(target_critic, policy, batch, alpha, cfg.discount, cfg.backup_entropy)
+    q_pred = critic(batch["observations"], batch["actions"])
+    loss = td_loss(q_pred, target)
+    return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+
+
+def actor_temperature_phase(actor_loss_fn, critic: QFunction, policy: TanhGaussianPolicy, log_alpha: torch.Tensor, obs: torch.Tensor,
+                            alpha: torch.Tensor, target_entropy: float) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+    """The second phase of the SAC family's step, through the updated critic: the actor loss
+    (``actor_loss_fn``: SAC's, or RLPD's ensemble-mean one) and the temperature loss on its
+    detached log-probabilities. The two share no parameters, so each may be stepped alone."""
+    actor_loss, metrics = actor_loss_fn(critic, policy, obs, alpha)
+    alpha_loss = temperature_loss(log_alpha, metrics.pop("log_prob"), target_entropy)
+    return actor_loss, alpha_loss, {**metrics, "alpha_loss": alpha_loss.detach()}
+
+
 def q_statistics(prefix: str, q: torch.Tensor) -> Metrics:
     """Mean/std/min/max of a ``(B,)`` or ``(E, B)`` tensor of Q-values, as 0-d tensors."""
     q = q.detach()
@@ -109,31 +130,31 @@ class SAC(Algorithm):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp().detach()
 
+    # The two phases of the step (the population steps them the same way).
+    critic_phase = staticmethod(sac_critic_phase)
+    actor_loss_fn = staticmethod(sac_actor_loss)
+
     def update(self, batch: Batch) -> Metrics:
         cfg = self.config
         alpha = self.alpha
-        target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, cfg.backup_entropy)
-        q_pred = self.critic(batch["observations"], batch["actions"])
-        critic_loss = td_loss(q_pred, target)
+        critic_loss, critic_metrics = self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, None, cfg)
         critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
 
-        actor_loss, actor_metrics = sac_actor_loss(self.critic, self.actor, batch["observations"], alpha)
+        actor_loss, alpha_loss, actor_metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.log_alpha,
+                                                                        batch["observations"], alpha, self.target_entropy)
         actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-
-        alpha_loss = temperature_loss(self.log_alpha, actor_metrics.pop("log_prob"), self.target_entropy)
         step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
 
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.total_updates += 1
         return {
-            "critic_loss": critic_loss.detach(),
-            "alpha": alpha,
-            "alpha_loss": alpha_loss.detach(),
+            "critic_loss": critic_metrics.pop("critic_loss"),
+            "alpha": critic_metrics.pop("alpha"),
+            "alpha_loss": actor_metrics.pop("alpha_loss"),
             "grad_norm_critic": critic_grad,
             "grad_norm_actor": actor_grad,
-            "target_q_mean": target.mean(),
-            **q_statistics("q", q_pred),
-            **actor_metrics,
+            **critic_metrics,  # target_q_mean, q_mean/std/min/max
+            **actor_metrics,  # actor_loss, entropy, q_policy_mean
         }
 
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,8 @@ from ..algos.calql import CalQL
 from ..algos.cql import CQL, CQLConfig, cql_losses
 from ..algos.iql import IQL, IQLConfig, iql_losses
 from ..algos.registry import algorithm_spec
-from ..algos.rlpd import RLPD, expected_subset_min, rlpd_actor_loss, rlpd_target
-from ..algos.sac import SAC, q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
+from ..algos.rlpd import RLPD, expected_subset_min
+from ..algos.sac import SAC, actor_temperature_phase
 from ..data.views import PopulationSampler
 from ..core.networks import EnsembleCritic
 from ..core.grid_options import COMPILE_MODES
@@ -736,7 +736,8 @@ class _ActorCriticLosses(_LossModule):
         super().__init__()
         self.config = template.config
         self.target_entropy = template.target_entropy
-        self.ensemble_target = isinstance(template, RLPD)  # random-subset target, ensemble-mean actor
+        # The algorithm's own two phases (sac.sac_critic_phase / rlpd.rlpd_critic_phase, and its actor loss).
+        self.critic_phase, self.actor_loss_fn = type(template).critic_phase, type(template).actor_loss_fn
         self.actor = _meta_copy(template.actor)
         self.critic = _meta_copy(template.critic)
         self.target_critic = _meta_copy(template.target_critic)
@@ -744,22 +745,14 @@ class _ActorCriticLosses(_LossModule):
         self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
 
     def critic_loss(self, batch: Batch, subset: torch.Tensor | None) -> tuple[torch.Tensor, Metrics]:
-        cfg = self.config
         alpha = self.alpha.log_alpha.exp().detach()
-        if self.ensemble_target:
-            target = rlpd_target(self.target_critic, self.actor, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
-        else:
-            target = sac_target(self.target_critic, self.actor, batch, alpha, cfg.discount, cfg.backup_entropy)
-        q_pred = self.critic(batch["observations"], batch["actions"])
-        loss = td_loss(q_pred, target)
-        return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+        return self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, subset, self.config)
 
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         alpha = self.alpha.log_alpha.exp().detach()
-        loss_fn = rlpd_actor_loss if self.ensemble_target else sac_actor_loss
-        actor_loss, metrics = loss_fn(self.critic, self.actor, batch["observations"], alpha)
-        alpha_loss = temperature_loss(self.alpha.log_alpha, metrics.pop("log_prob"), self.target_entropy)
-        return actor_loss + alpha_loss, {**metrics, "alpha_loss": alpha_loss.detach()}
+        actor_loss, alpha_loss, metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.alpha.log_alpha,
+                                                                  batch["observations"], alpha, self.target_entropy)
+        return actor_loss + alpha_loss, metrics
 
 
 class _ActorCriticPopulation(_TemperaturePopulation):
