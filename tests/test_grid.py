@@ -169,7 +169,8 @@ def test_population_out_of_gpu_memory_is_split(tmp_path: Path, generated_cache: 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(configs, **kwargs)
 
-    monkeypatch.setattr(units, "train_population", limited)
+    phase1 = units.RUN_KINDS[units.TrainConfig]
+    monkeypatch.setitem(units.RUN_KINDS, units.TrainConfig, phase1._replace(population=limited))
     configs = small_spec(tmp_path / "r", generated_cache, algos=("iql",), seeds=(0, 1, 2), remove_top_k=(0.0,), total_steps=40, eval_every=40, log_every=20).expand()
     results = units.train_unit_safely(configs, threads=1)
     assert sizes == [3, 2] and [r["run_id"] for r in results] == [c.run_id for c in configs]  # 3 -> 1 alone + 2 together

@@ -14,7 +14,7 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..core.errors import HybridRLError
 from ..core.grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
@@ -25,15 +25,37 @@ from .finetune import population_key as finetune_population_key
 from .book import ProgressCallback
 from .train import TrainConfig, population_key, train, train_population
 
+RunConfig = TrainConfig | FinetuneConfig  # a Phase I run, or a run with an online stage
 
-def run_state(config: TrainConfig) -> str:
+
+class RunKind(NamedTuple):
+    """How one kind of run trains alone and as a population, and what groups it into one."""
+
+    single: Callable[..., dict[str, Any]]
+    population: Callable[..., dict[str, dict[str, Any]]]
+    population_key: Callable[[Any], str | None]
+
+
+RUN_KINDS: dict[type, RunKind] = {
+    TrainConfig: RunKind(train, train_population, population_key),
+    FinetuneConfig: RunKind(finetune, finetune_population, finetune_population_key),
+}
+
+
+def run_kind(config: RunConfig) -> RunKind:
+    if type(config) not in RUN_KINDS:
+        raise TypeError(f"a work unit holds TrainConfig or FinetuneConfig runs, got {type(config).__name__}")
+    return RUN_KINDS[type(config)]
+
+
+def run_state(config: RunConfig) -> str:
     """'complete' (summary with a final status), 'partial' (checkpoint) or 'new'."""
     return run_dir_state(Path(config.results_dir) / config.run_id)
 
 
-def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str, max_size: int = DEFAULT_MAX_POPULATION) -> list[list[TrainConfig]]:
+def plan_units(configs: Sequence[RunConfig], population: str, device_type: str, max_size: int = DEFAULT_MAX_POPULATION) -> list[list[RunConfig]]:
     """Group runs into work units: populations of runs that differ only in seed and
-    corruption (``train.population_key``), at most ``max_size`` each, and single runs.
+    corruption (each kind's ``population_key``), at most ``max_size`` each, and single runs.
 
     ``population``: "off" never groups; "on" groups wherever possible; "auto" groups on
     accelerators only: on a GPU a population turns P small kernels into one wide one, while
@@ -46,10 +68,10 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
         raise HybridRLError(f"the largest population must be at least 1, got {max_size}")
     if population == "off" or (population == "auto" and device_type == "cpu"):
         return [[config] for config in configs]
-    groups: dict[str, list[TrainConfig]] = {}
-    units: list[list[TrainConfig]] = []
+    groups: dict[str, list[RunConfig]] = {}
+    units: list[list[RunConfig]] = []
     for config in configs:
-        key = finetune_population_key(config) if isinstance(config, FinetuneConfig) else population_key(config)
+        key = run_kind(config).population_key(config)
         if key is None:
             units.append([config])
         else:
@@ -59,7 +81,7 @@ def plan_units(configs: Sequence[TrainConfig], population: str, device_type: str
     return units
 
 
-def train_unit_safely(unit: Sequence[TrainConfig], threads: int, *, lock_wait_s: float = 0.0,
+def train_unit_safely(unit: Sequence[RunConfig], threads: int, *, lock_wait_s: float = 0.0,
                       on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """Run one work unit (a run, or a population of runs) in a worker process or a Ray task;
     never raises: a failure is returned for every run of the unit that did not finish
@@ -76,19 +98,16 @@ def train_unit_safely(unit: Sequence[TrainConfig], threads: int, *, lock_wait_s:
         return [{**unit_result(config, error), "traceback": trace} for config in configs]
 
 
-def _train_unit(configs: Sequence[TrainConfig], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _train_unit(configs: Sequence[RunConfig], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Train a unit; a population that does not fit in GPU memory is split in halves (each
     resumes from the checkpoints the larger one left), down to single runs."""
     import torch
 
+    kind = run_kind(configs[0])
     if len(configs) == 1:
-        if isinstance(configs[0], FinetuneConfig):
-            return {configs[0].run_id: finetune(configs[0], **options)}
-        return {configs[0].run_id: train(configs[0], **options)}
+        return {configs[0].run_id: kind.single(configs[0], **options)}
     try:
-        if isinstance(configs[0], FinetuneConfig):
-            return finetune_population(list(configs), **options)
-        return train_population(list(configs), **options)
+        return kind.population(list(configs), **options)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         half = len(configs) // 2
@@ -96,7 +115,7 @@ def _train_unit(configs: Sequence[TrainConfig], options: dict[str, Any]) -> dict
         return {**_train_unit(configs[:half], options), **_train_unit(configs[half:], options)}
 
 
-def unit_result(config: TrainConfig, error: str) -> dict[str, Any]:
+def unit_result(config: RunConfig, error: str) -> dict[str, Any]:
     """A run's result after its unit failed: its summary if it finished before, else the error."""
     if run_state(config) == STATE_COMPLETE:
         return {"run_id": config.run_id, "ok": True, "summary": read_summary(Path(config.results_dir) / config.run_id)}
