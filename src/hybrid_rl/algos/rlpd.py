@@ -27,7 +27,7 @@ import torch
 from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .base import Algorithm, Batch, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe
-from .sac import actor_temperature_phase, entropy_bonus, q_statistics, td_loss
+from .sac import actor_temperature_phase, critic_regression, entropy_bonus
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,7 @@ def rlpd_critic_phase(critic: EnsembleCritic, target_critic: EnsembleCritic, pol
                       subset: torch.Tensor, cfg: "RLPDConfig") -> tuple[torch.Tensor, Metrics]:
     """The first phase of RLPD's step: the ensemble's TD loss on the random-subset target, and
     its diagnostics. Shared by ``RLPD.update`` and the population."""
-    target = rlpd_target(target_critic, policy, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
-    q_pred = critic(batch["observations"], batch["actions"])
-    loss = td_loss(q_pred, target)
-    return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
+    return critic_regression(critic, rlpd_target(target_critic, policy, batch, alpha, subset, cfg.discount, cfg.backup_entropy), batch, alpha)
 
 
 def expected_subset_min(q: torch.Tensor, subset_size: int) -> torch.Tensor:

@@ -84,7 +84,12 @@ def sac_critic_phase(critic: QFunction, target_critic: QFunction, policy: TanhGa
     """The first phase of SAC's step: the critics' TD loss on the soft target, and its
     diagnostics (``subset`` is RLPD's; SAC takes none). Shared by ``SAC.update`` and the
     population so the wiring exists once."""
-    target = sac_target(target_critic, policy, batch, alpha, cfg.discount, cfg.backup_entropy)
+    return critic_regression(critic, sac_target(target_critic, policy, batch, alpha, cfg.discount, cfg.backup_entropy), batch, alpha)
+
+
+def critic_regression(critic: QFunction, target: torch.Tensor, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """Every critic regressed onto ``target`` (the SAC family's critic loss, whatever its
+    target), with the diagnostics the trainer logs."""
     q_pred = critic(batch["observations"], batch["actions"])
     loss = td_loss(q_pred, target)
     return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
