@@ -894,13 +894,21 @@ class RLPDPopulation(_ActorCriticPopulation):
         return expected_subset_min(q, self.config.target_subset)
 
 
-POPULATIONS: dict[str, type[_Population]] = {"iql": IQLPopulation, "cql": CQLPopulation, "calql": CalQLPopulation,
-                                             "sac": SACPopulation, "rlpd": RLPDPopulation}
-
-
 def population_class(algo: str) -> type[_Population] | None:
-    """The population class that trains ``algo`` (None if it has none)."""
-    return POPULATIONS.get(algo)
+    """The population class whose agents are ``algo``'s declared algorithm class (None if it
+    has none: the algorithm trains single runs only, eagerly)."""
+    from ..algos.registry import is_known
+
+    if not is_known(algo):
+        return None
+    wanted = algorithm_spec(algo).algorithm
+    pending = list(_Population.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls.__dict__.get("algorithm_cls") is wanted:  # declared by the class itself, not inherited
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None
 
 
 # ---------------------------------------------------------------------------------------
