@@ -39,9 +39,9 @@ Controls that make causes separable (docs/recovery.md):
 Every run first measures its starting policy over ``switch_episodes`` episodes at step 0,
 before any update (the switch score of every recovery metric).
 
-Update paths as in Phase I (``compile``): ``iql``, ``cql``, ``calql`` and ``sac`` runs long
-enough take the compiled step of a population of one (``rlpd`` under ``--compile on`` only:
-not timed yet). ``finetune_population`` trains runs whose parents
+Update paths as in Phase I (``compile``): runs long enough for their algorithm's declared
+``compile_min_steps`` (every method here has one) take the compiled step of a population of
+one. ``finetune_population`` trains runs whose parents
 differ only in seed and corruption as one population (every member in its own environment,
 one stacked update): the Phase II study does so on GPUs (``--population``).
 """

@@ -10,11 +10,13 @@ The run directory is self-describing (see docs/run_format.md):
   continues from it, and on CPU the resumed run's metrics equal an uninterrupted run's
   (RNG states are restored and metrics written after the checkpoint are discarded).
 
-File names and statuses come from ``run_format``. Here: a run's configuration, its set-up
-(data, algorithm, the ``RunBook`` that writes its directory) and the choice of learner: one
-agent, or several runs that differ only in seed and corruption as one vmapped population.
-The gradient steps themselves, and the schedule of logs, evaluations and checkpoints, are
-``engine.loop.fit``'s, the same loop for both.
+File names and statuses come from ``core.run_format``; the run layer every run stands on
+(the ``RunBook`` that writes the directory, the run lock, the compatibility check, failure
+records) is ``runs.book``. Here: a Phase I run's configuration, its set-up (data,
+corruption, algorithm) and the choice of learner: one agent, or several runs that differ
+only in seed and corruption as one vmapped population. The gradient steps themselves, and
+the schedule of logs, evaluations and checkpoints, are ``engine.loop.fit``'s, the same loop
+for both.
 """
 from __future__ import annotations
 
