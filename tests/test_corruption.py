@@ -335,3 +335,20 @@ def test_a_bad_corruption_is_refused_before_any_data_is_loaded(text: str, messag
     with pytest.raises(ValueError) as error:
         parse_corruptions(text)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_data_spec_names_checks_and_applies_its_corruptions_in_order(make_dataset) -> None:
+    from hybrid_rl.data.dataspec import DataSpec
+
+    observations = {"kind": "corrupt_transitions", "target": "observations", "rate": 0.5, "scale": 1.0}
+    spec = DataSpec("gen-hopper-medium-v1", remove_top_k=30.0, reward_noise_std=0.5, extra_corruptions=(observations,))
+    assert [s["kind"] for s in spec.corruption_specs()] == ["remove_top_k", "reward_noise", "corrupt_transitions"]
+    assert spec.id_parts() == ["gen-hopper-medium-v1", "k30", "noise0.5", "corrupt_transitions-0.5-1.0-observations"]
+    dataset = make_dataset([[1.0, 2.0], [5.0, 5.0, 5.0], [0.5], [3.0, 1.0]])
+    original, corrupted, records = spec.prepare(seed=3, original=dataset)
+    again = apply_corruptions(dataset, spec.corruption_specs(), seed=3)[0]
+    assert original is dataset and corrupted.checksum() == again.checksum() and [r["kind"] for r in records] == ["remove_top_k", "reward_noise", "corrupt_transitions"]
+    for bad, message in (({"remove_top_k": 100.0}, "outside"), ({"reward_noise_std": -1.0}, "negative"),
+                         ({"extra_corruptions": ({"kind": "melt"},)}, "unknown kind")):
+        with pytest.raises(ValueError, match=message):
+            DataSpec("x", **bad)

@@ -58,6 +58,7 @@ import torch
 
 from ..algos.registry import algorithm_spec, finetune_recipes, make_config
 from ..algos.spec import FinetuneRecipe
+from ..data.dataspec import DataSpec
 from ..data.refs import normalized_score
 from ..data.robots import EPISODE_LIMIT
 from ..core.errors import HybridRLError
@@ -157,6 +158,7 @@ class FinetuneConfig:
             raise HybridRLError(f"unknown compile mode {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
         if self.parent == SCRATCH and not self.dataset:
             raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
+        self.data  # the data spec checks its corruptions (levels and specs) here, before any data loads
         if self.parent == SCRATCH and self.recipe.parent_algos and not self.recipe.interacts:
             raise HybridRLError(f"method {self.method} continues a pretrained agent's offline training: pass --from RESULTS/RUN_ID, not --from scratch")
 
@@ -216,11 +218,15 @@ class FinetuneConfig:
         if self.parent != SCRATCH:
             start = f"from__{Path(self.parent).name}"
         else:
-            start = "__".join(["scratch", (self.dataset or "").replace("/", "_"), f"k{self.remove_top_k:g}", f"noise{self.reward_noise_std:g}"]
-                              + ["-".join(f"{v}" for k, v in sorted(spec.items()) if k != "seed") for spec in self.extra_corruptions]
-                              + settings_parts(self.settings()))
+            start = "__".join(["scratch", *self.data.id_parts(), *settings_parts(self.settings())])
         budget = [f"online{format_steps(self.online_steps)}"] if self.online_steps != DEFAULT_ONLINE_STEPS else []
         return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, *budget, f"s{self.seed}"])
+
+    @property
+    def data(self) -> DataSpec:
+        """The data of a run from scratch (its environment's, and RLPD's offline data); a run
+        from a parent trains on the parent's (``with_parent`` copies it here)."""
+        return DataSpec(self.dataset or "", self.remove_top_k, self.reward_noise_std, self.extra_corruptions)
 
     def settings(self) -> dict[str, Any]:
         """The algorithm settings that depart from the published defaults: a from-scratch
@@ -556,9 +562,7 @@ def _prepare(config: FinetuneConfig, run_dir: Path, resume: bool, started: float
 
     parent_info: dict[str, Any] = {"run_id": None}
     if config.parent == SCRATCH:
-        data = TrainConfig(algo=config.method, dataset=config.dataset, remove_top_k=config.remove_top_k, reward_noise_std=config.reward_noise_std,
-                           extra_corruptions=config.extra_corruptions, seed=config.seed, cache_dir=config.cache_dir, mirror=config.mirror)
-        original, dataset, records = prepare_dataset(data)  # the corruption of a Phase I run with this seed
+        original, dataset, records = config.data.prepare(config.seed, config.cache_dir, config.mirror)  # as a Phase I run with this seed
         torch.manual_seed(config.seed)
         algorithm = scratch_algorithm(config, dataset.obs_dim, dataset.act_dim, device)
     else:

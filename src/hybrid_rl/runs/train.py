@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.corruption import check_corruptions, check_shorthands
 from ..data.dataset import OfflineDataset, TransitionSampler
+from ..data.dataspec import DataSpec
 from ..data.views import is_view_corruption
 from ..engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from ..core.grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
@@ -71,9 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {self.total_steps}")
-        check_shorthands(self.remove_top_k, self.reward_noise_std)
-        if self.extra_corruptions:
-            check_corruptions(self.extra_corruptions)
+        self.data  # the data spec checks itself (corruption levels and specs), before any data loads
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
@@ -86,14 +84,16 @@ class TrainConfig:
         every algorithm setting that departs from the published defaults, and the budget when
         it is not the default 500k, so runs of other settings and budgets coexist in one
         results directory (runs of the default budget and settings keep their short ids)."""
-        parts = [self.algo, self.dataset.replace("/", "_"), f"k{self.remove_top_k:g}", f"noise{self.reward_noise_std:g}"]
-        for spec in self.extra_corruptions:
-            parts.append("-".join(f"{value}" for key, value in sorted(spec.items()) if key != "seed"))
-        parts += settings_parts(self.settings())
+        parts = [self.algo, *self.data.id_parts(), *settings_parts(self.settings())]
         if self.total_steps != DEFAULT_TOTAL_STEPS:
             parts.append(f"steps{format_steps(self.total_steps)}")
         parts.append(f"s{self.seed}")
         return "__".join(parts)
+
+    @property
+    def data(self) -> DataSpec:
+        """The data this run trains on: its dataset and corruptions."""
+        return DataSpec(self.dataset, self.remove_top_k, self.reward_noise_std, self.extra_corruptions)
 
     def settings(self) -> dict[str, Any]:
         """The algorithm settings this run changes from the published defaults
@@ -111,33 +111,12 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# Small pure helpers
-# ---------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-def corruption_specs(config: TrainConfig) -> list[dict]:
-    """The corruption specs a config asks for, in the order they are applied."""
-    specs: list[dict] = []
-    if config.remove_top_k > 0:
-        specs.append({"kind": "remove_top_k", "k": config.remove_top_k})
-    if config.reward_noise_std > 0:
-        specs.append({"kind": "reward_noise", "std": config.reward_noise_std})
-    specs.extend(dict(spec) for spec in config.extra_corruptions)
-    return specs
-
-
 def prepare_dataset(config: TrainConfig, original: OfflineDataset | None = None) -> tuple[OfflineDataset, OfflineDataset, list[dict]]:
-    """Load the dataset (unless given) and apply the configured corruptions: (original, corrupted, records)."""
-    from ..data.corruption import apply_corruptions
-    from ..data.loader import load_dataset
-
-    if original is None:
-        original = load_dataset(config.dataset, cache_dir=config.cache_dir, mirror=config.mirror)
-    corrupted, records = apply_corruptions(original, corruption_specs(config), seed=config.seed)
-    return original, corrupted, records
+    """Load the dataset (unless given) and apply the configured corruptions with the run's
+    seed: (original, corrupted, records)."""
+    return config.data.prepare(config.seed, config.cache_dir, config.mirror, original)
 
 
 def algorithm_overrides(config: TrainConfig) -> dict[str, Any]:
