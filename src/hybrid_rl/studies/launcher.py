@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..core.errors import HybridRLError
 from ..core.fileio import LockHeld, atomic_write_text, held_exclusively
+from ..core.grid_options import DEFAULT_MAX_POPULATION
 from ..core.run_format import GRID_LOCK_FILE, GRID_STATUS_FILE, STATE_COMPLETE, STATE_PARTIAL, checkpoint_step
 from ..runs.book import record_failure
 from ..runs.units import plan_units, run_state, train_unit_safely, unit_result
@@ -42,7 +43,7 @@ def check_launcher(launcher: str) -> None:
 
 def launch(configs: Sequence[Any], results_dir: str | Path, *, announce: Callable[[dict[str, str], list[Any]], None],
            describe_population: str, workers: int = 1, launcher: str = "local", ray_address: str | None = None,
-           cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, population: str = "auto", max_population: int = 36,
+           cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, population: str = "auto", max_population: int = DEFAULT_MAX_POPULATION,
            device_type: str = "cpu", log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Train every run of ``configs`` that is not complete; write and return the status.
 
