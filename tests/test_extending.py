@@ -119,3 +119,13 @@ def test_an_online_only_method_is_refused_as_a_phase_one_algorithm() -> None:
     assert "sac" not in registry.available_algorithms() and registry.algorithm_spec("sac").finetune.parent_algos == ()
     with pytest.raises(ValueError, match="sac learns online only.*finetune --method sac --from scratch"):
         build_algorithm(TrainConfig(algo="sac", dataset=TINY_DATASET), None, torch.device("cpu"))
+
+
+def test_the_algorithms_command_lists_every_declaration(registered, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["algorithms"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip() and not line.startswith("Phase II control")}
+    assert set(rows) == set(registry.SPECS)  # the test's own algorithm included
+    assert "Cal-QL" in rows["calql"] and "from calql runs, symmetric sampling, UTD 1" in rows["calql"]
+    assert "from scratch, symmetric sampling, UTD 20, 5,000 random warm-up steps" in rows["rlpd"]
+    assert "TinyTD" in rows["tinytd"] and rows["bc"].split()[3] == "-"  # BC has no Phase II recipe
