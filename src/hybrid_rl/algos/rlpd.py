@@ -163,7 +163,7 @@ class RLPD(Algorithm):
 
 
 # Compiled, end to end (2 cores, UTD 1, 2,000 updates): ~9.9 ms saved per update, ~18.5 s of
-# cold compilation: break-even ~1,900 updates (docs/performance.md, "RLPD and SAC compiled").
+# cold compilation: break-even ~1,900 updates (docs/performance.md, "Phase II fine-tuning, end to end").
 SPEC = AlgorithmSpec(
     name="rlpd", display_name="RLPD", algorithm=RLPD, config=RLPDConfig, source="Ball, Smith, Kostrikov & Levine 2023, ICML",
     offline=False, compile_min_steps=2_000,
