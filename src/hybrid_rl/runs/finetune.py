@@ -83,7 +83,7 @@ def methods() -> dict[str, FinetuneRecipe]:
     (algos/*.py: ``SPEC.finetune``) and the control that separates recovery from more
     training, ``offline`` (the parent keeps training offline, for any pretrained method)."""
     recipes = finetune_recipes()
-    pretrained = tuple(name for name, recipe in recipes.items() if recipe.parent_algos)
+    pretrained = tuple(dict.fromkeys(algo for recipe in recipes.values() for algo in recipe.parent_algos))  # every pretrained parent's algorithm
     control = FinetuneRecipe(parent_algos=pretrained, sampling="offline", utd=1, source="control: continued offline training of the parent",
                              interacts=False)
     return {**recipes, OFFLINE_CONTROL: control}
