@@ -118,6 +118,20 @@ class Algorithm:
         pass
 
 
+class LearnedTemperature:
+    """For algorithms with SAC's learned entropy temperature (a ``log_alpha`` tensor, not a
+    module parameter): it goes into the checkpoint with the networks."""
+
+    log_alpha: torch.Tensor
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"log_alpha": self.log_alpha.detach().clone()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Algorithm, Batch, Metrics, step_optimizer
+from .base import Algorithm, Batch, LearnedTemperature, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
 from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
 from .sac import q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
@@ -232,7 +232,7 @@ def cql_losses(
 # ---------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------
-class CQL(Algorithm):
+class CQL(LearnedTemperature, Algorithm):
     """SAC-based CQL(H) with twin critics and automatic entropy tuning.
 
     ``update`` metrics (0-d tensors): critic_loss, td_loss, cql_penalty, logsumexp_mean,
@@ -281,12 +281,6 @@ class CQL(Algorithm):
         """min over the twin critics, ``(B,)``."""
         return self.critic(obs, actions).min(dim=0).values
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"log_alpha": self.log_alpha.detach().clone()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
 
 
 CQL_LOSS_NOTE = "its loss adds α·(logsumexp Q − Q), which does not scale as a power of the reward scale"

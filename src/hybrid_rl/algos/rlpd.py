@@ -20,12 +20,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
-from .base import Algorithm, Batch, Metrics, step_optimizer
+from .base import Algorithm, Batch, LearnedTemperature, Metrics, step_optimizer
 from .spec import AlgorithmSpec, FinetuneRecipe
 from .sac import actor_temperature_phase, critic_regression, entropy_bonus
 
@@ -100,7 +99,7 @@ def rlpd_actor_loss(critic: EnsembleCritic, policy: TanhGaussianPolicy, obs: tor
     return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach(), "q_policy_mean": q_pi.mean().detach(), "log_prob": log_prob.detach()}
 
 
-class RLPD(Algorithm):
+class RLPD(LearnedTemperature, Algorithm):
     """SAC with a LayerNorm critic ensemble and a random-subset target (RLPD)."""
 
     name = "rlpd"
@@ -154,12 +153,6 @@ class RLPD(Algorithm):
     def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
         return entropy_bonus(self.actor, obs, actions, self.log_alpha.exp().detach()) if self.config.backup_entropy else None
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"log_alpha": self.log_alpha.detach().clone()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
 
 
 # Compiled, end to end (2 cores, UTD 1, 2,000 updates): ~9.9 ms saved per update, ~18.5 s of
