@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -305,12 +306,27 @@ def wait_for_a_run_between_checkpoints(results: Path, process: subprocess.Popen)
     return None
 
 
-def assert_same_as_reference(results: Path, reference: Path) -> None:
+def training_pid(run: Path) -> int | None:
+    """The pid of the process holding ``run``'s lock (None if it is not held right now)."""
+    try:
+        owner = (run / ".run.lock").read_text()
+    except OSError:
+        return None
+    found = re.search(r"pid (\d+)", owner)
+    return int(found.group(1)) if found else None
+
+
+def last_logged_step(run: Path) -> int | None:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1])["step"] if lines and lines[-1].endswith("}") else None
+
+
+def assert_same_as_reference(results: Path, reference: Path, context: str = "") -> None:
     for run in sorted(reference.glob("*__s0")):
-        assert (results / run.name / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text(), run.name
+        assert (results / run.name / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text(), f"{run.name}\n{context}"
         summary = json.loads((results / run.name / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["steps_done"] == KILL_STEPS
-    assert not list(results.glob(".*.lock")) and not list(results.glob("*/.run.lock"))
+        assert summary["status"] == "completed" and summary["steps_done"] == KILL_STEPS, f"{run.name}: {summary}\n{context}"
+    assert not list(results.glob(".*.lock")) and not list(results.glob("*/.run.lock")), context
 
 
 @pytest.mark.slow
@@ -341,12 +357,17 @@ def test_a_dead_worker_process_does_not_fail_the_grid(grid_script, tmp_path: Pat
     script, env, reference = grid_script
     results = tmp_path / "one_worker_killed"
     process = subprocess.Popen([sys.executable, str(script), str(results), "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert wait_for_a_run_between_checkpoints(results, process) is not None, "the grid finished before a worker could be killed"
-    os.kill(worker_pids(process.pid)[0], signal.SIGKILL)
+    run = wait_for_a_run_between_checkpoints(results, process)
+    assert run is not None, "the grid finished before a worker could be killed"
+    # The worker training that run (its lock names the holder's pid): killing it always
+    # breaks a unit in progress, where killing an idle worker could come after the last unit.
+    victim = training_pid(run) or worker_pids(process.pid)[0]
+    os.kill(victim, signal.SIGKILL)
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    assert "a worker process died" in output and "resume from their checkpoints" in output, output
-    assert_same_as_reference(results, reference)
+    context = f"killed pid {victim} while {run.name} was at step {last_logged_step(run)}; grid output:\n{output}"
+    assert process.returncode == 0, context
+    assert "a worker process died" in output and "resume from their checkpoints" in output, context
+    assert_same_as_reference(results, reference, context)
 
 
 def test_second_grid_on_the_same_results_is_refused(tmp_path: Path, generated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
