@@ -20,6 +20,12 @@ RECORDED = Path(__file__).parent / "fixtures" / "engine_outputs.json"
 # study and a behaviour training, recorded after the Phase II, sweep and interoperability
 # issues landed: the contract of the "one run layer" redesign.
 RECORDED_PHASE2 = Path(__file__).parent / "fixtures" / "phase2_outputs.json"
+# One change was made to a recording on purpose: when the population step came to be derived
+# from the algorithms' declared update rules (algos/update.py), the CQL population's
+# metrics.jsonl (scenario population_cql) took the single CQL run's column order,
+# grad_norm_critic before grad_norm_actor (it had them the other way round). Every value,
+# every checkpoint and every other file stayed byte-identical; the two keys were swapped in
+# engine_outputs.json and nothing else was re-recorded.
 
 
 def emulated_capability(recorded_platform: dict) -> str | None:

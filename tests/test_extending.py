@@ -1,13 +1,16 @@
 """Adding an algorithm is one declaration plus one registry entry (docs/extending.md).
 
 A small actor-critic defined here, outside the package, is registered with its ``SPEC`` and
-nothing else: it trains offline through ``train``, fine-tunes online from its own Phase I run
-through ``finetune`` (the recipe comes from its declaration), and the reports draw and name
-both with its declared display name.
+nothing else. Its gradient step is declared once (an ``UpdateRule``): the single run's
+``update`` and the vmapped population step are both derived from it. It trains offline
+through ``train``, forms a population through ``train_population``, fine-tunes online from its
+own Phase I run through ``finetune`` (the recipe comes from its declaration), and the reports
+draw and name both with its declared display name.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +19,15 @@ import pytest
 import torch
 
 from hybrid_rl.algos import registry
-from hybrid_rl.algos.base import Algorithm, Batch, Metrics, step_optimizer
+from hybrid_rl.algos.base import Algorithm, Batch, Metrics
 from hybrid_rl.algos.sac import q_statistics, td_loss
 from hybrid_rl.algos.spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
+from hybrid_rl.algos.update import Phase, UpdateRule
 from hybrid_rl.cli import main as cli_main
 from hybrid_rl.runs.finetune import FinetuneConfig, finetune, methods
-from hybrid_rl.core.networks import DeterministicPolicy, EnsembleCritic, soft_update
-from hybrid_rl.runs.train import TrainConfig, train
+from hybrid_rl.core.networks import DeterministicPolicy, EnsembleCritic
+from hybrid_rl.engine.population import population_class
+from hybrid_rl.runs.train import TrainConfig, train, train_population
 
 from conftest import TINY_DATASET
 
@@ -41,10 +46,23 @@ class TinyTDConfig:
         check_reward_scaling(self.reward_scaling)
 
 
+def tiny_td_step(nets, batch: Batch, draws: None) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The critic learns the actor's Q by TD; the actor clones the data's actions."""
+    with torch.no_grad():
+        next_q = nets.target_critic(batch["next_observations"], nets.fixed("actor")(batch["next_observations"]))[0]
+        target = batch["rewards"] + nets.config.discount * (1.0 - batch["dones"]) * next_q
+    q = nets.critic(batch["observations"], batch["actions"])
+    critic_loss = td_loss(q, target)
+    actor_loss = (nets.actor(batch["observations"]) - batch["actions"]).pow(2).mean()
+    return {"critic": critic_loss, "actor": actor_loss}, {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **q_statistics("q", q)}
+
+
 class TinyTD(Algorithm):
     """A deterministic actor cloned from the data and a critic learning its Q by TD."""
 
     name = "tinytd"
+    update_rule = UpdateRule(networks=("critic", "actor"), phases=(Phase("update", tiny_td_step, ("critic", "actor")),),
+                             q_estimate=lambda q, config: q[0])
 
     def __init__(self, obs_dim: int, act_dim: int, config: TinyTDConfig = TinyTDConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
@@ -52,23 +70,6 @@ class TinyTD(Algorithm):
         self.register(target_critic=copy.deepcopy(self.critic).requires_grad_(False))
         self.optimizers = {"actor": torch.optim.Adam(self.actor.parameters(), lr=config.lr),
                            "critic": torch.optim.Adam(self.critic.parameters(), lr=config.lr)}
-
-    def update(self, batch: Batch) -> Metrics:
-        with torch.no_grad():
-            next_q = self.target_critic(batch["next_observations"], self.actor(batch["next_observations"]))[0]
-            target = batch["rewards"] + self.config.discount * (1.0 - batch["dones"]) * next_q
-        q = self.critic(batch["observations"], batch["actions"])
-        critic_loss = td_loss(q, target)
-        step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-        actor_loss = (self.actor(batch["observations"]) - batch["actions"]).pow(2).mean()
-        step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-        soft_update(self.target_critic, self.critic, self.config.tau)
-        self.total_updates += 1
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **q_statistics("q", q)}
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs, actions)[0]
 
 
 SPEC = AlgorithmSpec(
@@ -97,6 +98,15 @@ def test_an_algorithm_declared_outside_the_package_trains_fine_tunes_and_is_repo
     recorded = json.loads((results / config.run_id / "config.json").read_text())
     assert recorded["algo"] == "tinytd" and recorded["algo_config"]["lr"] == 3e-4 and recorded["settings"] == {"lr": 3e-4}
 
+    # Two more seeds as one population: its step is derived from the same declaration.
+    assert population_class("tinytd") is not None
+    members = train_population([dataclasses.replace(config, seed=seed) for seed in (1, 2)])
+    assert [summary["status"] for summary in members.values()] == ["completed", "completed"]
+    single_row = json.loads((results / config.run_id / "metrics.jsonl").read_text().splitlines()[-1])
+    for run_id in members:
+        member_row = json.loads((results / run_id / "metrics.jsonl").read_text().splitlines()[-1])
+        assert list(member_row) == list(single_row)  # the single run's metrics, in its order
+
     fine = FinetuneConfig(method="tinytd", parent=str(results / config.run_id), online_steps=60, eval_every=30, eval_episodes=2,
                           switch_episodes=2, log_every=20, checkpoint_every=30, device="cpu", progress=False, results_dir=str(phase2),
                           cache_dir=str(generated_cache))
@@ -111,6 +121,30 @@ def test_an_algorithm_declared_outside_the_package_trains_fine_tunes_and_is_repo
     capsys.readouterr()
     assert "TinyTD" in (results / "summary.md").read_text()
     assert "tinytd" in (phase2 / "recovery.md").read_text()
+
+
+def test_the_derived_population_step_equals_the_derived_single_step(registered) -> None:
+    """A population of one and the single run start from the same weights and take the same
+    batches: both steps come from TinyTD's one declaration, so they agree up to rounding."""
+    torch.manual_seed(0)
+    single = TinyTD(5, 2)
+    population = population_class("tinytd")([copy.deepcopy(single)])
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        batch = {"observations": torch.randn(32, 5, generator=generator), "actions": torch.rand(32, 2, generator=generator) * 2 - 1,
+                 "rewards": torch.randn(32, generator=generator), "next_observations": torch.randn(32, 5, generator=generator),
+                 "dones": (torch.rand(32, generator=generator) < 0.1).float()}
+        expected = single.update(batch)
+        metrics = population.update({key: value[None] for key, value in batch.items()})
+        assert list(metrics) == list(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(metrics[name][0], value, rtol=1e-5, atol=1e-6)
+    member = population.member(0)
+    for network in ("actor", "critic", "target_critic"):
+        for mine, theirs in zip(member.modules[network].parameters(), single.modules[network].parameters()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    obs, actions = torch.randn(4, 5), torch.rand(4, 2)
+    torch.testing.assert_close(population.agent_q_values(0, obs, actions), single.q_values(obs, actions), rtol=1e-5, atol=1e-6)
 
 
 def test_an_online_only_method_is_refused_as_a_phase_one_algorithm() -> None:

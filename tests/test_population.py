@@ -474,7 +474,9 @@ def test_sac_and_rlpd_populations_of_one_equal_the_single_run(algo: str, base: O
     # A population rebuilt from its exported member continues where it was (the Adam steps
     # of critic and actor differ for RLPD) and acts and scores like the single run.
     rebuilt = pop_cls([member])
-    assert float(rebuilt.step) == 7 and float(rebuilt.actor_step) == actor_steps
+    # (SAC's actor phase runs every update and shares the update counter; RLPD's counts its own.)
+    assert float(rebuilt.step) == 7 and float(rebuilt.phase_steps.get("actor", rebuilt.step)) == actor_steps
+    assert ("actor" in rebuilt.phase_steps) == (algo == "rlpd")
     obs = torch.as_tensor(base.observations[:5])
     assert_close(rebuilt.agent_q_values(0, obs, torch.as_tensor(base.actions[:5])), single.q_values(obs, torch.as_tensor(base.actions[:5])), "q")
     # The soft bonus of the Monte-Carlo target (both learn soft Q) from the member's own actor and temperature.
@@ -508,7 +510,7 @@ def test_compiled_rlpd_population_equals_eager(base: OfflineDataset) -> None:
     assert not [w for w in caught if "torch.compile failed" in str(w.message)]
     for key, value in eager.params.items():
         assert_close(compiled.params[key], value, key)
-    assert torch.equal(compiled.actor_step, eager.actor_step) and float(compiled.actor_step) == 1
+    assert torch.equal(compiled.phase_steps["actor"], eager.phase_steps["actor"]) and float(compiled.phase_steps["actor"]) == 1
 
 def test_cql_agents_do_not_influence_each_other(base: OfflineDataset) -> None:
     """Agent 0 of populations (0, 1) and (0, 2) trains identically: no coupling through the stacking."""

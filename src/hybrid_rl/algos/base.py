@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Batch = dict[str, torch.Tensor]
-Metrics = dict[str, torch.Tensor]
+from .update import Batch, Metrics, UpdateRule, apply_rule
 
 
 class Algorithm:
@@ -54,11 +53,26 @@ class Algorithm:
             self.modules[key] = module
             setattr(self, key, module)
 
-    def update(self, batch: Batch) -> Metrics:  # pragma: no cover - interface
-        raise NotImplementedError
+    # The declared gradient step (algos/update.py); None: the class writes ``update`` itself.
+    update_rule: "UpdateRule | None" = None
 
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def update(self, batch: Batch) -> Metrics:
+        if self.update_rule is None:  # pragma: no cover - interface
+            raise NotImplementedError(f"{type(self).__name__} declares no update_rule and writes no update()")
+        return apply_rule(self, self.update_rule, batch)
+
+    def fixed(self, name: str) -> nn.Module:
+        """Network ``name`` as a loss reads it without training it (algos/update.py). In a
+        single run that is the network itself: the declared step order keeps the gradients
+        such a read leaves behind out of every optimizer step."""
+        return self.modules[name]
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The critic's diagnostic estimate ``(B,)`` (the rule's ``q_estimate`` of its ``(E, B)`` outputs)."""
+        if self.update_rule is None:  # pragma: no cover - interface
+            raise NotImplementedError(f"{type(self).__name__} declares no update_rule and writes no q_values()")
+        return self.update_rule.q_estimate(self.modules["critic"](obs, actions), self.config)
 
     def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
         """``(B,)`` the soft bonus -alpha log pi(a|s) the critic's backup adds for taking ``a``
@@ -120,9 +134,23 @@ class Algorithm:
 
 class LearnedTemperature:
     """For algorithms with SAC's learned entropy temperature (a ``log_alpha`` tensor, not a
-    module parameter): it goes into the checkpoint with the networks."""
+    module parameter): it goes into the checkpoint with the networks, and a soft backup's
+    entropy bonus is computed from it."""
 
     log_alpha: torch.Tensor
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp().detach()
+
+    @torch.no_grad()
+    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """-alpha log pi(a|s) ``(B,)`` when the critic's backup subtracts the entropy term
+        (``config.backup_entropy``): eq. 3 of SAC's 2018 paper, the soft value
+        V(s) = E[Q(s, a) - alpha log pi(a|s)]. None otherwise."""
+        if not self.config.backup_entropy:
+            return None
+        return -self.log_alpha.exp().detach() * self.actor.log_prob(obs, actions)
 
     def extra_state(self) -> dict[str, Any]:
         return {"log_alpha": self.log_alpha.detach().clone()}
@@ -134,14 +162,3 @@ class LearnedTemperature:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def step_optimizer(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters) -> torch.Tensor:
-    """zero_grad, backward, step; returns the gradient norm before the step (0-d tensor)."""
-    from ..core.networks import grad_norm
-
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = grad_norm(parameters)
-    optimizer.step()
-    return norm

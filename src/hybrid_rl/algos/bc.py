@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Algorithm, Batch, Metrics, step_optimizer
+from .base import Algorithm, Batch, Metrics
+from .update import step_optimizer
 from .spec import AlgorithmSpec, check_reward_scaling
 from ..core.networks import DeterministicPolicy
 

@@ -20,20 +20,38 @@ so the floor stays conservative there (docs/algorithms.md).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from . import cql
-from .base import Batch
+from .base import Batch, Metrics
 from .cql import CQL, CQLConfig
 from .spec import AlgorithmSpec, FinetuneRecipe
+from .update import Phase
 
 
 @dataclass(frozen=True)
 class CalQLConfig(CQLConfig):
     """CQL's settings (CORL's MuJoCo defaults); the calibration needs no parameter of its own."""
 
+
+
+def calibration_floor(batch: Batch) -> torch.Tensor:
+    """The floor of the policy proposals' Q: the batch's Monte-Carlo returns-to-go."""
+    if "mc_returns" not in batch:
+        raise KeyError("Cal-QL needs batches with 'mc_returns' (the Monte-Carlo return-to-go of each transition)")
+    return batch["mc_returns"]
+
+
+def calql_step(nets: Any, batch: Batch, draws: None) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """CQL's phase with the proposals' Q floored at the Monte-Carlo returns-to-go."""
+    return cql.cql_step(nets, batch, draws, q_floor=calibration_floor(batch))
+
+
+CALQL_UPDATE = dataclasses.replace(cql.CQL_UPDATE, phases=(Phase("update", calql_step, ("alpha", "actor", "critic")),))
 
 
 class CalQL(CQL):
@@ -44,14 +62,10 @@ class CalQL(CQL):
     """
 
     name = "calql"
+    update_rule = CALQL_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: CalQLConfig = CalQLConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
-
-    def q_floor(self, batch: Batch) -> torch.Tensor:
-        if "mc_returns" not in batch:
-            raise KeyError("Cal-QL needs batches with 'mc_returns' (the Monte-Carlo return-to-go of each transition)")
-        return batch["mc_returns"]
 
 
 # Cal-QL's step is CQL's plus one elementwise max: CQL's rate and compile threshold.

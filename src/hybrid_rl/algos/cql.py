@@ -40,9 +40,10 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Algorithm, Batch, LearnedTemperature, Metrics, step_optimizer
+from .base import Algorithm, Batch, LearnedTemperature, Metrics
 from .spec import AlgorithmSpec, FinetuneRecipe, check_reward_scaling
-from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from .update import Phase, UpdateRule
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy
 from .sac import q_statistics, sac_actor_loss, sac_target, td_loss, temperature_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
@@ -229,6 +230,26 @@ def cql_losses(
     return alpha_loss, actor_loss, critic_loss, metrics
 
 
+def cql_step(nets: Any, batch: Batch, draws: None, q_floor: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """CQL's one phase: the three losses at the step's start, stepped temperature, actor,
+    critic. The actor loss reads the critic, and the critic's target reads the actor, as
+    networks they do not train (``nets.fixed``)."""
+    alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
+        nets.actor, nets.critic, nets.target_critic, nets.log_alpha, batch, nets.config, nets.target_entropy,
+        critic_for_actor=nets.fixed("critic"), actor_for_critic=nets.fixed("actor"), q_floor=q_floor,
+    )
+    return {"alpha": alpha_loss, "actor": actor_loss, "critic": critic_loss}, metrics
+
+
+# The single run steps the actor before the critic: the actor loss backpropagates through
+# the critic, whose parameters the critic step changes in place, and the critic gradients it
+# leaves behind are cleared by the critic step's zero_grad. CQL logs no temperature gradient
+# norm. Its compiled CPU population step evaluates the twin critics member by member
+# (measured faster: benchmarks/cql_reference.py).
+CQL_UPDATE = UpdateRule(networks=("critic", "actor"), temperature=True, phases=(Phase("update", cql_step, ("alpha", "actor", "critic")),),
+                        grad_norms=("critic", "actor"), random=True, member_critic_products=True)
+
+
 # ---------------------------------------------------------------------------------------
 # The algorithm
 # ---------------------------------------------------------------------------------------
@@ -242,6 +263,7 @@ class CQL(LearnedTemperature, Algorithm):
     """
 
     name = "cql"
+    update_rule = CQL_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig = CQLConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
@@ -257,30 +279,6 @@ class CQL(LearnedTemperature, Algorithm):
             "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
         }
-
-    def q_floor(self, batch: Batch) -> torch.Tensor | None:
-        """The floor of the policy proposals' Q in the penalty: none in CQL (see calql.CalQL)."""
-        return None
-
-    def update(self, batch: Batch) -> Metrics:
-        alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
-            self.actor, self.critic, self.target_critic, self.log_alpha, batch, self.config, self.target_entropy, q_floor=self.q_floor(batch)
-        )
-        step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
-        # The actor step must come before the critic step: the actor loss backpropagates
-        # through the critic, whose parameters the critic step changes in place. The critic
-        # gradients this leaves behind are cleared by the critic step's zero_grad.
-        actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-        soft_update(self.target_critic, self.critic, self.config.tau)
-        self.total_updates += 1
-        return {**metrics, "grad_norm_critic": critic_grad, "grad_norm_actor": actor_grad}
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the twin critics, ``(B,)``."""
-        return self.critic(obs, actions).min(dim=0).values
-
 
 
 CQL_LOSS_NOTE = "its loss adds α·(logsumexp Q − Q), which does not scale as a power of the reward scale"

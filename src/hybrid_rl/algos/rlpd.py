@@ -20,13 +20,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
-from .base import Algorithm, Batch, LearnedTemperature, Metrics, step_optimizer
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy
+from .base import Algorithm, Batch, LearnedTemperature, Metrics
 from .spec import AlgorithmSpec, FinetuneRecipe
-from .sac import actor_temperature_phase, critic_regression, entropy_bonus
+from .sac import actor_temperature_phase, critic_regression
+from .update import Phase, UpdateRule
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,19 @@ def rlpd_target(target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch
         return batch["rewards"] + discount * (1.0 - batch["dones"]) * next_q
 
 
-def rlpd_critic_phase(critic: EnsembleCritic, target_critic: EnsembleCritic, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor,
-                      subset: torch.Tensor, cfg: "RLPDConfig") -> tuple[torch.Tensor, Metrics]:
-    """The first phase of RLPD's step: the ensemble's TD loss on the random-subset target, and
-    its diagnostics. Shared by ``RLPD.update`` and the population."""
-    return critic_regression(critic, rlpd_target(target_critic, policy, batch, alpha, subset, cfg.discount, cfg.backup_entropy), batch, alpha)
+def rlpd_critic_step(nets: Any, batch: Batch, subset: torch.Tensor) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The first phase of RLPD's step: the ensemble's TD loss on the random-subset target."""
+    cfg = nets.config
+    alpha = nets.log_alpha.exp().detach()
+    target = rlpd_target(nets.target_critic, nets.actor, batch, alpha, subset, cfg.discount, cfg.backup_entropy)
+    loss, metrics = critic_regression(nets.critic, target, batch, alpha)
+    return {"critic": loss}, metrics
+
+
+def target_subset(config: "RLPDConfig", device: torch.device) -> torch.Tensor:
+    """This update's ``target_subset`` critics, drawn on the device from the global generator
+    (no host sync), before anything else of the update."""
+    return torch.randperm(config.ensemble_size, device=device)[: config.target_subset]
 
 
 def expected_subset_min(q: torch.Tensor, subset_size: int) -> torch.Tensor:
@@ -99,10 +109,30 @@ def rlpd_actor_loss(critic: EnsembleCritic, policy: TanhGaussianPolicy, obs: tor
     return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach(), "q_policy_mean": q_pi.mean().detach(), "log_prob": log_prob.detach()}
 
 
+def rlpd_actor_step(nets: Any, batch: Batch, draws: torch.Tensor) -> tuple[dict[str, torch.Tensor], Metrics]:
+    return actor_temperature_phase(rlpd_actor_loss, nets, batch["observations"])
+
+
+def subset_min_estimate(q: torch.Tensor, config: "RLPDConfig") -> torch.Tensor:
+    """The target's estimator in expectation (``expected_subset_min``): RLPD's diagnostic Q."""
+    return expected_subset_min(q, config.target_subset)
+
+
+# The critic every update; actor and temperature on every ``actor_every``-th (once per
+# environment step), through the updated critic. The log order of the metrics is the one
+# RLPD's runs have always written.
+RLPD_UPDATE = UpdateRule(
+    networks=("critic", "actor"), temperature=True, random=True, grad_norms=("critic", "actor"), draws=target_subset,
+    phases=(Phase("critic", rlpd_critic_step, ("critic",)), Phase("actor", rlpd_actor_step, ("actor", "alpha"), every="actor_every")),
+    leading_metrics=("critic_loss", "alpha", "grad_norm_critic"), q_estimate=subset_min_estimate,
+)
+
+
 class RLPD(LearnedTemperature, Algorithm):
     """SAC with a LayerNorm critic ensemble and a random-subset target (RLPD)."""
 
     name = "rlpd"
+    update_rule = RLPD_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: RLPDConfig = RLPDConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
@@ -118,41 +148,6 @@ class RLPD(LearnedTemperature, Algorithm):
             "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
         }
-
-    # The two phases of the step (the population steps them the same way).
-    critic_phase = staticmethod(rlpd_critic_phase)
-    actor_loss_fn = staticmethod(rlpd_actor_loss)
-
-    def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
-        alpha = self.log_alpha.exp().detach()
-        # The subset is drawn on the device from the global generator (no host sync).
-        subset = torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset]
-        critic_loss, critic_metrics = self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, subset, cfg)
-        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-        soft_update(self.target_critic, self.critic, cfg.tau)
-        self.total_updates += 1
-        metrics = {"critic_loss": critic_metrics.pop("critic_loss"), "alpha": critic_metrics.pop("alpha"), "grad_norm_critic": critic_grad,
-                   **critic_metrics}
-        if self.total_updates % cfg.actor_every == 0:  # the last update of an environment step
-            actor_loss, alpha_loss, actor_metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.log_alpha,
-                                                                            batch["observations"], alpha, self.target_entropy)
-            actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-            step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
-            alpha_loss_value = actor_metrics.pop("alpha_loss")
-            metrics.update(actor_metrics, alpha_loss=alpha_loss_value, grad_norm_actor=actor_grad)
-        return metrics
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The target's estimator in expectation, ``(B,)``: the mean over random subsets of
-        ``target_subset`` critics of their minimum (``expected_subset_min``)."""
-        return expected_subset_min(self.critic(obs, actions), self.config.target_subset)
-
-    @torch.no_grad()
-    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        return entropy_bonus(self.actor, obs, actions, self.log_alpha.exp().detach()) if self.config.backup_entropy else None
-
 
 
 # Compiled, end to end (2 cores, UTD 1, 2,000 updates): ~9.9 ms saved per update, ~18.5 s of

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .base import Algorithm, Batch, LearnedTemperature, Metrics, step_optimizer
+from .base import Algorithm, Batch, LearnedTemperature, Metrics
 from .spec import AlgorithmSpec, FinetuneRecipe
-from ..core.networks import EnsembleCritic, TanhGaussianPolicy, soft_update
+from .update import Phase, UpdateRule
+from ..core.networks import EnsembleCritic, TanhGaussianPolicy
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
 
@@ -73,18 +74,12 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
-def entropy_bonus(policy: TanhGaussianPolicy, obs: torch.Tensor, actions: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """-alpha log pi(a|s) ``(B,)``: what the soft backup adds for each step's action (eq. 3 of
-    the 2018 paper: the soft value V(s) = E[Q(s, a) - alpha log pi(a|s)])."""
-    return -alpha * policy.log_prob(obs, actions)
-
-
-def sac_critic_phase(critic: QFunction, target_critic: QFunction, policy: TanhGaussianPolicy, batch: Batch, alpha: torch.Tensor,
-                     subset: torch.Tensor | None, cfg: "SACConfig") -> tuple[torch.Tensor, Metrics]:
-    """The first phase of SAC's step: the critics' TD loss on the soft target, and its
-    diagnostics (``subset`` is RLPD's; SAC takes none). Shared by ``SAC.update`` and the
-    population so the wiring exists once."""
-    return critic_regression(critic, sac_target(target_critic, policy, batch, alpha, cfg.discount, cfg.backup_entropy), batch, alpha)
+def sac_critic_step(nets: Any, batch: Batch, draws: None) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The first phase of SAC's step: the critics' TD loss on the soft target."""
+    cfg = nets.config
+    alpha = nets.log_alpha.exp().detach()
+    loss, metrics = critic_regression(nets.critic, sac_target(nets.target_critic, nets.actor, batch, alpha, cfg.discount, cfg.backup_entropy), batch, alpha)
+    return {"critic": loss}, metrics
 
 
 def critic_regression(critic: QFunction, target: torch.Tensor, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
@@ -95,14 +90,27 @@ def critic_regression(critic: QFunction, target: torch.Tensor, batch: Batch, alp
     return loss, {"critic_loss": loss.detach(), "alpha": alpha, "target_q_mean": target.mean(), **q_statistics("q", q_pred)}
 
 
-def actor_temperature_phase(actor_loss_fn, critic: QFunction, policy: TanhGaussianPolicy, log_alpha: torch.Tensor, obs: torch.Tensor,
-                            alpha: torch.Tensor, target_entropy: float) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
-    """The second phase of the SAC family's step, through the updated critic: the actor loss
-    (``actor_loss_fn``: SAC's, or RLPD's ensemble-mean one) and the temperature loss on its
-    detached log-probabilities. The two share no parameters, so each may be stepped alone."""
-    actor_loss, metrics = actor_loss_fn(critic, policy, obs, alpha)
-    alpha_loss = temperature_loss(log_alpha, metrics.pop("log_prob"), target_entropy)
-    return actor_loss, alpha_loss, {**metrics, "alpha_loss": alpha_loss.detach()}
+def actor_temperature_phase(actor_loss_fn: Callable[..., tuple[torch.Tensor, Metrics]], nets: Any, obs: torch.Tensor) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The second phase of the SAC family's step, through the critic the first phase just
+    updated: the actor loss (``actor_loss_fn``: SAC's, or RLPD's ensemble-mean one) and the
+    temperature loss on its detached log-probabilities (the two share no parameters)."""
+    alpha = nets.log_alpha.exp().detach()
+    actor_loss, metrics = actor_loss_fn(nets.critic, nets.actor, obs, alpha)
+    alpha_loss = temperature_loss(nets.log_alpha, metrics.pop("log_prob"), nets.target_entropy)
+    return {"actor": actor_loss, "alpha": alpha_loss}, {**metrics, "alpha_loss": alpha_loss.detach()}
+
+
+def sac_actor_step(nets: Any, batch: Batch, draws: None) -> tuple[dict[str, torch.Tensor], Metrics]:
+    return actor_temperature_phase(sac_actor_loss, nets, batch["observations"])
+
+
+# The critic first, then actor and temperature through the updated critic. The log order of
+# the metrics is the one SAC's runs have always written.
+SAC_UPDATE = UpdateRule(
+    networks=("critic", "actor"), temperature=True, random=True, grad_norms=("critic", "actor"),
+    phases=(Phase("critic", sac_critic_step, ("critic",)), Phase("actor", sac_actor_step, ("actor", "alpha"))),
+    leading_metrics=("critic_loss", "alpha", "alpha_loss", "grad_norm_critic", "grad_norm_actor"),
+)
 
 
 def q_statistics(prefix: str, q: torch.Tensor) -> Metrics:
@@ -115,6 +123,7 @@ class SAC(LearnedTemperature, Algorithm):
     """SAC with twin critics and automatic entropy tuning."""
 
     name = "sac"
+    update_rule = SAC_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig = SACConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
@@ -130,46 +139,6 @@ class SAC(LearnedTemperature, Algorithm):
             "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.alpha_lr),
         }
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.exp().detach()
-
-    # The two phases of the step (the population steps them the same way).
-    critic_phase = staticmethod(sac_critic_phase)
-    actor_loss_fn = staticmethod(sac_actor_loss)
-
-    def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
-        alpha = self.alpha
-        critic_loss, critic_metrics = self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, None, cfg)
-        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-
-        actor_loss, alpha_loss, actor_metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.log_alpha,
-                                                                        batch["observations"], alpha, self.target_entropy)
-        actor_grad = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-        step_optimizer(self.optimizers["alpha"], alpha_loss, [self.log_alpha])
-
-        soft_update(self.target_critic, self.critic, cfg.tau)
-        self.total_updates += 1
-        return {
-            "critic_loss": critic_metrics.pop("critic_loss"),
-            "alpha": critic_metrics.pop("alpha"),
-            "alpha_loss": actor_metrics.pop("alpha_loss"),
-            "grad_norm_critic": critic_grad,
-            "grad_norm_actor": actor_grad,
-            **critic_metrics,  # target_q_mean, q_mean/std/min/max
-            **actor_metrics,  # actor_loss, entropy, q_policy_mean
-        }
-
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the twin critics, ``(B,)``: the estimator the backup uses."""
-        return self.critic(obs, actions).min(dim=0).values
-
-    @torch.no_grad()
-    def entropy_bonus(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        return entropy_bonus(self.actor, obs, actions, self.alpha) if self.config.backup_entropy else None
-
 
 
 # Compiled (2x256, from scratch): ~3.2 ms saved per update, ~30 s cold: break-even ~9,500 updates.

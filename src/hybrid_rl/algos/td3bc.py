@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Algorithm, Batch, Metrics, step_optimizer
+from .base import Algorithm, Batch, Metrics
+from .update import step_optimizer
 from .spec import AlgorithmSpec, check_reward_scaling
 from ..core.networks import DeterministicPolicy, EnsembleCritic, soft_update
 from .sac import q_statistics, td_loss

@@ -9,15 +9,16 @@ functions (``torch.func``): the same math, P times wider kernels, one Python dis
 The data side (each run's view of the base dataset, the shared device-resident sampler) is
 ``data.views``; the optimizer math on stacked tensors is ``engine.functional``. Here:
 
-``IQLPopulation`` / ``CQLPopulation`` / ``CalQLPopulation``
-    Stacked parameters (``torch.func.stack_module_state``), the losses of ``algos/iql.py``
-    and ``algos/cql.py`` (``iql_losses`` / ``cql_losses``, the same wiring the single runs
-    use) evaluated through ``functional_call`` + ``grad`` + ``vmap`` over the agent
-    dimension, one Adam over the stacked tensors, Polyak-averaged target critics and, for
-    IQL, the cosine actor-LR schedule of ``iql.IQL``. ``CalQLPopulation`` is CQL's with
-    Cal-QL's floor (batches carry ``mc_returns``). ``compile=True`` wraps the whole step
-    (batch gather, losses, gradients, Adam, Polyak) in ``torch.compile``, falling back to
-    the eager vmapped step with a warning if compilation fails on this platform.
+``Population`` (``population_for(algorithm_cls)``, ``population_class(algo)``)
+    Derived from the algorithm's declared update rule (``algos/update.py``): stacked
+    parameters (``torch.func.stack_module_state``), each phase's loss function (the very
+    function the single run's step calls) evaluated through ``functional_call`` + ``grad``
+    + ``vmap`` over the agent dimension, Adam over the stacked tensors, Polyak-averaged
+    targets, a cosine LR schedule read from a device table where the rule declares one
+    (IQL's actor), phases that run on every n-th update only (RLPD's actor). No algorithm
+    has code here. ``compile=True`` wraps the whole step (batch gather, losses, gradients,
+    Adam, Polyak) in ``torch.compile``, falling back to the eager vmapped step with a
+    warning if compilation fails on this platform.
 
 ``compiled_step_wanted``
     The policy behind ``--compile auto`` (the default of ``hybrid-rl train`` and the grid):
@@ -33,7 +34,8 @@ single run ``iql.IQL`` with the same initial weights and batches up to floating-
 rounding (batched matrix products round differently from unbatched ones);
 ``tests/test_population.py`` checks this. CQL samples actions inside its loss, and a
 vmapped random draw cannot reproduce P separate draws from the global generator, so a CQL
-population is equivalent in distribution only (see ``CQLPopulation``). A population of ONE
+population is equivalent in distribution only (each agent draws its own numbers under
+``vmap(randomness="different")``, in another order than P separate runs would). A population of ONE
 draws what the single run draws, compiled or not (inductor is told to use PyTorch's own
 random kernels, ``fallback_random``): so the compiled single-run step that ``--compile``
 selects reproduces the eager reference up to rounding for CQL as well as IQL.
@@ -41,6 +43,8 @@ selects reproduces the eager reference up to rounding for CQL as well as IQL.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import os
 import shutil
 import traceback
@@ -55,17 +59,19 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from ..algos.base import Batch, Metrics
 from ..algos.calql import CalQL
-from ..algos.cql import CQL, CQLConfig, cql_losses
-from ..algos.iql import IQL, IQLConfig, iql_losses
+from ..algos.cql import CQL
+from ..algos.iql import IQL
 from ..algos.registry import algorithm_spec
-from ..algos.rlpd import RLPD, expected_subset_min
-from ..algos.sac import SAC, actor_temperature_phase
+from ..algos.rlpd import RLPD
+from ..algos.sac import SAC
+from ..algos.update import TEMPERATURE_GROUP, Phase, UpdateRule, total_loss
 from ..data.views import PopulationSampler
 from ..core.networks import EnsembleCritic
 from ..core.grid_options import COMPILE_MODES
 from .functional import ParamGroup, adam_hyperparameters, adam_step_, cosine_lr_table, global_norm, polyak_
 
 Tensors = dict[str, torch.Tensor]
+TEMPERATURE_KEY = f"{TEMPERATURE_GROUP}.log_alpha"  # the learned temperature among the stacked parameters
 
 
 class PopulationMetrics(Mapping[str, torch.Tensor]):
@@ -96,29 +102,85 @@ class PopulationMetrics(Mapping[str, torch.Tensor]):
 
 
 # ---------------------------------------------------------------------------------------
-# The population trainer, algorithm-independent part
+# What a loss function sees of one agent
 # ---------------------------------------------------------------------------------------
-class _LossModule(nn.Module):
-    """Holds an algorithm's networks (on the meta device: structure only) so that
-    ``functional_call`` can swap in one agent's parameters for every network at once."""
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:  # pragma: no cover - subclasses
-        raise NotImplementedError
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """Structure without storage: every parameter is swapped in by functional_call."""
+    return copy.deepcopy(module).to("meta")
 
 
-class _Population:
-    """Stacked parameters of P agents, a vmapped gradient step and Adam over stacked tensors.
+class _Networks(nn.Module):
+    """The ``nets`` of ``algos/update.py`` for one agent of a population: the algorithm's
+    networks on the meta device (``functional_call`` swaps in the agent's parameters), a
+    ``fixed_<name>`` copy of each trained network (swapped in detached), the temperature
+    (``alpha.log_alpha``), the config and the algorithm's constant numbers."""
 
-    Subclasses provide the loss module (``self._losses``), the parameter groups, the
-    Polyak pairs and the per-agent extras. The update is
-    ``grads, metrics = vmap(grad(loss))(params, frozen, batch)`` followed by Adam on every
-    group and Polyak averaging of the target networks, all in place on device tensors.
+    def __init__(self, template: Any, rule: UpdateRule) -> None:
+        super().__init__()
+        for name in [*rule.networks, *(target for target, _ in rule.targets)]:
+            setattr(self, name, _meta_copy(template.modules[name]))
+        for name in rule.networks:
+            setattr(self, f"fixed_{name}", _meta_copy(template.modules[name]))
+        if rule.temperature:
+            self.alpha = nn.Module()
+            self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
+        self.config = template.config
+        for key, value in vars(template).items():  # target_entropy, obs_dim, ...: fixed for the run
+            if isinstance(value, (bool, int, float, str)) and key != "total_updates":
+                setattr(self, key, value)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        return self.alpha.log_alpha
+
+    def fixed(self, name: str) -> nn.Module:
+        return getattr(self, f"fixed_{name}")
+
+
+class _PhaseCall(nn.Module):
+    """One phase's loss function as a module's ``forward``, for ``functional_call``."""
+
+    def __init__(self, networks: _Networks, phase: Phase) -> None:
+        super().__init__()
+        self.module = networks
+        self.phase = phase
+
+    def forward(self, batch: Batch, draws: Any) -> tuple[dict[str, torch.Tensor], Metrics]:
+        return self.phase.losses(self.module, batch, draws)
+
+
+class _MethodCall(nn.Module):
+    """``function(module, *args)`` as ``forward`` (a network's method such as the actor's
+    ``deterministic``, or the algorithm's own ``entropy_bonus`` on the agent's networks), so
+    ``functional_call`` can reach it with swapped parameters."""
+
+    def __init__(self, module: nn.Module, function: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.function = function
+
+    def forward(self, *args: Any) -> Any:
+        return self.function(self.module, *args)
+
+
+# ---------------------------------------------------------------------------------------
+# The population trainer: every algorithm's, derived from its update rule
+# ---------------------------------------------------------------------------------------
+class Population:
+    """Stacked parameters of P agents of one algorithm, trained by its declared update rule.
+
+    The rule (``algorithm_cls.update_rule``, algos/update.py) names the trained networks,
+    the target networks and the phases. Each phase is
+    ``grads, metrics = vmap(grad(losses))(params, frozen, batch, draws)`` with respect to the
+    parameters of the phase's groups (every other tensor enters as a constant), followed by
+    Adam on those groups, all in place on device tensors; after the last phase, Polyak
+    averaging of the targets. Use ``population_for(algorithm_cls)`` (or ``population_class``)
+    for the class of an algorithm.
     """
 
     algorithm_cls: type
-    randomness: str = "error"  # vmap randomness: IQL draws nothing inside its update
-    # The compiled CPU step evaluates the critics member by member (networks.EnsembleCritic.member_products).
-    member_critic_products: bool = False
+    # None: as the rule declares (benchmarks/cql_reference.py overrides it to compare layouts).
+    member_critic_products: bool | None = None
 
     def __init__(self, agents: Sequence[Any], *, compile: bool | str = False) -> None:
         if len(agents) == 0:
@@ -131,45 +193,59 @@ class _Population:
                 raise ValueError("all agents of a population must share config, dimensions and device")
             if agent.total_updates != first.total_updates:
                 raise ValueError("all agents of a population must have done the same number of updates")
+        self.rule: UpdateRule = self.algorithm_cls.update_rule
         self.config = first.config
         self.obs_dim, self.act_dim = first.obs_dim, first.act_dim
         self.device = first.device
         self.num_agents = len(agents)
         self.total_updates = first.total_updates  # host-side mirror of self.step (no sync to read)
-        self._template = first
 
         # Trainable parameters by network, stacked: name "actor.net.0.weight" -> (P, ...).
         self.params: Tensors = {}
-        self.frozen: Tensors = {}  # target networks (and anything else not optimised)
+        self.frozen: Tensors = {}  # the target networks
         self.network_keys: dict[str, list[str]] = {}
-        for network in self._trainable_networks():
+        for network in self.rule.networks:
             stacked, buffers = stack_module_state([agent.modules[network] for agent in agents])
             if buffers:
                 raise ValueError(f"{network} has buffers {sorted(buffers)}; populations support parameter-only networks")
             self.network_keys[network] = [f"{network}.{key}" for key in stacked]
             self.params.update({f"{network}.{key}": value.detach().clone() for key, value in stacked.items()})
-        for network in self._frozen_networks():
+        for network, _ in self.rule.targets:
             stacked, _ = stack_module_state([agent.modules[network] for agent in agents])
             self.frozen.update({f"{network}.{key}": value.detach().clone() for key, value in stacked.items()})
-        self._add_extra_state(agents)
+        if self.rule.temperature:
+            self.params[TEMPERATURE_KEY] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
+            self.network_keys[TEMPERATURE_GROUP] = [TEMPERATURE_KEY]
 
         # Adam state per stacked tensor, and the shared step counter: float64 so that the
         # bias corrections are computed in double precision, as torch.optim.Adam does, and
         # shape (1,) because torch.compile (2.13, CPU) silently drops in-place updates of a
-        # 0-d float64 input tensor (the counter would stay at 0).
+        # 0-d float64 input tensor (the counter would stay at 0). A phase that runs on every
+        # n-th update only counts its own Adam steps.
         self.step = torch.zeros(1, dtype=torch.float64, device=self.device)
+        self.phase_steps: Tensors = {phase.name: torch.zeros(1, dtype=torch.float64, device=self.device)
+                                     for phase in self.rule.phases if phase.every is not None}
         self.exp_avg: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
         self.exp_avg_sq: Tensors = {key: torch.zeros_like(value) for key, value in self.params.items()}
-        self.groups = self._param_groups()
+        self.groups = self._param_groups(first)
         self._load_optimizer_state(agents)
 
-        self._losses = self._loss_module()
-        self._grad_fn = vmap(self._agent_gradients, randomness=self.randomness)
-        self.metric_names = self._probe_metric_names()
+        self._networks = _Networks(first, self.rule)
+        # Built once, outside any traced call: a module constructed inside the compiled step
+        # is a pending mutation that dynamo refuses to read, and the step would fall back to eager.
+        self._phase_calls = {phase.name: _PhaseCall(self._networks, phase) for phase in self.rule.phases}
+        randomness = "different" if self.rule.random else "error"
+        draw_dim = 0 if self.rule.draws is not None else None
+        self._phase_grad_fns = {phase.name: vmap(functools.partial(self._phase_gradients, phase), in_dims=(0, 0, 0, draw_dim), randomness=randomness)
+                                for phase in self.rule.phases}
+        self._phase_metric_names = self._probe_metric_names()
+        self._names_by_due: dict[tuple[bool, ...], list[str]] = {}
+        self.metric_names = self._names(tuple(True for _ in self.rule.phases))
 
         self.compile_mode = self._resolve_compile(compile)
-        if self.compile_mode is not None and self.device.type == "cpu" and self.member_critic_products:
-            for module in self._losses.modules():
+        member_products = self.rule.member_critic_products if self.member_critic_products is None else self.member_critic_products
+        if self.compile_mode is not None and self.device.type == "cpu" and member_products:
+            for module in self._networks.modules():
                 if isinstance(module, EnsembleCritic):
                     module.member_products = True
         # Modes that capture CUDA graphs: replays overwrite outputs and copy every input
@@ -180,10 +256,9 @@ class _Population:
         self.compile_traceback: str | None = None  # the whole failure, for a bug report (the warning has one line)
         self._update_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._update_impl)
         self._train_step_fn: Callable[..., torch.Tensor] = self._maybe_compile(self._train_step_impl)
-        del self._template  # agent 0's own tensors are no longer needed
 
     @classmethod
-    def create(cls, obs_dim: int, act_dim: int, config: Any, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "_Population":
+    def create(cls, obs_dim: int, act_dim: int, config: Any, seeds: Sequence[int], device: torch.device | str = "cpu", *, compile: bool | str = False) -> "Population":
         """Agents initialised as the trainer does for each seed (``torch.manual_seed(seed)``
         then the algorithm's constructor); the global RNG is restored after."""
         agents = []
@@ -193,23 +268,30 @@ class _Population:
                 agents.append(cls.algorithm_cls(obs_dim, act_dim, config, device))
         return cls(agents, compile=compile)
 
-    # --- subclass hooks ------------------------------------------------------------------
-    def _trainable_networks(self) -> list[str]:  # pragma: no cover - subclasses
-        raise NotImplementedError
+    # --- optimizer state ---------------------------------------------------------------------
+    def _param_groups(self, template: Any) -> list[ParamGroup]:
+        """One Adam group per optimizer of the agents, in the rule's step order; a group
+        with a cosine schedule reads its learning rate from a device table."""
+        groups = []
+        for name in self.rule.groups:
+            lr, betas, eps = adam_hyperparameters(template.optimizers[name], f"{self.algorithm_cls.__name__} {name} optimizer")
+            table = None
+            if self.rule.cosine_lr is not None and self.rule.cosine_lr[0] == name:
+                horizon = int(getattr(self.config, self.rule.cosine_lr[1]))
+                if template.total_updates < horizon:
+                    table = torch.as_tensor(cosine_lr_table(lr, horizon), dtype=torch.float64, device=self.device)
+                else:  # the schedule is over: it is no longer stepped, the LR stays what the optimizer holds
+                    lr = float(template.optimizers[name].param_groups[0]["lr"])
+            groups.append(ParamGroup(name, self.network_keys[name], lr, table, betas, eps))
+        return groups
 
-    def _frozen_networks(self) -> list[str]:
-        return ["target_critic"]
-
-    def _add_extra_state(self, agents: Sequence[Any]) -> None:
-        """Trainable tensors that are not module parameters (CQL's log_alpha)."""
-
-    def _param_groups(self) -> list[ParamGroup]:  # pragma: no cover - subclasses
-        raise NotImplementedError
+    def _optimizer_steps(self, group: str, updates: int) -> int:
+        return self.rule.optimizer_steps(group, updates, self.config)
 
     def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
         """Start from the agents' Adam moments (zeros for fresh agents). Every group's
-        optimizer must be at the step the agents' update count implies
-        (``_optimizer_steps``): a population steps all of them together from there."""
+        optimizer must be at the step the agents' update count implies: a population steps
+        all of them together from there."""
         updates = agents[0].total_updates
         for group in self.groups:
             expected = self._optimizer_steps(group.name, updates)
@@ -224,52 +306,61 @@ class _Population:
                         self.exp_avg[key][agent_index].copy_(state["exp_avg"])
                         self.exp_avg_sq[key][agent_index].copy_(state["exp_avg_sq"])
         self.step.fill_(float(updates))
-
-    def _optimizer_steps(self, group: str, updates: int) -> int:
-        """Adam steps the optimizer of ``group`` has taken after ``updates`` updates."""
-        return updates
-
-    def _reduce_q(self, q: torch.Tensor) -> torch.Tensor:
-        """The single run's ``q_values`` from the critics' ``(E, ...)`` outputs: the minimum."""
-        return q.min(dim=0).values
-
-    def _loss_module(self) -> _LossModule:  # pragma: no cover - subclasses
-        raise NotImplementedError
-
-    def _polyak_pairs(self) -> list[tuple[str, str]]:
-        """(target key, source key) pairs averaged with rate ``config.tau`` after each step."""
-        return [(key, "critic." + key[len("target_critic."):]) for key in self.frozen if key.startswith("target_critic.")]
+        for phase in self.rule.phases:
+            if phase.name in self.phase_steps:
+                self.phase_steps[phase.name].fill_(float(self._optimizer_steps(phase.groups[0], updates)))
 
     # --- the math of one step ------------------------------------------------------------
-    def _agent_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
-        """One agent (inside vmap): gradients of the summed losses and the step's metrics."""
+    def _phase_gradients(self, phase: Phase, params: Tensors, frozen: Tensors, batch: Batch, draws: Any) -> tuple[Tensors, Metrics]:
+        """One agent (inside vmap): gradients of ``phase``'s summed losses with respect to its
+        groups' parameters, and its metrics with the logged gradient norms. Every other tensor
+        enters as a constant; the ``fixed_`` copies are the trained networks detached."""
+        keys = [key for group in phase.groups for key in self.network_keys[group]]
+        trainable = {key: params[key] for key in keys}
+        constant = {f"module.{key}": value for key, value in {**params, **frozen}.items() if key not in trainable}
+        constant.update({f"module.fixed_{key}": params[key].detach() for key in params if key.split(".", 1)[0] in self.rule.networks})
 
-        def loss(params: Tensors) -> tuple[torch.Tensor, Metrics]:
-            return functional_call(self._losses, {**params, **frozen}, (batch,))
+        def loss(trainable: Tensors) -> tuple[torch.Tensor, Metrics]:
+            swapped = {**constant, **{f"module.{key}": value for key, value in trainable.items()}}
+            losses, metrics = functional_call(self._phase_calls[phase.name], swapped, (batch, draws))
+            return total_loss(losses, phase.groups), metrics
 
-        grads, metrics = grad(loss, has_aux=True)(params)
-        for group in self.groups:
-            metrics[f"grad_norm_{group.name}"] = global_norm([grads[key] for key in group.keys])
+        grads, metrics = grad(loss, has_aux=True)(trainable)
+        for group in phase.groups:
+            if group in self.rule.logged_norms():
+                metrics[f"grad_norm_{group}"] = global_norm([grads[key] for key in self.network_keys[group]])
         return grads, metrics
 
-    def _apply_adam(self, grads: Tensors) -> None:
-        adam_step_(self.groups, self.params, grads, self.exp_avg, self.exp_avg_sq, self.step)
-
     def _apply_polyak(self) -> None:
-        pairs = self._polyak_pairs()
+        pairs = [(target_key, source + target_key[len(target):]) for target, source in self.rule.targets
+                 for target_key in self.frozen if target_key.startswith(target + ".")]
         polyak_([self.frozen[t] for t, _ in pairs], [self.params[s] for _, s in pairs], self.config.tau)
 
-    def _update_impl(self, batch: Batch) -> torch.Tensor:
-        """One update of every agent on ``batch`` (``(P, B, ...)`` tensors); returns the
-        metrics stacked as ``(len(metric_names), P)``."""
-        grads, metrics = self._grad_fn(self.params, self.frozen, batch)
-        self._apply_adam(grads)
-        self._apply_polyak()
+    def _update_impl(self, batch: Batch, draws: torch.Tensor | None = None, due: tuple[bool, ...] | None = None) -> torch.Tensor:
+        """One update of every agent on ``batch`` (``(P, B, ...)`` tensors), running the phases
+        in ``due`` (all by default); returns the metrics stacked as ``(len(names), P)``."""
+        due = tuple(True for _ in self.rule.phases) if due is None else due
+        metrics: Metrics = {}
+        for phase, runs in zip(self.rule.phases, due):
+            if not runs:
+                continue
+            grads, phase_metrics = self._phase_grad_fns[phase.name](self.params, self.frozen, batch, draws)
+            counter = self.phase_steps.get(phase.name, self.step)
+            adam_step_([group for group in self.groups if group.name in phase.groups], self.params, grads, self.exp_avg, self.exp_avg_sq, counter)
+            if phase.name in self.phase_steps:
+                counter.add_(1.0)
+            metrics.update(phase_metrics)
+        self._apply_polyak()  # after the last phase: no phase reads the targets after its own start
         self.step.add_(1.0)
-        return torch.stack([metrics[name] for name in self.metric_names])
+        return torch.stack([metrics[name] for name in self._names(due)])
 
-    def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor) -> torch.Tensor:
-        return self._update_impl(sampler.gather(rows))
+    def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor, draws: torch.Tensor | None = None,
+                         due: tuple[bool, ...] | None = None) -> torch.Tensor:
+        return self._update_impl(sampler.gather(rows), draws, due)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.frozen.values(), *self.exp_avg.values(), *self.exp_avg_sq.values(), self.step,
+                *self.phase_steps.values(), *(group.lr_table for group in self.groups if group.lr_table is not None)]
 
     # --- compilation ---------------------------------------------------------------------
     def _resolve_compile(self, compile: bool | str) -> str | None:
@@ -281,8 +372,6 @@ class _Population:
             return "reduce-overhead" if self.device.type == "cuda" else "default"
         return str(compile)
 
-    def _state_tensors(self) -> list[torch.Tensor]:
-        return [*self.params.values(), *self.frozen.values(), *self.exp_avg.values(), *self.exp_avg_sq.values(), self.step]
 
     def _maybe_compile(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """``torch.compile(fn)``, or ``fn`` with a warning if compilation fails.
@@ -347,23 +436,24 @@ class _Population:
         """Whether updates run through torch.compile (False before the first update if that fails)."""
         return self.compile_mode is not None and self.compile_error is None
 
+
     # --- public API ------------------------------------------------------------------------
-    def _metrics(self, stacked: torch.Tensor, names: Sequence[str] | None = None) -> PopulationMetrics:
+    def _metrics(self, stacked: torch.Tensor, names: Sequence[str]) -> PopulationMetrics:
         if self._cudagraphs and self.compile_error is None:
             stacked = stacked.clone()  # CUDA-graph outputs are overwritten by the next replay
-        return PopulationMetrics(self.metric_names if names is None else names, stacked)
+        return PopulationMetrics(names, stacked)
 
     def update(self, batch: Batch) -> PopulationMetrics:
         """One gradient step of every agent; ``batch`` holds ``(P, B, ...)`` tensors.
 
-        Returns ``{name: (P,) tensor}`` (a ``PopulationMetrics``) with the single-run
-        algorithm's metric names; reading values syncs with the device, so do it only when
-        logging.
+        Returns ``{name: (P,) tensor}`` (a ``PopulationMetrics``) with the single run's
+        metric names, in its order; reading values syncs with the device, so do it only
+        when logging.
         """
-        args, names = self._host_arguments()
-        out = self._update_fn(batch, *args)
+        draws, due = self._host_arguments()
+        out = self._update_fn(batch, draws, due)
         self.total_updates += 1
-        return self._metrics(out, names)
+        return self._metrics(out, self._names(due))
 
     def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> PopulationMetrics:
         """Sample every agent's batch and update: the hot loop's one call.
@@ -379,15 +469,31 @@ class _Population:
                 torch._dynamo.mark_static_address(tensor)
             self._static_samplers.add(sampler)
         rows = sampler.sample_indices(batch_size or self.config.batch_size)
-        args, names = self._host_arguments()
-        out = self._train_step_fn(sampler, rows, *args)
+        draws, due = self._host_arguments()
+        out = self._train_step_fn(sampler, rows, draws, due)
         self.total_updates += 1
-        return self._metrics(out, names)
+        return self._metrics(out, self._names(due))
 
-    def _host_arguments(self) -> tuple[tuple[Any, ...], list[str]]:
-        """Further arguments of this update's step that the host decides (none here), and the
-        names of the metrics it returns."""
-        return (), self.metric_names
+    def _host_arguments(self) -> tuple[torch.Tensor | None, tuple[bool, ...]]:
+        """What the host decides for this update: the rule's random draws, one per agent,
+        made eagerly before anything else of the step (as the single run makes its one), and
+        which phases run (from the host's update count: no device read)."""
+        draws = None
+        if self.rule.draws is not None:
+            draws = torch.stack([self.rule.draws(self.config, self.device) for _ in range(self.num_agents)])
+        return draws, self.rule.due(self.total_updates + 1, self.config)
+
+    def _names(self, due: tuple[bool, ...]) -> list[str]:
+        """The metric names of an update running the phases in ``due``, in the single run's
+        order (``UpdateRule.assemble``); a plain lookup, so a compiled step can read it."""
+        if not self._names_by_due:
+            patterns = itertools.product(*[(True,) if phase.every is None else (True, False) for phase in self.rule.phases])
+            for pattern in patterns:
+                ran = [phase for phase, runs in zip(self.rule.phases, pattern) if runs]
+                phase_names = [dict.fromkeys(self._phase_metric_names[phase.name]) for phase in ran]
+                norms = dict.fromkeys(group for phase in ran for group in phase.groups)
+                self._names_by_due[pattern] = list(self.rule.assemble(phase_names, norms))
+        return self._names_by_due[due]
 
     def _probe_batch(self) -> Batch:
         """A 2-row batch of zeros with every field the losses read (names and shapes only)."""
@@ -402,14 +508,19 @@ class _Population:
             batch["mc_returns"] = torch.zeros(2, device=self.device)
         return batch
 
-    def _probe_metric_names(self) -> list[str]:
-        """Metric names, in the single-run order, from one eager call on a 2-row dummy batch."""
+    def _probe_metric_names(self) -> dict[str, list[str]]:
+        """Each phase's metric names (gradient norms apart), from one eager call of each on a
+        2-row dummy batch with agent 0's parameters."""
         batch = self._probe_batch()
         first = {key: value[0] for key, value in self.params.items()}
         frozen = {key: value[0] for key, value in self.frozen.items()}
+        names = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            _, metrics = self._agent_gradients(first, frozen, batch)
-        return list(metrics)
+            draws = self.rule.draws(self.config, self.device) if self.rule.draws is not None else None
+            for phase in self.rule.phases:
+                _, metrics = self._phase_gradients(phase, first, frozen, batch, draws)
+                names[phase.name] = [name for name in metrics if not name.startswith("grad_norm_")]
+        return names
 
     def _agent_slice(self, tensors: Tensors, prefix: str, agent: int) -> Tensors:
         return {key[len(prefix):]: value[agent] for key, value in tensors.items() if key.startswith(prefix)}
@@ -420,10 +531,10 @@ class _Population:
         normalised observations) or ``(N, obs_dim)`` (shared) -> ``(P, N, act_dim)`` in [-1, 1]."""
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs, device=self.device)
         actor = {key[len("actor."):]: value for key, value in self.params.items() if key.startswith("actor.")}
-        module = self._losses.actor
+        call = _MethodCall(self._networks.actor, lambda module, observations: module.deterministic(observations))
 
         def mean_action(params: Tensors, observations: torch.Tensor) -> torch.Tensor:
-            return functional_call(_MethodCall(module, "deterministic"), {f"module.{k}": v for k, v in params.items()}, (observations,))
+            return functional_call(call, {f"module.{k}": v for k, v in params.items()}, (observations,))
 
         actions = vmap(mean_action, in_dims=(0, 0 if obs_t.ndim == 3 else None))(actor, obs_t)
         return actions.clamp(-1.0, 1.0)
@@ -436,10 +547,10 @@ class _Population:
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)[:, None]
         noise_t = torch.as_tensor(np.asarray(noise, dtype=np.float32), device=self.device)[:, None]
         actor = {key[len("actor."):]: value for key, value in self.params.items() if key.startswith("actor.")}
-        module = self._losses.actor
+        call = _MethodCall(self._networks.actor, lambda module, observations, eps: module.act_from_noise(observations, eps))
 
         def noisy_action(params: Tensors, observations: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-            return functional_call(_MethodCall(module, "act_from_noise"), {f"module.{k}": v for k, v in params.items()}, (observations, eps))
+            return functional_call(call, {f"module.{k}": v for k, v in params.items()}, (observations, eps))
 
         if self.num_agents == 1:  # a compiled single run acts at every environment step: spare it vmap's overhead (~0.6 ms)
             return noisy_action({k: v[0] for k, v in actor.items()}, obs_t[0], noise_t[0]).clamp(-1.0, 1.0)
@@ -447,27 +558,30 @@ class _Population:
 
     @torch.no_grad()
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the twin critics of every agent: ``(P, B, .)`` or shared ``(B, .)`` inputs -> ``(P, B)``."""
+        """Every agent's diagnostic Q (the rule's ``q_estimate``, as the single run's
+        ``q_values``): ``(P, B, .)`` or shared ``(B, .)`` inputs -> ``(P, B)``."""
         critic = {key[len("critic."):]: value for key, value in self.params.items() if key.startswith("critic.")}
-        module = self._losses.critic
+        module = self._networks.critic
 
-        def q_min(params: Tensors, o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            return self._reduce_q(functional_call(module, params, (o, a)))
+        def estimate(params: Tensors, o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            return self.rule.q_estimate(functional_call(module, params, (o, a)), self.config)
 
         dims = (0, 0 if obs.ndim == 3 else None, 0 if actions.ndim == 3 else None)
-        return vmap(q_min, in_dims=dims)(critic, obs, actions)
+        return vmap(estimate, in_dims=dims)(critic, obs, actions)
 
     @torch.no_grad()
     def agent_q_values(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The single run's ``q_values`` (min over the twin critics; RLPD: the expected min over its target subsets)
-        of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
+        """The single run's ``q_values`` of one agent on its own ``(B, .)`` inputs -> ``(B,)``."""
         critic = self._agent_slice(self.params, "critic.", agent)
-        return self._reduce_q(functional_call(self._losses.critic, critic, (obs, actions)))
+        return self.rule.q_estimate(functional_call(self._networks.critic, critic, (obs, actions)), self.config)
 
     @torch.no_grad()
     def agent_entropy_bonus(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        """The single run's ``entropy_bonus`` of one agent: None unless its critic learns soft Q."""
-        return None
+        """The algorithm's own ``entropy_bonus`` evaluated with one agent's parameters
+        (None unless its critic learns soft Q)."""
+        call = _MethodCall(self._networks, self.algorithm_cls.entropy_bonus)
+        params = {f"module.{key}": value for key, value in self._agent_slice(self.params, "", agent).items()}
+        return functional_call(call, params, (obs, actions))
 
     def member(self, agent: int) -> Any:
         """Agent ``agent`` as a single-run algorithm object (networks, Adam state, LR
@@ -478,10 +592,12 @@ class _Population:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             single = self.algorithm_cls(self.obs_dim, self.act_dim, self.config, self.device)
         with torch.no_grad():
-            for network in [*self._trainable_networks(), *self._frozen_networks()]:
-                source = self.params if network in self._trainable_networks() else self.frozen
-                single.modules[network].load_state_dict({k: v.clone() for k, v in self._agent_slice(source, network + ".", agent).items()})
-        self._export_extra_state(single, agent)
+            for network in self.rule.networks:
+                single.modules[network].load_state_dict({k: v.clone() for k, v in self._agent_slice(self.params, network + ".", agent).items()})
+            for network, _ in self.rule.targets:
+                single.modules[network].load_state_dict({k: v.clone() for k, v in self._agent_slice(self.frozen, network + ".", agent).items()})
+            if self.rule.temperature:
+                single.log_alpha.copy_(self.params[TEMPERATURE_KEY][agent])
         steps = self.total_updates
         for group in self.groups:
             optimizer = single.optimizers[group.name]
@@ -492,14 +608,26 @@ class _Population:
                     "exp_avg_sq": self.exp_avg_sq[key][agent].clone(),
                 }
         single.total_updates = steps
-        self._export_schedulers(single, steps)
+        self._export_cosine_schedule(single, steps)
         return single
 
-    def _export_extra_state(self, single: Any, agent: int) -> None:
-        pass
-
-    def _export_schedulers(self, single: Any, steps: int) -> None:
-        pass
+    def _export_cosine_schedule(self, single: Any, steps: int) -> None:
+        """The single run's scheduler and LR where the population read the LR from a table."""
+        if self.rule.cosine_lr is None:
+            return
+        name, horizon_field = self.rule.cosine_lr
+        horizon = int(getattr(self.config, horizon_field))
+        scheduler = single.schedulers[name]
+        epoch = min(steps, horizon)
+        group = next(group for group in self.groups if group.name == name)
+        if group.lr_table is None:  # past the schedule: the constant LR
+            lr = group.lr
+        else:
+            lr = float(cosine_lr_table(single.optimizers[name].param_groups[0]["initial_lr"], horizon)[epoch])
+        state = scheduler.state_dict()
+        state.update(last_epoch=epoch, _step_count=epoch + 1, _last_lr=[lr])
+        scheduler.load_state_dict(state)
+        single.optimizers[name].param_groups[0]["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit on the same device (clones)."""
@@ -510,6 +638,7 @@ class _Population:
             "exp_avg": clone(self.exp_avg),
             "exp_avg_sq": clone(self.exp_avg_sq),
             "step": self.step.clone(),
+            **{f"{name}_step": counter.clone() for name, counter in self.phase_steps.items()},
             "total_updates": self.total_updates,
             "num_agents": self.num_agents,
         }
@@ -526,389 +655,42 @@ class _Population:
             for key, value in state[name].items():
                 mine[key].copy_(value)
         self.step.copy_(state["step"])
+        for name, counter in self.phase_steps.items():
+            counter.copy_(state[f"{name}_step"])
         self.total_updates = int(state["total_updates"])
 
 
-class _MethodCall(nn.Module):
-    """Calls ``module.<method>`` as ``forward``, so ``functional_call`` can reach methods
-    other than ``forward`` (the actor's ``deterministic``) with swapped parameters."""
-
-    def __init__(self, module: nn.Module, method: str) -> None:
-        super().__init__()
-        self.module = module
-        self.method = method
-
-    def forward(self, *args: Any) -> Any:
-        return getattr(self.module, self.method)(*args)
-
-
-def _meta_copy(module: nn.Module) -> nn.Module:
-    """Structure without storage: every parameter is swapped in by functional_call."""
-    return copy.deepcopy(module).to("meta")
-
-
-# ---------------------------------------------------------------------------------------
-# IQL
-# ---------------------------------------------------------------------------------------
-class _IQLLosses(_LossModule):
-    """IQL's three losses, in ``iql.IQL.update``'s order, from the pure functions of ``iql.py``.
-
-    The losses share no trainable parameters (V's loss sees the critic only as the frozen
-    target, Q's loss sees V under no_grad, the actor's loss gets detached advantages), so the
-    gradient of their sum with respect to each network is exactly that network's own loss
-    gradient: one ``grad`` call replaces the three backward passes of the single run.
-    """
-
-    def __init__(self, template: IQL) -> None:
-        super().__init__()
-        self.config: IQLConfig = template.config
-        self.actor = _meta_copy(template.actor)
-        self.critic = _meta_copy(template.critic)
-        self.value = _meta_copy(template.value)
-        self.target_critic = _meta_copy(template.target_critic)
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        value_loss, critic_loss, actor_loss, metrics = iql_losses(self.actor, self.critic, self.target_critic, self.value, batch, self.config)
-        return value_loss + critic_loss + actor_loss, metrics
-
-
-class IQLPopulation(_Population):
-    """P IQL agents (``iql.IQL`` semantics) trained together with stacked parameters.
-
-    Build it from existing agents (``IQLPopulation(agents)``, all with the same config) or
-    with ``IQLPopulation.create(obs_dim, act_dim, config, seeds)``, which initialises agent k
-    the way the trainer does for seed k (``torch.manual_seed(seed)`` then ``IQL(...)``).
-
-    ``update(batch)`` / ``train_step(sampler)`` return the metrics of ``IQL.update`` as
-    ``(P,)`` tensors. The actor LR follows IQL's cosine schedule, read from a device table
-    indexed by the device step counter (no host involvement), and stays 0 after
-    ``config.max_steps`` as in ``IQL``.
-    """
-
-    algorithm_cls = IQL
-    randomness = "error"
-
-    def _trainable_networks(self) -> list[str]:
-        return ["value", "critic", "actor"]
-
-    def _param_groups(self) -> list[ParamGroup]:
-        template: IQL = self._template
-        groups = []
-        for network in ("value", "critic", "actor"):
-            lr, betas, eps = adam_hyperparameters(template.optimizers[network], f"IQL {network} optimizer")
-            table = None
-            if network == "actor":
-                if template.total_updates < self.config.max_steps:
-                    table = torch.as_tensor(cosine_lr_table(lr, self.config.max_steps), dtype=torch.float64, device=self.device)
-                else:  # the schedule is over: IQL no longer steps it, the LR stays what the optimizer holds (fine-tuning resets it)
-                    lr = float(template.optimizers["actor"].param_groups[0]["lr"])
-            groups.append(ParamGroup(network, self.network_keys[network], lr, table, betas, eps))
-        return groups
-
-    def _loss_module(self) -> _LossModule:
-        return _IQLLosses(self._template)
-
-    def _state_tensors(self) -> list[torch.Tensor]:
-        return [*super()._state_tensors(), *(g.lr_table for g in self.groups if g.lr_table is not None)]
-
-    def _export_schedulers(self, single: IQL, steps: int) -> None:
-        scheduler = single.schedulers["actor"]
-        epoch = min(steps, self.config.max_steps)
-        actor = next(group for group in self.groups if group.name == "actor")
-        if actor.lr_table is None:  # past the schedule: the constant LR
-            lr = actor.lr
-        else:
-            lr = float(cosine_lr_table(single.optimizers["actor"].param_groups[0]["initial_lr"], self.config.max_steps)[epoch])
-        state = scheduler.state_dict()
-        state.update(last_epoch=epoch, _step_count=epoch + 1, _last_lr=[lr])
-        scheduler.load_state_dict(state)
-        single.optimizers["actor"].param_groups[0]["lr"] = lr
-
-
-# ---------------------------------------------------------------------------------------
-# CQL
-# ---------------------------------------------------------------------------------------
-class _CQLLosses(_LossModule):
-    """CQL's losses in ``cql.CQL.update``'s order, from the pure functions of ``cql.py``/``sac.py``.
-
-    The single run steps alpha, actor and critics on three separate losses; the actor loss
-    backpropagates through the critic, and those critic gradients are discarded. Here each
-    loss sees only its own network as differentiable (the others' parameters detached), so
-    the gradient of the summed loss is, per network, exactly that network's own gradient.
-    """
-
-    def __init__(self, template: CQL) -> None:
-        super().__init__()
-        self.config: CQLConfig = template.config
-        # Cal-QL: the policy proposals' Q floored at the batch's Monte-Carlo returns-to-go.
-        self.calibrated = algorithm_spec(template.name).uses_mc_returns
-        self.target_entropy = template.target_entropy
-        self.actor = _meta_copy(template.actor)
-        self.critic = _meta_copy(template.critic)
-        self.target_critic = _meta_copy(template.target_critic)
-        self.alpha = nn.Module()
-        self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
-        self.frozen_actor = _meta_copy(template.actor)
-        self.frozen_critic = _meta_copy(template.critic)
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        alpha_loss, actor_loss, critic_loss, metrics = cql_losses(
-            self.actor, self.critic, self.target_critic, self.alpha.log_alpha, batch, self.config, self.target_entropy,
-            critic_for_actor=self.frozen_critic, actor_for_critic=self.frozen_actor, q_floor=batch["mc_returns"] if self.calibrated else None,
-        )
-        return alpha_loss + actor_loss + critic_loss, metrics
-
-
-class _TemperaturePopulation(_Population):
-    """The SAC family's shared state: actor and critic trained, a learned temperature
-    (``alpha.log_alpha``) as an extra trainable tensor, one Adam per network in
-    ``group_order``, per-agent random draws inside the step."""
-
-    randomness = "different"
-    group_order: tuple[str, ...] = ("alpha", "actor", "critic")
-
-    def _trainable_networks(self) -> list[str]:
-        return ["critic", "actor"]
-
-    def _add_extra_state(self, agents: Sequence[Any]) -> None:
-        self.params["alpha.log_alpha"] = torch.stack([agent.log_alpha.detach() for agent in agents]).clone()
-        self.network_keys["alpha"] = ["alpha.log_alpha"]
-
-    def _param_groups(self) -> list[ParamGroup]:
-        groups = []
-        for name in self.group_order:
-            lr, betas, eps = adam_hyperparameters(self._template.optimizers[name], f"{self.algorithm_cls.__name__} {name} optimizer")
-            groups.append(ParamGroup(name, self.network_keys[name], lr, None, betas, eps))
-        return groups
-
-    def _export_extra_state(self, single: Any, agent: int) -> None:
-        with torch.no_grad():
-            single.log_alpha.copy_(self.params["alpha.log_alpha"][agent])
-
-
-class CQLPopulation(_TemperaturePopulation):
-    """P CQL agents (``cql.CQL`` semantics) trained together with stacked parameters.
-
-    Randomness: CQL draws actions inside its losses; under ``vmap(randomness="different")``
-    each agent gets its own draws (``cql_sample_actions`` creates them with
-    ``obs.new_empty(...)``, which vmap batches per agent).
-
-    The draws come from the global generator in another order than P separate
-    runs would make them (and a compiled step uses inductor's own random streams), so a
-    member matches its single run in distribution, not bitwise. One exception makes the
-    update math testable: an eager population of one draws exactly what ``CQL.update``
-    draws from the same global random state.
-    """
-
-    algorithm_cls = CQL
-    member_critic_products = True  # measured: benchmarks/cql_reference.py
-
-    def _loss_module(self) -> _LossModule:
-        return _CQLLosses(self._template)
-
-    def _agent_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
-        # The detached copies each loss sees of the networks it must not differentiate.
-        detached = {f"frozen_{key}": value.detach() for key, value in params.items() if key.startswith(("actor.", "critic."))}
-        grads, metrics = super()._agent_gradients(params, {**frozen, **detached}, batch)
-        metrics.pop("grad_norm_alpha")  # CQL.update does not report it
-        return grads, metrics
-
-
-class CalQLPopulation(CQLPopulation):
-    """P Cal-QL agents (``calql.CalQL``): CQL's population whose batches carry ``mc_returns``
-    (``PopulationSampler``'s ``extras``, or the online stage's buffers), the floor of the
-    policy proposals' Q in the penalty (``_CQLLosses``)."""
-
-    algorithm_cls = CalQL
-
-
-# ---------------------------------------------------------------------------------------
-# SAC and RLPD (Phase II, from scratch): the critic first, then actor and temperature
-# ---------------------------------------------------------------------------------------
-class _ActorCriticLosses(_LossModule):
-    """SAC's and RLPD's losses in their ``update``'s order, as two calls: ``critic_loss`` at
-    the parameters of the step's start, then, after the critic's Adam step, ``actor_loss``
-    (actor and temperature) through the updated critic. The temperature loss sees the
-    log-probabilities only detached and the actor loss only a detached alpha, so the
-    gradient of their sum is, per parameter, each loss's own."""
-
-    def __init__(self, template: SAC | RLPD) -> None:
-        super().__init__()
-        self.config = template.config
-        self.target_entropy = template.target_entropy
-        # The algorithm's own two phases (sac.sac_critic_phase / rlpd.rlpd_critic_phase, and its actor loss).
-        self.critic_phase, self.actor_loss_fn = type(template).critic_phase, type(template).actor_loss_fn
-        self.actor = _meta_copy(template.actor)
-        self.critic = _meta_copy(template.critic)
-        self.target_critic = _meta_copy(template.target_critic)
-        self.alpha = nn.Module()
-        self.alpha.register_parameter("log_alpha", nn.Parameter(torch.zeros((), device="meta")))
-
-    def critic_loss(self, batch: Batch, subset: torch.Tensor | None) -> tuple[torch.Tensor, Metrics]:
-        alpha = self.alpha.log_alpha.exp().detach()
-        return self.critic_phase(self.critic, self.target_critic, self.actor, batch, alpha, subset, self.config)
-
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        alpha = self.alpha.log_alpha.exp().detach()
-        actor_loss, alpha_loss, metrics = actor_temperature_phase(self.actor_loss_fn, self.critic, self.actor, self.alpha.log_alpha,
-                                                                  batch["observations"], alpha, self.target_entropy)
-        return actor_loss + alpha_loss, metrics
-
-
-class _ActorCriticPopulation(_TemperaturePopulation):
-    """P SAC-family agents: a two-phase step, as ``SAC.update`` / ``RLPD.update`` do it.
-
-    Phase 1: the critic's gradients at the step's start, its Adam step, Polyak averaging.
-    Phase 2 (RLPD: on every ``actor_every``-th update only, decided on the host from the
-    update count): actor and temperature gradients through the updated critic and their
-    Adam step, counted by their own step counter. RLPD's target subsets are drawn before
-    the step, one ``randperm`` per agent, as the single run draws its one. Randomness as in
-    ``CQLPopulation``: a population of one draws what the single run draws.
-    """
-
-    group_order = ("critic", "actor", "alpha")
-
-    def _add_extra_state(self, agents: Sequence[Any]) -> None:
-        super()._add_extra_state(agents)
-        self.actor_every = int(getattr(self.config, "actor_every", 1))
-        self.actor_step = torch.zeros(1, dtype=torch.float64, device=self.device)  # Adam steps of actor and temperature
-
-    def _loss_module(self) -> _LossModule:
-        return _ActorCriticLosses(self._template)
-
-    def _optimizer_steps(self, group: str, updates: int) -> int:
-        return updates if group == "critic" else updates // self.actor_every
-
-    def _load_optimizer_state(self, agents: Sequence[Any]) -> None:
-        super()._load_optimizer_state(agents)
-        self.actor_step.fill_(float(self._optimizer_steps("actor", agents[0].total_updates)))
-
-    def _state_tensors(self) -> list[torch.Tensor]:
-        return [*super()._state_tensors(), self.actor_step]
-
-    # --- the two-phase step -----------------------------------------------------------------
-    def _phase_gradients(self, phase: str, keys: Sequence[str], params: Tensors, frozen: Tensors, *args: Any) -> tuple[Tensors, Metrics]:
-        """One agent (inside vmap): gradients of ``phase``'s loss for the parameters in
-        ``keys``; every other tensor enters as a constant."""
-        trainable = {key: params[key] for key in keys}
-        constant = {f"module.{key}": value for key, value in {**params, **frozen}.items() if key not in trainable}
-
-        def loss(trainable: Tensors) -> tuple[torch.Tensor, Metrics]:
-            swapped = {**constant, **{f"module.{key}": value for key, value in trainable.items()}}
-            return functional_call(self._phase_calls[phase], swapped, args)
-
-        return grad(loss, has_aux=True)(trainable)
-
-    def _critic_gradients(self, params: Tensors, frozen: Tensors, batch: Batch, subset: torch.Tensor | None) -> tuple[Tensors, Metrics]:
-        grads, metrics = self._phase_gradients("critic_loss", self.network_keys["critic"], params, frozen, batch, subset)
-        metrics["grad_norm_critic"] = global_norm(list(grads.values()))
-        return grads, metrics
-
-    def _actor_gradients(self, params: Tensors, frozen: Tensors, batch: Batch) -> tuple[Tensors, Metrics]:
-        grads, metrics = self._phase_gradients("actor_loss", [*self.network_keys["actor"], *self.network_keys["alpha"]], params, frozen, batch)
-        metrics["grad_norm_actor"] = global_norm([grads[key] for key in self.network_keys["actor"]])
-        return grads, metrics
-
-    def _subsets(self) -> torch.Tensor | None:
-        return None
-
-    def _probe_metric_names(self) -> list[str]:
-        """Both phases' metric names from one eager call each on a 2-row dummy batch; the
-        names of a step without an actor phase are the first list (``critic_names``)."""
-        # Built once, outside any traced call: a module constructed inside the compiled step
-        # is a pending mutation that dynamo refuses to read ("getattr() on nn.Module with
-        # pending mutation"), and the step would fall back to eager.
-        self._phase_calls = {phase: _MethodCall(self._losses, phase) for phase in ("critic_loss", "actor_loss")}
-        batch = self._probe_batch()
-        first = {key: value[0] for key, value in self.params.items()}
-        frozen = {key: value[0] for key, value in self.frozen.items()}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            subsets = self._subsets()
-            _, critic_metrics = self._critic_gradients(first, frozen, batch, None if subsets is None else subsets[0])
-            _, actor_metrics = self._actor_gradients(first, frozen, batch)
-        # The vmapped phases (set up here, where the base class asks for the names).
-        critic_dims = (0, 0, 0, None if subsets is None else 0)
-        self._critic_grad_fn = vmap(self._critic_gradients, in_dims=critic_dims, randomness=self.randomness)
-        self._actor_grad_fn = vmap(self._actor_gradients, randomness=self.randomness)
-        self.critic_names = list(critic_metrics)
-        return [*critic_metrics, *actor_metrics]
-
-    def _update_impl(self, batch: Batch, subsets: torch.Tensor | None = None, actor_due: bool = True) -> torch.Tensor:
-        critic_grads, metrics = self._critic_grad_fn(self.params, self.frozen, batch, subsets)
-        adam_step_([g for g in self.groups if g.name == "critic"], self.params, critic_grads, self.exp_avg, self.exp_avg_sq, self.step)
-        self._apply_polyak()  # the target critic is not read by the actor phase
-        if actor_due:
-            actor_grads, actor_metrics = self._actor_grad_fn(self.params, self.frozen, batch)
-            adam_step_([g for g in self.groups if g.name != "critic"], self.params, actor_grads, self.exp_avg, self.exp_avg_sq, self.actor_step)
-            self.actor_step.add_(1.0)
-            metrics = {**metrics, **actor_metrics}
-        self.step.add_(1.0)
-        return torch.stack([metrics[name] for name in (self.metric_names if actor_due else self.critic_names)])
-
-    def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor, subsets: torch.Tensor | None = None,
-                         actor_due: bool = True) -> torch.Tensor:
-        return self._update_impl(sampler.gather(rows), subsets, actor_due)
-
-    def _host_arguments(self) -> tuple[tuple[Any, ...], list[str]]:
-        """This update's target subsets (drawn eagerly, before anything else of the step, as
-        the single run draws them) and whether the actor steps (on its ``actor_every``-th
-        update, from the host's count: no device read)."""
-        actor_due = (self.total_updates + 1) % self.actor_every == 0
-        return (self._subsets(), actor_due), (self.metric_names if actor_due else self.critic_names)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "actor_step": self.actor_step.clone()}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.actor_step.copy_(state["actor_step"])
-
-
-    @torch.no_grad()
-    def agent_entropy_bonus(self, agent: int, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        if not self.config.backup_entropy:
-            return None
-        actor = {f"module.{k}": v for k, v in self._agent_slice(self.params, "actor.", agent).items()}
-        log_prob = functional_call(_MethodCall(self._losses.actor, "log_prob"), actor, (obs, actions))
-        return -self.params["alpha.log_alpha"][agent].exp() * log_prob
-
-
-class SACPopulation(_ActorCriticPopulation):
-    """P ``sac.SAC`` agents (Phase II's from-scratch floor)."""
-
-    algorithm_cls = SAC
-
-
-class RLPDPopulation(_ActorCriticPopulation):
-    """P ``rlpd.RLPD`` agents: LayerNorm critic ensembles, random-subset targets, the actor
-    and temperature stepping once per ``actor_every`` updates (once per environment step)."""
-
-    algorithm_cls = RLPD
-
-    def _subsets(self) -> torch.Tensor:
-        cfg = self.config
-        return torch.stack([torch.randperm(cfg.ensemble_size, device=self.device)[: cfg.target_subset] for _ in range(self.num_agents)])
-
-    def _reduce_q(self, q: torch.Tensor) -> torch.Tensor:
-        return expected_subset_min(q, self.config.target_subset)
-
-
-def population_class(algo: str) -> type[_Population] | None:
-    """The population class whose agents are ``algo``'s declared algorithm class (None if it
-    has none: the algorithm trains single runs only, eagerly)."""
+_POPULATIONS: dict[type, type[Population]] = {}
+
+
+def population_for(algorithm_cls: type) -> type[Population]:
+    """The population class of an algorithm class with an ``update_rule`` (made once)."""
+    if getattr(algorithm_cls, "update_rule", None) is None:
+        raise TypeError(f"{algorithm_cls.__name__} declares no update_rule: it has no population step")
+    if algorithm_cls not in _POPULATIONS:
+        _POPULATIONS[algorithm_cls] = type(f"{algorithm_cls.__name__}Population", (Population,), {
+            "algorithm_cls": algorithm_cls,
+            "__doc__": f"P ``{algorithm_cls.__module__}.{algorithm_cls.__name__}`` agents trained together by its update rule.",
+        })
+    return _POPULATIONS[algorithm_cls]
+
+
+# The built-in algorithms' populations under their usual names (tests, benchmarks, behaviour training).
+IQLPopulation = population_for(IQL)
+CQLPopulation = population_for(CQL)
+CalQLPopulation = population_for(CalQL)
+SACPopulation = population_for(SAC)
+RLPDPopulation = population_for(RLPD)
+
+
+def population_class(algo: str) -> type[Population] | None:
+    """The population class of algorithm ``algo`` (None if it declares no update rule: it
+    trains single runs only, eagerly)."""
     from ..algos.registry import is_known
 
-    if not is_known(algo):
+    if not is_known(algo) or getattr(algorithm_spec(algo).algorithm, "update_rule", None) is None:
         return None
-    wanted = algorithm_spec(algo).algorithm
-    pending = list(_Population.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        if cls.__dict__.get("algorithm_cls") is wanted:  # declared by the class itself, not inherited
-            return cls
-        pending.extend(cls.__subclasses__())
-    return None
+    return population_for(algorithm_spec(algo).algorithm)
 
 
 # ---------------------------------------------------------------------------------------
@@ -946,4 +728,5 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
     return device.type == "cpu" and threshold is not None and total_steps >= threshold and cpp_compiler() is not None
 
 
-__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "RLPDPopulation", "SACPopulation", "IQLPopulation", "PopulationMetrics", "compiled_step_wanted", "cpp_compiler", "population_class"]
+__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "IQLPopulation", "Population", "PopulationMetrics", "RLPDPopulation", "SACPopulation",
+           "compiled_step_wanted", "cpp_compiler", "population_class", "population_for"]
