@@ -35,6 +35,15 @@ def test_training_writes_snapshots_and_update_every_slows_the_learner(tmp_path: 
         replace(TINY, update_every=0)
 
 
+def test_a_training_that_ends_between_evaluations_evaluates_its_last_step(tmp_path: Path) -> None:
+    """The training loop evaluates the final step of every run; the factory can then choose
+    the last policy too."""
+    out = train_behavior_policy(replace(TINY, total_steps=250), tmp_path / "short", progress=False)
+    assert progress_steps(out) == [100, 200, 250]
+    assert (out / "snapshots" / "actor_0000250.pt").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 250
+
+
 def evaluations(out: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"} for line in (out / "progress.jsonl").read_text().splitlines()]
 

@@ -9,13 +9,15 @@ evaluation so the medium / expert policies and the replay schedule can be chosen
 afterwards (``data.factory.select_and_ship``). Training is the engine's job, so it lives
 here and not in ``data/``, which never imports the algorithms.
 
-Training is checkpointed (SAC state, replay buffer, RNG states, and the environment's
-exact state and current observation, as the online stage keeps them: ``engine.online.env_state``)
-and resumes after an interruption to the same evaluations, snapshots and networks as an
-uninterrupted run (on CPU): evaluations logged after the checkpoint are dropped from
-``progress.jsonl`` and made again, so every step appears once. Checkpoints written before
-the environment's state was kept (earlier versions) resume by restarting the interrupted
-episode: a valid SAC run, but not bit-identical to an uninterrupted one.
+Training runs through the one training loop (``engine.loop.fit``): ``BehaviorStage`` is its
+step (an environment step, then a SAC update), ``BehaviorBook`` its files. It is checkpointed
+(SAC state, replay buffer, RNG states, and the environment's exact state and current
+observation, as the online stage keeps them: ``engine.online.env_state``) and resumes after
+an interruption to the same evaluations, snapshots and networks as an uninterrupted run (on
+CPU): evaluations logged after the checkpoint are dropped from ``progress.jsonl`` and made
+again, so every step appears once. Checkpoints written before the environment's state was
+kept (earlier versions) resume by restarting the interrupted episode: a valid SAC run, but
+not bit-identical to an uninterrupted one.
 
 ``update_every`` slows the learner down the way D4RL's medium-replay needs it: one SAC
 update every n environment steps (D4RL's SAC took ~200k-400k steps to reach its medium
@@ -27,12 +29,14 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..algos.sac import SAC, SACConfig
 from .learners import AgentLearner, PopulationLearner
+from .loop import fit
 from .online import env_state, set_env_state
 from .population import SACPopulation, cpp_compiler
 from ..data.replay import ReplayBuffer
@@ -79,15 +83,155 @@ class _ReplayBatches:
         return {key: value[None] for key, value in batch.items()} if self.stacked else batch
 
 
+class BehaviorStage:
+    """Behaviour training as a stage of the one loop (``engine.loop.fit``): each step is one
+    environment step of the SAC agent (uniformly random actions for the first
+    ``random_steps``, then its stochastic policy with noise from torch's global generator, the
+    draw of ``SAC.act``'s sample), stored in a host replay buffer; after the warm-up, one SAC
+    update every ``update_every`` environment steps. Later episodes start from an unseeded
+    reset (the env's own generator, which the state keeps)."""
+
+    name = "behavior"
+
+    def __init__(self, env: Any, buffer: ReplayBuffer, config: BehaviorTrainingConfig, batches: _ReplayBatches) -> None:
+        self.env, self.buffer, self.config, self.batches = env, buffer, config, batches
+        self.act_dim = env.action_space.shape[0]
+        self.rng = np.random.default_rng(config.seed)  # the warm-up's random actions
+        self.steps = 0
+        self.obs, _ = env.reset(seed=config.seed)
+
+    def train_step(self, learner: Any) -> Mapping[str, torch.Tensor]:
+        config = self.config
+        if self.steps < config.random_steps:
+            action = self.rng.uniform(-1.0, 1.0, size=self.act_dim).astype(np.float32)
+        else:
+            noise = torch.randn(1, self.act_dim).numpy()
+            action = learner.explore(self.obs[None].astype(np.float32), noise)[0]
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.buffer.add_batch(self.obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]), np.array([truncated]))
+        self.obs = next_obs
+        self.steps += 1
+        if terminated or truncated:
+            self.obs, _ = self.env.reset()
+        if self.steps >= config.random_steps and self.steps % config.update_every == 0:
+            return learner.train_step(self.batches, config.sac.batch_size)
+        return {}
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict(), "rng": self.rng.bit_generator.state, "env": env_state(self.env),
+                "observation": self.obs.copy(), "step": self.steps}
+
+    def load_member_state(self, member: int, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.steps = int(state["step"])
+        self.obs, _ = self.env.reset(seed=self.config.seed + self.steps)
+        if "env" in state:  # continue the interrupted episode exactly
+            set_env_state(self.env, state["env"])
+            self.obs = state["observation"]
+
+    def take_records(self, member: int) -> list[dict[str, Any]]:
+        return []
+
+
+@dataclass(frozen=True)
+class _BehaviorSchedule:
+    """What the loop reads of a book's config: when to evaluate and checkpoint. A behaviour
+    training keeps no train log (its progress is the evaluations), so its log steps are its
+    evaluation steps and write nothing; it has no critic-loss statistics to speak of."""
+
+    run_id: str
+    eval_every: int
+    checkpoint_every: int
+    total_steps: int
+    loss_variance_window: int = 1
+
+    @property
+    def log_every(self) -> int:
+        return self.eval_every
+
+
+class BehaviorBook:
+    """Behaviour training's files, as the loop's book for its one member: ``progress.jsonl``
+    (one line per evaluation), ``snapshots/actor_{step:07d}.pt``, ``checkpoint.pt``.
+
+    The loop asks the learner for the deterministic policy's returns (in the robot's envs,
+    env i reset with ``20_000 + step + i``); the book adds the stochastic policy's (reset
+    with ``10_000 + step + i``: the policy the data is collected with) and keeps the actor's
+    snapshot. Neither evaluation draws from torch's generator in another order than the
+    training would: the deterministic one draws nothing.
+    """
+
+    mc_size = 0  # no Q-vs-Monte-Carlo diagnostic
+
+    def __init__(self, config: BehaviorTrainingConfig, out: Path, current_agent: Callable[[], SAC], update_step: Callable[[], str]) -> None:
+        self.config = _BehaviorSchedule(run_id=f"behavior-{config.robot}", eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+                                        total_steps=config.total_steps)
+        self.robot, self.episodes = config.robot, config.eval_episodes
+        self.out, self.current_agent, self.update_step = out, current_agent, update_step
+        self.step = 0
+        self.loss_window = torch.zeros(1)
+        self.evals: list[float] = []
+        self.envs = [make_robot_env(config.robot) for _ in range(config.eval_episodes)]
+        self.obs_mean = self.obs_std = None
+        self.started = time.time()
+
+    @property
+    def eval_seed(self) -> int:
+        return 20_000 + self.step
+
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.config.total_steps
+
+    def log(self, record: dict[str, Any]) -> None:  # pragma: no cover - the stage makes no records
+        raise AssertionError("behaviour training writes no records besides its evaluations")
+
+    def log_train(self, values: dict[str, float], loss_window: torch.Tensor, q_mc: torch.Tensor | None) -> bool:
+        return False  # no train log, and SAC's own divergence shows in the evaluations
+
+    def log_eval(self, deterministic: list[float]) -> float:
+        current = self.current_agent()
+        stochastic = evaluate_actor(current.actor, self.robot, self.episodes, seed=10_000 + self.step, deterministic=False)
+        record = {
+            "step": self.step,
+            "stochastic_return": float(np.mean(stochastic)),
+            "stochastic_normalized": normalized_score(self.robot, float(np.mean(stochastic))),
+            "stochastic_returns": stochastic,
+            "deterministic_return": float(np.mean(deterministic)),
+            "deterministic_normalized": normalized_score(self.robot, float(np.mean(deterministic))),
+            "alpha": float(current.alpha),
+            "wall_time_s": time.time() - self.started,
+            "update_step": self.update_step(),
+        }
+        atomic_torch_save(current.actor.state_dict(), self.out / "snapshots" / f"actor_{self.step:07d}.pt")
+        with open(self.out / "progress.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.evals.append(record["stochastic_normalized"])
+        return record["stochastic_normalized"]
+
+    def save_checkpoint(self, agent_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> None:
+        (stage_state,) = stage_states
+        atomic_torch_save({"agent": agent_state, **stage_state, "torch_rng": torch.get_rng_state()}, self.out / "checkpoint.pt")
+
+    def finish(self, agent_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> dict[str, Any]:
+        self.save_checkpoint(agent_state, stage_states, loss_window)
+        self.close()
+        return {"steps_done": self.step, "evaluations": len(self.evals)}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
 def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
-    """Train SAC on `config.robot`, writing snapshots, evaluations and checkpoints to out_dir.
+    """Train SAC on `config.robot` through the one training loop, writing snapshots,
+    evaluations and checkpoints to out_dir.
 
     Files: ``progress.jsonl`` (one line per evaluation: step, stochastic/deterministic
     returns and normalized scores), ``snapshots/actor_{step:07d}.pt`` (actor weights),
     ``checkpoint.pt`` (everything needed to resume), ``config.json``.
     """
-    from ..core.progress import progress_bar
-
     out = Path(out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
@@ -96,92 +240,43 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     torch.manual_seed(config.seed)
     agent = SAC(obs_dim, act_dim, config.sac)
     buffer = ReplayBuffer(obs_dim, act_dim, config.total_steps, seed=config.seed)
-    rng = np.random.default_rng(config.seed)
-    step = 0
-    state = None
     checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+    state = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else None
+    if state is not None:
         if state["step"] > config.total_steps:
             raise ValueError(f"{out} was trained to step {state['step']}, past --steps {config.total_steps}: "
                              f"pass --steps {state['step']} or more to continue it, or another --out to start afresh")
         agent.load_state_dict(state["agent"])
-        buffer.load_state_dict(state["buffer"])
-        rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
-        print(f"resuming behaviour training of {config.robot} at step {step}")
+        print(f"resuming behaviour training of {config.robot} at step {state['step']}")
     # From a checkpoint the evaluations after it are made again; from scratch, those of a
     # run that died before its first checkpoint are stale.
-    _drop_progress_after(out / "progress.jsonl", step)
+    _drop_progress_after(out / "progress.jsonl", state["step"] if state is not None else 0)
     # The compiled path keeps the networks in a population of one: ``agent`` is brought up
-    # to date from it (``trained_agent``) for evaluations, snapshots and checkpoints. Both
+    # to date from it (``current_agent``) for evaluations, snapshots and checkpoints. Both
     # paths draw exploration noise and update randomness from torch's global generator in
     # the same order.
     population = SACPopulation([agent], compile=True) if config.compile == "on" or (config.compile == "auto" and cpp_compiler() is not None) else None
     learner = AgentLearner(agent) if population is None else PopulationLearner(population)
-    batches = _ReplayBatches(buffer, learner.stacked_batches)
+    stage = BehaviorStage(env, buffer, config, _ReplayBatches(buffer, learner.stacked_batches))
 
-    def trained_agent() -> SAC:
+    def current_agent() -> SAC:
         if population is not None:
             agent.load_state_dict(learner.member_state(0))
         return agent
 
-    obs, _ = env.reset(seed=config.seed + step)
-    if state is not None and "env" in state:  # continue the interrupted episode exactly
-        set_env_state(env, state["env"])
-        obs = state["observation"]
-    bar = progress_bar(total=config.total_steps, initial=step, desc=f"SAC {config.robot}", disable=not progress, mininterval=5)
-    started = time.time()
-    while step < config.total_steps:
-        if step < config.random_steps:
-            action = rng.uniform(-1.0, 1.0, size=act_dim).astype(np.float32)
-        else:
-            noise = torch.randn(1, act_dim).numpy()  # the draw of SAC.act's sample
-            action = learner.explore(obs[None].astype(np.float32), noise)[0]
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add_batch(obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]), np.array([truncated]))
-        obs = next_obs
-        step += 1
-        if terminated or truncated:
-            obs, _ = env.reset()
-        if step >= config.random_steps and step % config.update_every == 0:
-            learner.train_step(batches, config.sac.batch_size)
-        if step % config.eval_every == 0:
-            current = trained_agent()
-            stochastic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=10_000 + step, deterministic=False)
-            deterministic = evaluate_actor(current.actor, config.robot, config.eval_episodes, seed=20_000 + step, deterministic=True)
-            record = {
-                "step": step,
-                "stochastic_return": float(np.mean(stochastic)),
-                "stochastic_normalized": normalized_score(config.robot, float(np.mean(stochastic))),
-                "stochastic_returns": stochastic,
-                "deterministic_return": float(np.mean(deterministic)),
-                "deterministic_normalized": normalized_score(config.robot, float(np.mean(deterministic))),
-                "alpha": float(current.alpha),
-                "wall_time_s": time.time() - started,
-                "update_step": "eager" if population is None else ("compiled" if population.compiled else "vmap (compile failed)"),
-            }
-            atomic_torch_save(current.actor.state_dict(), out / "snapshots" / f"actor_{step:07d}.pt")
-            with open(out / "progress.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            bar.set_postfix(stoch=f"{record['stochastic_normalized']:.1f}", det=f"{record['deterministic_normalized']:.1f}")
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            atomic_torch_save(
-                {
-                    "agent": trained_agent().state_dict(),
-                    "buffer": buffer.state_dict(),
-                    "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "env": env_state(env),
-                    "observation": obs.copy(),
-                    "step": step,
-                },
-                checkpoint_path,
-            )
-        bar.update(1)
-    bar.close()
-    env.close()
+    def update_step() -> str:
+        return "eager" if population is None else ("compiled" if population.compiled else "vmap (compile failed)")
+
+    book = BehaviorBook(config, out, current_agent, update_step)
+    if state is not None:
+        stage.load_member_state(0, state)
+        book.step = stage.steps
+    try:
+        fit(learner, [book], [(stage, config.total_steps)], desc=f"SAC {config.robot}", progress=progress)
+    finally:
+        book.close()
+        env.close()
     return out
 
 
@@ -193,4 +288,3 @@ def _drop_progress_after(path: Path, step: int) -> None:
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
-

@@ -8,7 +8,9 @@ the divergence check, evaluation and checkpoints. What a step does is the stage'
 - ``OfflineStage``: a gradient step on batches from an offline sampler (Phase I);
 - an online stage (Phase II) acts in environments, stores the transitions in a replay
   buffer and takes its update-to-data ratio of gradient steps from a sampler that mixes
-  them with the offline data. It plugs in as another ``Stage`` of the schedule.
+  them with the offline data. It plugs in as another ``Stage`` of the schedule;
+- behaviour training's stage (``engine.behavior.BehaviorStage``) acts and learns online
+  from its own replay buffer, for the dataset factory.
 
 A schedule is ``[(stage, end_step), ...]`` with increasing end steps: a stage runs from the
 previous stage's end to its own. Each stage's per-member state (sampler generators, later
@@ -110,7 +112,8 @@ def load_stage_states(schedule: Schedule, member: int, states: Sequence[dict[str
 def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Train every member to the end of the schedule (or its divergence); ``{run_id: summary}``.
 
-    ``books[m]`` is member m's ``RunBook``: all members share the logging, evaluation and
+    ``books[m]`` is member m's book (``runs.book.RunBook``; behaviour training's
+    ``engine.behavior.BehaviorBook``): all members share the logging, evaluation and
     checkpoint steps of ``books[0].config`` and start at the same step. A diverged member
     is finished at once and drops out of logging, evaluation and checkpoints (in a
     population its parameters go on being updated, but nothing reads them any more).
