@@ -70,8 +70,9 @@ def setting_axis(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def add_wandb_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--wandb", default=None, metavar="PROJECT",
-                        help="also log to this Weights & Biases project (pip install 'hybrid-rl[wandb]'; WANDB_MODE=offline keeps it local)")
+    from .core.run_options import run_option
+
+    parser.add_argument("--wandb", default=None, metavar="PROJECT", help=run_option("wandb").metadata["help"])
 
 
 def check_wandb(args: argparse.Namespace) -> None:
@@ -190,7 +191,8 @@ def check_level_flags(remove_top_k: Sequence[float], reward_noise_std: Sequence[
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+    from .core.grid_options import DEFAULT_SEEDS, DEFAULT_TOTAL_STEPS, QUICK_EVAL_EVERY, QUICK_STEPS
+    from .core.run_options import run_option
 
     # Names are checked against the registry when the command runs (importing it here would
     # make --help import torch); `hybrid-rl algorithms` lists them.
@@ -207,22 +209,23 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
                         help="a further corruption level, repeatable: each is one level of the grid's corruption axis, crossed with --remove_top_k "
                         "and --reward_noise_std (add --corruption none to keep the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
-    parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds, comma-separated; default 0,1,2 (0 with --quick)")
+    parser.add_argument("--seed", type=comma_list(int), default=None, help=f"seeds, comma-separated; default {seeds_text(DEFAULT_SEEDS)} ({DEFAULT_SEEDS[0]} with --quick)")
     parser.add_argument("--total_steps", type=positive_int, default=None, help=f"gradient steps per run; default {DEFAULT_TOTAL_STEPS} ({QUICK_STEPS} with --quick)")
-    parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000 (2000 with --quick)")
-    parser.add_argument("--eval_episodes", type=positive_int, default=10)
-    parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps), as hybrid-rl train")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=None, help="steps between checkpoints; default 10000")
+    add_run_option_flag(parser, "eval_every", f"{run_option('eval_every').metadata['help']}; {QUICK_EVAL_EVERY:,} with --quick")
+    add_run_option_flag(parser, "eval_episodes")
+    add_run_option_flag(parser, "log_every")
+    add_run_option_flag(parser, "checkpoint_every")
     add_settings_argument(parser, "e.g. --set cql_alpha=1,5,10 --set beta=3,10; a setting applies to the algorithms that have it")
     add_wandb_argument(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--quick", action="store_true", help="20k steps, one seed: a fast look")
+    add_run_option_flag(parser, "device")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_STEPS // 1000}k steps, one seed, evaluations every {QUICK_EVAL_EVERY:,}: a fast look")
     parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
-    parser.add_argument("--results", default="results", help="results directory (one sub-directory per run)")
+    add_run_option_flag(parser, "results_dir", dest="results")
     parser.add_argument("--plots", default="plots", help="figures directory")
     parser.add_argument("--plot_only", action="store_true", help="only rebuild figures and tables from --results")
-    parser.add_argument("--cache_dir", default=None, help="dataset cache directory")
-    parser.add_argument("--mirror", default=None, help="base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)")
+    add_run_option_flag(parser, "cache_dir")
+    add_run_option_flag(parser, "mirror")
     add_population_arguments(parser)
     add_compile_argument(parser)
     add_launcher_arguments(parser)
@@ -283,15 +286,15 @@ def resolve_workers(text: str, device: str, runs: int) -> int:
 
 
 def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
-    """The Phase I grid the flags describe (``--quick``: 20k steps, one seed, evaluations every 2k)."""
+    """The Phase I grid the flags describe (``--quick``: QUICK_STEPS steps, one seed, evaluations every QUICK_EVAL_EVERY)."""
     from .studies.grid import GridSpec
-    from .core.grid_options import DEFAULT_TOTAL_STEPS, QUICK_STEPS
+    from .core.grid_options import DEFAULT_SEEDS, DEFAULT_TOTAL_STEPS, QUICK_EVAL_EVERY, QUICK_STEPS
 
     return GridSpec(
         algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
         corruptions=corruption_levels(args.corruption),
-        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
-        eval_every=args.eval_every or (2_000 if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
+        seeds=tuple(args.seed or (DEFAULT_SEEDS[:1] if args.quick else DEFAULT_SEEDS)), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
+        eval_every=args.eval_every or (QUICK_EVAL_EVERY if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, device=args.device, compile=args.compile, results_dir=args.results, settings=tuple(args.settings),
         wandb=args.wandb, cache_dir=args.cache_dir, mirror=args.mirror,
     )
@@ -337,7 +340,6 @@ def grid_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from .algos.registry import available_algorithms
     from .studies.grid import check_setting_axes, preflight, setting_combinations
-    from .core.grid_options import run_schedule
     from .runs.train import TrainConfig, train
 
     if args.algo not in available_algorithms():
@@ -350,10 +352,7 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = {**json_overrides(args.algo_overrides), **setting_combinations(args.algo, tuple(args.settings))[0]}
     config = TrainConfig(
         algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, extra_corruptions=args.corruption,
-        seed=args.seed,
-        total_steps=args.total_steps, eval_episodes=args.eval_episodes, **run_schedule(args.total_steps, args.eval_every, args.log_every, args.checkpoint_every),
-        device=args.device, tensorboard=args.tensorboard, wandb=args.wandb, results_dir=args.results, algo_overrides=overrides, cache_dir=args.cache_dir,
-        mirror=args.mirror, threads=args.threads, compile=args.compile,
+        total_steps=args.total_steps, algo_overrides=overrides, **run_options_from(args, args.total_steps),
     )
     # Bad input fails here, before the run directory exists (an explicit --run_dir is
     # checked against the config by train() itself).
@@ -366,41 +365,85 @@ def train_command(args: argparse.Namespace) -> int:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from .core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+    from .core.run_options import RunOptions
 
-    parser.add_argument("--algo", default="iql", type=str.lower)
+    parser.add_argument("--algo", default="iql", type=str.lower, help="a Phase I algorithm (`hybrid-rl algorithms` lists them); default iql")
     parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
-    parser.add_argument("--remove_top_k", type=float, default=0.0)
-    parser.add_argument("--reward_noise_std", type=float, default=0.0)
+    parser.add_argument("--remove_top_k", type=float, default=0.0, help="percent of best trajectories removed from the data; default 0")
+    parser.add_argument("--reward_noise_std", type=float, default=0.0, help="std of Gaussian noise added to the rewards (reward units); default 0")
     parser.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="further corruption of the data: " + CORRUPTION_HELP)
-    parser.add_argument("--total_steps", type=positive_int, default=DEFAULT_TOTAL_STEPS)
-    add_run_arguments(parser, results="results", overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
+    parser.add_argument("--total_steps", type=positive_int, default=DEFAULT_TOTAL_STEPS, help=f"gradient steps of the run; default {DEFAULT_TOTAL_STEPS:,}")
+    add_run_arguments(parser, RunOptions, overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
     add_settings_argument(parser, "one value each here, e.g. --set beta=10")
     parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
-    add_compile_argument(parser)
 
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import COMPILE_HELP, COMPILE_MODES
+    from .core.run_options import run_option
 
-    parser.add_argument("--compile", nargs="?", const="on", choices=COMPILE_MODES, default="auto", help=COMPILE_HELP)
+    declared = run_option("compile")
+    parser.add_argument("--compile", nargs="?", const="on", choices=declared.metadata["choices"], default=declared.default, help=declared.metadata["help"])
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, overrides_help: str) -> None:
-    """The flags every single run takes (hybrid-rl train and hybrid-rl finetune)."""
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval_every", type=positive_int, default=None, help="steps between evaluations; default 5000")
-    parser.add_argument("--eval_episodes", type=positive_int, default=10)
-    parser.add_argument("--log_every", type=positive_int, default=None, help="steps between train logs; default 1000 (20 logs in runs under 20k steps)")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=None, help="steps between checkpoints; default 10000")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--tensorboard", action="store_true")
-    add_wandb_argument(parser)
-    parser.add_argument("--results", default=results)
+# Run options whose flags are more than a typed value: a bare --compile means on, --wandb is
+# checked for its package (check_wandb).
+SPECIAL_RUN_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"compile": add_compile_argument, "wandb": add_wandb_argument}
+FLAG_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, options_class: type, *, overrides_help: str) -> None:
+    """The flags every single run takes (hybrid-rl train and hybrid-rl finetune), derived
+    from the run options ``options_class`` declares (core/run_options.py): one flag per
+    option that has one, with the option's type, default, help and domain."""
+    import dataclasses
+
+    for spec in dataclasses.fields(options_class):
+        if spec.metadata.get("command_line"):
+            add_run_option_flag(parser, spec.name, options_class=options_class)
     parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--algo_overrides", default=None, help=overrides_help)
-    parser.add_argument("--cache_dir", default=None)
-    parser.add_argument("--mirror", default=None)
+
+
+def add_run_option_flag(parser: argparse.ArgumentParser, name: str, help: str | None = None, *, dest: str | None = None,
+                        options_class: type | None = None) -> None:
+    """The flag of run option ``name`` as declared (core/run_options.py), for a single run's
+    command or a study's shared setting: ``--<name>`` or the declared spelling, its type
+    (a positive whole number where it must be positive), default, domain and help. A
+    schedule interval has no default here: ``run_schedule`` fits it to the run's length."""
+    import dataclasses
+
+    from .core.run_options import RunOptions
+
+    spec = next(field for field in dataclasses.fields(options_class or RunOptions) if field.name == name)
+    if name in SPECIAL_RUN_FLAGS:
+        SPECIAL_RUN_FLAGS[name](parser)
+        return
+    meta = spec.metadata
+    flag, kind, dest = meta["flag"] or f"--{name}", str(spec.type).replace(" | None", ""), dest or name
+    if kind == "bool":
+        parser.add_argument(flag, dest=dest, action="store_true", help=help or meta["help"])
+        return
+    default = None if meta["schedule"] else spec.default
+    text = help or meta["help"]
+    if "default" not in text and default is not None:
+        text = f"{text}; default {default}"
+    parser.add_argument(flag, dest=dest, type=positive_int if kind == "int" and meta["positive"] else FLAG_TYPES[kind], default=default,
+                        choices=meta["choices"], help=text)
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+    return ",".join(str(seed) for seed in seeds)
+
+
+def run_options_from(args: argparse.Namespace, total_steps: int) -> dict[str, Any]:
+    """The run options of a command's flags (``add_run_arguments``), with the evaluation, log
+    and checkpoint steps fitted to a run of ``total_steps`` (``run_schedule``)."""
+    from .core.grid_options import run_schedule
+    from .core.run_options import run_option_fields
+
+    options = {spec.name: getattr(args, spec.name) for spec in run_option_fields() if spec.metadata["command_line"] and hasattr(args, spec.name)}
+    options.update(run_schedule(total_steps, options.pop("eval_every"), options.pop("log_every"), options.pop("checkpoint_every")))
+    return options
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,21 +453,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, results: str, override
 def finetune_command(args: argparse.Namespace) -> int:
     from .runs.finetune import SCRATCH, FinetuneConfig, finetune, with_parent
     from .studies.grid import check_writable_dir
-    from .core.grid_options import run_schedule
 
     config = FinetuneConfig(
         method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
         extra_corruptions=args.corruption,
         online_steps=args.online_steps, utd=args.utd, sampling=args.sampling, switch_episodes=args.switch_episodes,
         online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
-        exploration_noise=args.exploration_noise, seed=args.seed, eval_episodes=args.eval_episodes,
-        **run_schedule(args.online_steps, args.eval_every, args.log_every, args.checkpoint_every),
-        algo_overrides=json_overrides(args.algo_overrides), device=args.device, compile=args.compile, threads=args.threads,
-        tensorboard=args.tensorboard, wandb=args.wandb, results_dir=args.results, cache_dir=args.cache_dir, mirror=args.mirror,
+        exploration_noise=args.exploration_noise, algo_overrides=json_overrides(args.algo_overrides), **run_options_from(args, args.online_steps),
     )
     check_wandb(args)
     # Bad input fails here, before anything is written.
-    check_writable_dir(args.results)
+    check_writable_dir(config.results_dir)
     if config.parent == SCRATCH:
         from .data.loader import check_dataset_name
 
@@ -440,6 +479,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     from .core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
+    from .core.run_options import FinetuneRunOptions
 
     # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
     parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
@@ -458,16 +498,16 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup_steps", type=int, default=None, help="environment steps before the first update; default: the method's")
     parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
     parser.add_argument("--exploration_noise", type=float, default=None, help="Gaussian action noise; default 0.1 for a deterministic actor, else 0")
-    add_run_arguments(parser, results="results_phase2", overrides_help="with --from scratch: JSON dict of the algorithm's settings")
-    add_compile_argument(parser)
+    add_run_arguments(parser, FinetuneRunOptions, overrides_help="with --from scratch: JSON dict of the algorithm's settings")
 
 
 # ---------------------------------------------------------------------------------------
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import (DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS, PHASE2_DEFAULT_METHODS,
-                               PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS)
+    from .core.grid_options import (DEFAULT_DATASET, DEFAULT_EVAL_EVERY, DEFAULT_ONLINE_STEPS, DEFAULT_SEEDS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
+                                    PHASE2_DEFAULT_METHODS, PHASE2_QUICK_EVAL_EVERY, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
+                                    PHASE2_QUICK_UTD, PHASE2_QUICK_WARMUP_STEPS)
 
     parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
                         help="methods, comma-separated: those `hybrid-rl algorithms` lists with a Phase II recipe, the control offline, with variants NAME@utdN or NAME@SAMPLING "
@@ -478,27 +518,32 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
                         help="a further corruption level, repeatable (crossed with --remove_top_k and --reward_noise_std; add --corruption none to keep "
                         "the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
-    parser.add_argument("--seed", type=comma_list(int), default=None, help="seeds; default 0,1,2 (0 with --quick)")
+    parser.add_argument("--seed", type=comma_list(int), default=None, help=f"seeds; default {seeds_text(DEFAULT_SEEDS)} ({DEFAULT_SEEDS[0]} with --quick)")
     parser.add_argument("--total_steps", type=positive_int, default=None, help=f"Phase I steps of the pretrained parents; default {DEFAULT_TOTAL_STEPS} ({PHASE2_QUICK_PRETRAIN_STEPS} with --quick)")
     parser.add_argument("--online_steps", type=positive_int, default=None, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS} ({PHASE2_QUICK_ONLINE_STEPS} with --quick)")
-    parser.add_argument("--utd", type=positive_int, default=None, help="gradient steps per environment step for every method without its own @utdN; default: each method's (1 with --quick)")
+    parser.add_argument("--utd", type=positive_int, default=None,
+                        help=f"gradient steps per environment step for every method without its own @utdN; default: each method's ({PHASE2_QUICK_UTD} with --quick)")
     parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
     add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
     add_wandb_argument(parser)
-    parser.add_argument("--eval_every", type=positive_int, default=None, help="online steps between evaluations; default 5000 (500 with --quick)")
-    parser.add_argument("--eval_episodes", type=positive_int, default=10)
+    parser.add_argument("--eval_every", type=positive_int, default=None,
+                        help=f"online steps between evaluations; default {DEFAULT_EVAL_EVERY:,} ({PHASE2_QUICK_EVAL_EVERY} with --quick)")
+    add_run_option_flag(parser, "eval_episodes")
     parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
                         help=f"episodes of each run's starting-policy evaluation at step 0; default {DEFAULT_SWITCH_EPISODES}")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--warmup_steps", type=int, default=None, help="random warm-up steps of the from-scratch methods (rlpd, sac); default 5000 (1000 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a small CPU budget, one seed: parents of 10k steps, 5k online steps, UTD 1 (about 20 min on 2 cores, data generation included)")
+    add_run_option_flag(parser, "device")
+    parser.add_argument("--warmup_steps", type=int, default=None,
+                        help=f"random warm-up steps of the from-scratch methods (rlpd, sac); default: each method's ({PHASE2_QUICK_WARMUP_STEPS:,} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a small CPU budget, one seed: parents of {PHASE2_QUICK_PRETRAIN_STEPS // 1000}k steps (run_phase1.py --quick's runs, reused), "
+                        f"{PHASE2_QUICK_ONLINE_STEPS // 1000}k online steps, UTD {PHASE2_QUICK_UTD}")
     parser.add_argument("--workers", default="auto", help="parallel local runs; auto = one per CPU core (1 on a GPU)")
     parser.add_argument("--results", default="results", help="Phase I results directory (the parents; missing ones are trained)")
     parser.add_argument("--results_phase2", default="results_phase2", help="fine-tuning runs and the recovery tables")
     parser.add_argument("--plots", default="plots_phase2", help="recovery figures")
     parser.add_argument("--plot_only", action="store_true", help="only rebuild the recovery figures and tables from --results_phase2")
-    parser.add_argument("--cache_dir", default=None)
-    parser.add_argument("--mirror", default=None)
+    add_run_option_flag(parser, "cache_dir")
+    add_run_option_flag(parser, "mirror")
     add_population_arguments(parser)
     add_compile_argument(parser)
     add_launcher_arguments(parser)
@@ -506,19 +551,22 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
 
 def phase2_spec(args: argparse.Namespace) -> Any:
     """The Phase II study the flags describe. ``--quick``'s parents are the runs that
-    ``run_phase1.py --quick`` makes (20k steps, evaluations every 2k), reused when present."""
-    from .core.grid_options import (DEFAULT_ONLINE_STEPS, DEFAULT_TOTAL_STEPS, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
-                               PHASE2_QUICK_WARMUP_STEPS)
+    ``run_phase1.py --quick`` makes (QUICK_STEPS steps, evaluations every QUICK_EVAL_EVERY), reused when present."""
+    from .core.grid_options import (DEFAULT_EVAL_EVERY, DEFAULT_ONLINE_STEPS, DEFAULT_SEEDS, DEFAULT_TOTAL_STEPS, PHASE2_QUICK_EVAL_EVERY,
+                                    PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS, PHASE2_QUICK_UTD, PHASE2_QUICK_WARMUP_STEPS,
+                                    QUICK_EVAL_EVERY)
     from .studies.phase2 import Phase2Spec
 
     online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else DEFAULT_ONLINE_STEPS)
     return Phase2Spec(
         methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
         corruptions=corruption_levels(args.corruption),
-        seeds=tuple(args.seed or ((0,) if args.quick else (0, 1, 2))), pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
-        online_steps=online_steps, utd=args.utd or (1 if args.quick else None), sampling=args.sampling,
+        seeds=tuple(args.seed or (DEFAULT_SEEDS[:1] if args.quick else DEFAULT_SEEDS)),
+        pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
+        online_steps=online_steps, utd=args.utd or (PHASE2_QUICK_UTD if args.quick else None), sampling=args.sampling,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else (PHASE2_QUICK_WARMUP_STEPS if args.quick else None),
-        eval_every=min(args.eval_every or (500 if args.quick else 5_000), online_steps), pretrain_eval_every=2_000 if args.quick else 5_000,
+        eval_every=min(args.eval_every or (PHASE2_QUICK_EVAL_EVERY if args.quick else DEFAULT_EVAL_EVERY), online_steps),
+        pretrain_eval_every=QUICK_EVAL_EVERY if args.quick else DEFAULT_EVAL_EVERY,
         eval_episodes=args.eval_episodes, switch_episodes=args.switch_episodes, device=args.device, population=args.population,
         max_population=args.max_population, compile=args.compile, results_dir=args.results, phase2_results=args.results_phase2,
         settings=tuple(args.settings), wandb=args.wandb, cache_dir=args.cache_dir, mirror=args.mirror,

@@ -10,6 +10,8 @@ DEFAULT_DATASET = "gen-hopper-medium-v1"
 DEFAULT_TOTAL_STEPS = 500_000  # gradient steps of a Phase I run (the budget run ids leave out)
 DEFAULT_ONLINE_STEPS = 250_000  # online environment steps of a fine-tuning run
 QUICK_STEPS = 20_000
+QUICK_EVAL_EVERY = 2_000  # evaluations of a --quick grid's runs (and of the quick study's parents)
+DEFAULT_SEEDS = (0, 1, 2)  # seeds of the grid and the study; --quick takes the first only
 # A run's evaluation, log and checkpoint schedule when not given (train and the grid alike).
 DEFAULT_EVAL_EVERY = 5_000
 DEFAULT_LOG_EVERY = 1_000
@@ -27,6 +29,8 @@ DEFAULT_MAX_POPULATION = 36
 PHASE2_QUICK_PRETRAIN_STEPS = QUICK_STEPS  # the quick study's parents are the quick grid's runs (reused when present)
 PHASE2_QUICK_ONLINE_STEPS = 5_000
 PHASE2_QUICK_WARMUP_STEPS = 1_000  # random steps of the from-scratch methods (5,000 otherwise)
+PHASE2_QUICK_EVAL_EVERY = 500  # online steps between a quick study's evaluations
+PHASE2_QUICK_UTD = 1  # every method's gradient steps per environment step in a quick study
 DEFAULT_SWITCH_EPISODES = 50  # episodes of a fine-tuning run's starting-policy evaluation at step 0
 PHASE2_DEFAULT_METHODS = ("iql", "offline", "iql@utd0", "rlpd", "sac")  # IQL fine-tuning, its two controls, RLPD, SAC
 

@@ -22,6 +22,7 @@ import torch
 from ..core.errors import HybridRLError
 from ..core.fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 from ..core.provenance import source_revision
+from ..core.run_options import non_identity_options
 from ..data.dataset import OfflineDataset, truncated_tail_steps
 from ..data.refs import normalized_score
 from ..data.views import mc_returns_to_go, run_preprocessing
@@ -33,9 +34,9 @@ ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every
 RunConfig = Any  # a run's configuration: train.TrainConfig, or finetune.FinetuneConfig for a run with an online stage
 
 
-# Config fields that do not change what a run computes: a run may resume under new values.
-# (compile picks the update path, which changes results only by floating-point rounding.)
-NON_IDENTITY_FIELDS = ("device", "threads", "compile", "tensorboard", "wandb", "progress", "results_dir", "cache_dir", "mirror", "checkpoint_every")
+# Config fields that do not change what a run computes: a run may resume under new values
+# (declared with the run options: core/run_options.py).
+NON_IDENTITY_FIELDS = non_identity_options()
 
 
 class ConfigMismatchError(HybridRLError):

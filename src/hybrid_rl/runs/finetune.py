@@ -65,6 +65,7 @@ from ..core.errors import HybridRLError
 from ..core.fileio import sha256_of_file
 from ..core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
 from ..core.naming import format_steps, settings_parts
+from ..core.run_options import FinetuneRunOptions, check_run_options
 from ..core.run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
 from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device, restore_rng,
                    run_lock, run_population)
@@ -90,7 +91,7 @@ def methods() -> dict[str, FinetuneRecipe]:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(FinetuneRunOptions):
     """One fine-tuning run. Steps are online environment steps."""
 
     method: str = "iql"
@@ -108,30 +109,16 @@ class FinetuneConfig:
     warmup_steps: int | None = None  # env steps before the first update; None: the method's
     buffer_size: int | None = None  # online buffer capacity; None: online_steps
     exploration_noise: float | None = None  # None: 0.1 for a deterministic actor, else 0
-    seed: int = 0
-    eval_every: int = 5_000
-    eval_episodes: int = 10
     switch_episodes: int = DEFAULT_SWITCH_EPISODES  # episodes of the starting policy's evaluation at step 0
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
-    loss_variance_window: int = 1_000
-    q_divergence_factor: float = 100.0
-    algo_overrides: dict[str, Any] = field(default_factory=dict)  # for "scratch": the algorithm's settings
     parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
-    device: str = "auto"
-    compile: str = "auto"  # update path: auto | on | off (engine.population.compiled_step_wanted)
-    threads: int | None = None
-    tensorboard: bool = False
-    wandb: str | None = None  # a Weights & Biases project to log to (trackers.py)
-    progress: bool = True
-    results_dir: str = "results_phase2"
-    cache_dir: str | None = None
-    mirror: str | None = None
+    # The run options every run takes (core/run_options.py); algo_overrides are, for
+    # "scratch", the algorithm's settings.
 
     def __post_init__(self) -> None:
         if self.method not in methods():
             raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(methods())}")
-        for name in ("online_steps", "eval_every", "log_every", "checkpoint_every", "eval_episodes", "switch_episodes", "loss_variance_window"):
+        check_run_options(self)
+        for name in ("online_steps", "switch_episodes"):
             if getattr(self, name) <= 0:
                 raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
         from ..data.replay import SAMPLING_MODES
@@ -152,10 +139,6 @@ class FinetuneConfig:
             raise HybridRLError(f"--buffer_size must be positive, got {self.buffer_size}")
         if not 0.0 < self.online_fraction <= 1.0:
             raise HybridRLError(f"--online_fraction must be in (0, 1], got {self.online_fraction}")
-        from ..core.grid_options import COMPILE_MODES
-
-        if self.compile not in COMPILE_MODES:
-            raise HybridRLError(f"unknown compile mode {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
         if self.parent == SCRATCH and not self.dataset:
             raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
         self.data  # the data spec checks its corruptions (levels and specs) here, before any data loads

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,14 +34,15 @@ from ..data.dataset import OfflineDataset, TransitionSampler
 from ..data.dataspec import DataSpec
 from ..data.views import is_view_corruption
 from ..engine.loop import OfflineStage, Schedule, fit, load_stage_states
-from ..core.grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+from ..core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
+from ..core.run_options import RunOptions, check_run_options
 from ..core.naming import format_steps, settings_parts
 from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device,
                    restore_rng, run_lock, run_population)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunOptions):
     """One run. Steps are gradient updates; returns are undiscounted episode returns."""
 
     algo: str = "iql"
@@ -49,34 +50,15 @@ class TrainConfig:
     remove_top_k: float = 0.0  # percent of highest-return trajectories removed
     reward_noise_std: float = 0.0  # std of Gaussian noise added to rewards (reward units)
     extra_corruptions: tuple[dict, ...] = ()  # further corruption specs (see data.corruption)
-    seed: int = 0
     total_steps: int = DEFAULT_TOTAL_STEPS
-    eval_every: int = 5_000
-    eval_episodes: int = 10
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
-    loss_variance_window: int = 1_000  # updates in the rolling critic-loss variance
-    q_divergence_factor: float = 100.0  # diverged if |Q| > factor * max|r| / (1 - gamma)
-    algo_overrides: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    threads: int | None = None
-    compile: str = "auto"  # the update path: auto, on (compiled step), off (eager reference); see compiled_step_wanted
-    tensorboard: bool = False
-    wandb: str | None = None  # a Weights & Biases project to log to (trackers.py)
-    progress: bool = True
-    results_dir: str = "results"
-    cache_dir: str | None = None
-    mirror: str | None = None
+    # seed, the evaluation/log/checkpoint schedule, algo_overrides, device, threads, compile,
+    # trackers and directories: the run options every run takes (core/run_options.py).
 
     def __post_init__(self) -> None:
+        check_run_options(self)
         if self.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {self.total_steps}")
         self.data  # the data spec checks itself (corruption levels and specs), before any data loads
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        for name in ("eval_every", "log_every", "checkpoint_every", "eval_episodes", "loss_variance_window"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def run_id(self) -> str:

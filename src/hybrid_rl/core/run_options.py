@@ -1,0 +1,108 @@
+"""The options every run takes, Phase I and Phase II alike, declared once.
+
+``RunOptions`` is the base of ``runs.train.TrainConfig`` and ``runs.finetune.FinetuneConfig``:
+each field carries its default, its help text and its check, and the command line derives
+the flags of ``hybrid-rl train`` and ``hybrid-rl finetune`` from these fields
+(``cli.add_run_arguments``), so a default or a help text is written in one place. The
+fields stay flat in both configs (and in every config.json). Importable without torch, so
+that building the command line (and ``--help``) does not load the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import HybridRLError
+from .grid_options import COMPILE_HELP, COMPILE_MODES, DEFAULT_CHECKPOINT_EVERY, DEFAULT_EVAL_EVERY, DEFAULT_LOG_EVERY
+
+
+class RunOptionError(HybridRLError, ValueError):
+    """A run option outside its domain."""
+
+
+def option(default: Any, help: str, *, flag: str | None = None, positive: bool = False, choices: tuple[str, ...] | None = None,
+           command_line: bool = True, schedule: bool = False, identity: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A run option's field: its default, help text and check.
+
+    ``flag``: the command-line spelling when it is not ``--<name>``. ``positive``: the value
+    must be > 0. ``choices``: the values it may take. ``schedule``: a step interval that the
+    command line leaves unset by default, so that ``grid_options.run_schedule`` fits it to
+    the run's length. ``command_line=False``: a Python-only option (no flag).
+    ``identity=False``: the option does not change what the run computes (where it runs,
+    how it is watched, where its files go), so a run resumes under another value.
+    """
+    metadata = {"help": help, "flag": flag, "positive": positive, "choices": choices, "command_line": command_line, "schedule": schedule,
+                "identity": identity}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata, kw_only=True)
+    return field(default=default, metadata=metadata, kw_only=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How a run is trained, logged and stored (not what it learns: that is its config's own
+    fields and ``algo_overrides``)."""
+
+    seed: int = option(0, "random seed of the run: network initialisation, batches, corruption and exploration draws")
+    eval_every: int = option(DEFAULT_EVAL_EVERY, f"steps between evaluations; default {DEFAULT_EVAL_EVERY:,} (at most the run's length)",
+                             positive=True, schedule=True)
+    eval_episodes: int = option(10, "episodes per evaluation; default 10", positive=True)
+    log_every: int = option(DEFAULT_LOG_EVERY, f"steps between train logs; default {DEFAULT_LOG_EVERY:,} (20 logs in runs under 20k steps)",
+                            positive=True, schedule=True)
+    checkpoint_every: int = option(DEFAULT_CHECKPOINT_EVERY, f"steps between checkpoints; default {DEFAULT_CHECKPOINT_EVERY:,}", positive=True,
+                                   schedule=True, identity=False)
+    loss_variance_window: int = option(1_000, "updates in the rolling critic-loss variance", positive=True, command_line=False)
+    q_divergence_factor: float = option(100.0, "a run has diverged when |Q| > factor * max|r| / (1 - discount)", positive=True, command_line=False)
+    algo_overrides: dict[str, Any] = option(None, "the algorithm's settings that differ from its defaults", default_factory=dict,
+                                            command_line=False)
+    device: str = option("auto", "auto, cpu, cuda (cuda:N) or mps; default auto", identity=False)
+    threads: int | None = option(None, "torch threads of the run; default: torch's choice", positive=True, identity=False)
+    # The update path: the same math either way (compiled_step_wanted). Its flag takes a bare
+    # --compile too (cli.add_compile_argument), and --wandb's checks that the package is there.
+    compile: str = option("auto", COMPILE_HELP, choices=COMPILE_MODES, identity=False)
+    tensorboard: bool = option(False, "also write TensorBoard event files into the run directory", identity=False)
+    wandb: str | None = option(None, "also log to this Weights & Biases project (pip install 'hybrid-rl[wandb]'; WANDB_MODE=offline keeps it local)",
+                               identity=False)
+    progress: bool = option(True, "show a progress bar", command_line=False, identity=False)
+    results_dir: str = option("results", "results directory (one sub-directory per run)", flag="--results", identity=False)
+    cache_dir: str | None = option(None, "dataset cache directory; default ~/.d4rl/datasets for D4RL files ($D4RL_DATASET_DIR) and "
+                                   "~/.hybrid_rl/datasets for generated data ($HYBRID_RL_DATA_DIR)", identity=False)
+    mirror: str | None = option(None, "base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)", identity=False)
+
+    def __post_init__(self) -> None:
+        check_run_options(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneRunOptions(RunOptions):
+    """A fine-tuning run's options: a run's, with the runs in their own results directory."""
+
+    results_dir: str = option("results_phase2", "results directory of fine-tuning runs (one sub-directory per run)", flag="--results", identity=False)
+
+
+def run_option_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(RunOptions)
+
+
+def run_option(name: str) -> dataclasses.Field:
+    """One run option's declaration (its default, ``metadata["help"]``, ...)."""
+    return next(spec for spec in run_option_fields() if spec.name == name)
+
+
+def non_identity_options() -> tuple[str, ...]:
+    """The run options that do not change what a run computes (left out of its identity)."""
+    return tuple(spec.name for spec in run_option_fields() if not spec.metadata["identity"])
+
+
+def check_run_options(options: Any) -> None:
+    """Each declared run option's check (``positive``, ``choices``) on a config that has them."""
+    for spec in run_option_fields():
+        value = getattr(options, spec.name)
+        if value is None:
+            continue
+        if spec.metadata["positive"] and not value > 0:
+            raise RunOptionError(f"{spec.name} must be positive, got {value}")
+        choices = spec.metadata["choices"]
+        if choices is not None and value not in choices:
+            raise RunOptionError(f"{spec.name} must be one of {', '.join(choices)}, got {value!r}")
