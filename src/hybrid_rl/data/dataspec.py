@@ -8,7 +8,7 @@ and it names itself in run ids the same way wherever it is used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .corruption import apply_corruptions, check_corruptions, check_shorthands
@@ -54,3 +54,20 @@ class DataSpec:
             original = load_dataset(self.dataset, cache_dir=cache_dir, mirror=mirror)
         corrupted, records = apply_corruptions(original, self.corruption_specs(), seed=seed)
         return original, corrupted, records
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """A run config's data, as flat fields (so config.json keeps them at the top level):
+    the base of ``runs.train.TrainConfig`` and ``runs.finetune.FinetuneConfig``. ``data`` is
+    the spec they make (checked when it is made). A fine-tuning run from a parent leaves
+    ``dataset`` empty until ``with_parent`` copies the parent's data in."""
+
+    dataset: str | None = None
+    remove_top_k: float = 0.0  # percent of the highest-return trajectories removed
+    reward_noise_std: float = 0.0  # std of Gaussian noise added to every reward (reward units)
+    extra_corruptions: tuple[dict, ...] = field(default=())  # further corruption specs (data.corruption), applied after the two above
+
+    @property
+    def data(self) -> DataSpec:
+        return DataSpec(self.dataset or "", self.remove_top_k, self.reward_noise_std, self.extra_corruptions)

@@ -58,7 +58,7 @@ import torch
 
 from ..algos.registry import algorithm_spec, finetune_recipes, make_config
 from ..algos.spec import FinetuneRecipe
-from ..data.dataspec import DataSpec
+from ..data.dataspec import DataOptions
 from ..data.refs import normalized_score
 from ..data.robots import EPISODE_LIMIT
 from ..core.errors import HybridRLError
@@ -91,17 +91,13 @@ def methods() -> dict[str, FinetuneRecipe]:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(FinetuneRunOptions):
+class FinetuneConfig(DataOptions, FinetuneRunOptions):
     """One fine-tuning run. Steps are online environment steps."""
 
     method: str = "iql"
     parent: str = SCRATCH  # a Phase I run directory, or "scratch"
-    # The data: the parent's (filled in by with_parent), or for "scratch" the dataset whose
-    # environment (and, for rlpd, offline data) the run uses, with these corruptions.
-    dataset: str | None = None
-    remove_top_k: float = 0.0
-    reward_noise_std: float = 0.0
-    extra_corruptions: tuple[dict, ...] = ()
+    # The data (DataOptions): the parent's (filled in by with_parent), or for "scratch" the
+    # dataset whose environment (and, for rlpd, offline data) the run uses, with its corruptions.
     online_steps: int = DEFAULT_ONLINE_STEPS
     utd: int | None = None  # gradient steps per env step (0: a frozen policy); None: the method's
     sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
@@ -204,12 +200,6 @@ class FinetuneConfig(FinetuneRunOptions):
             start = "__".join(["scratch", *self.data.id_parts(), *settings_parts(self.settings())])
         budget = [f"online{format_steps(self.online_steps)}"] if self.online_steps != DEFAULT_ONLINE_STEPS else []
         return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, *budget, f"s{self.seed}"])
-
-    @property
-    def data(self) -> DataSpec:
-        """The data of a run from scratch (its environment's, and RLPD's offline data); a run
-        from a parent trains on the parent's (``with_parent`` copies it here)."""
-        return DataSpec(self.dataset or "", self.remove_top_k, self.reward_noise_std, self.extra_corruptions)
 
     def settings(self) -> dict[str, Any]:
         """The algorithm settings that depart from the published defaults: a from-scratch

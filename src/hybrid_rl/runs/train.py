@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import OfflineDataset, TransitionSampler
-from ..data.dataspec import DataSpec
+from ..data.dataspec import DataOptions
 from ..data.views import is_view_corruption
 from ..engine.loop import OfflineStage, Schedule, fit, load_stage_states
 from ..core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
@@ -42,14 +42,11 @@ from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summ
 
 
 @dataclass(frozen=True)
-class TrainConfig(RunOptions):
+class TrainConfig(DataOptions, RunOptions):
     """One run. Steps are gradient updates; returns are undiscounted episode returns."""
 
     algo: str = "iql"
-    dataset: str = DEFAULT_DATASET
-    remove_top_k: float = 0.0  # percent of highest-return trajectories removed
-    reward_noise_std: float = 0.0  # std of Gaussian noise added to rewards (reward units)
-    extra_corruptions: tuple[dict, ...] = ()  # further corruption specs (see data.corruption)
+    dataset: str = field(default=DEFAULT_DATASET, kw_only=True)  # with remove_top_k, reward_noise_std, extra_corruptions: DataOptions
     total_steps: int = DEFAULT_TOTAL_STEPS
     # seed, the evaluation/log/checkpoint schedule, algo_overrides, device, threads, compile,
     # trackers and directories: the run options every run takes (core/run_options.py).
@@ -71,11 +68,6 @@ class TrainConfig(RunOptions):
             parts.append(f"steps{format_steps(self.total_steps)}")
         parts.append(f"s{self.seed}")
         return "__".join(parts)
-
-    @property
-    def data(self) -> DataSpec:
-        """The data this run trains on: its dataset and corruptions."""
-        return DataSpec(self.dataset, self.remove_top_k, self.reward_noise_std, self.extra_corruptions)
 
     def settings(self) -> dict[str, Any]:
         """The algorithm settings this run changes from the published defaults
