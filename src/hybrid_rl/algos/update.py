@@ -78,7 +78,8 @@ class UpdateRule:
     ``(config, device)`` (RLPD's target subset), passed to every phase. ``random``: the
     losses draw random numbers (a population then draws per agent). ``cosine_lr``: (group,
     config field) — that group's learning rate follows a cosine decay to 0 over that many
-    updates and then stays 0 (IQL's actor). ``q_estimate``: the diagnostic Q from the
+    updates and then stays 0 (IQL's actor; the algorithm keeps the group's
+    ``CosineAnnealingLR`` in ``schedulers[group]``). ``q_estimate``: the diagnostic Q from the
     critic's ``(E, B)`` outputs. ``member_critic_products``: the compiled CPU population
     step evaluates the critics member by member (measured faster for CQL:
     benchmarks/cql_reference.py).

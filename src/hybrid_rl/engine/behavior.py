@@ -151,15 +151,31 @@ class _BehaviorSchedule:
         return self.eval_every
 
 
+class _SnapshotEvaluation:
+    """The learner as behaviour training evaluates it: the deterministic policy is the trained
+    agent's own actor (what the snapshots hold) in fresh robot envs, env i reset with
+    ``20_000 + step + i``, on either update path (a population's vmapped actor would round
+    differently, and a MuJoCo episode amplifies that). Everything else is the learner's."""
+
+    def __init__(self, learner: Any, current_agent: Callable[[], SAC], robot: str, episodes: int) -> None:
+        self.learner, self.current_agent, self.robot, self.episodes = learner, current_agent, robot, episodes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.learner, name)
+
+    def evaluate(self, members: Sequence[int], books: Sequence[Any]) -> list[list[float]]:
+        (book,) = books
+        return [evaluate_actor(self.current_agent().actor, self.robot, self.episodes, seed=20_000 + book.step, deterministic=True)]
+
+
 class BehaviorBook:
     """Behaviour training's files, as the loop's book for its one member: ``progress.jsonl``
     (one line per evaluation), ``snapshots/actor_{step:07d}.pt``, ``checkpoint.pt``.
 
-    The loop asks the learner for the deterministic policy's returns (in the robot's envs,
-    env i reset with ``20_000 + step + i``); the book adds the stochastic policy's (reset
-    with ``10_000 + step + i``: the policy the data is collected with) and keeps the actor's
-    snapshot. Neither evaluation draws from torch's generator in another order than the
-    training would: the deterministic one draws nothing.
+    The loop hands it the deterministic policy's returns (``_SnapshotEvaluation``); the book
+    adds the stochastic policy's (env i reset with ``10_000 + step + i``: the policy the data
+    is collected with) and keeps the actor's snapshot. The evaluations draw from torch's
+    generator in the order the training always has: the deterministic one draws nothing.
     """
 
     mc_size = 0  # no Q-vs-Monte-Carlo diagnostic
@@ -172,13 +188,7 @@ class BehaviorBook:
         self.step = 0
         self.loss_window = torch.zeros(1)
         self.evals: list[float] = []
-        self.envs = [make_robot_env(config.robot) for _ in range(config.eval_episodes)]
-        self.obs_mean = self.obs_std = None
         self.started = time.time()
-
-    @property
-    def eval_seed(self) -> int:
-        return 20_000 + self.step
 
     def due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.config.total_steps
@@ -215,13 +225,7 @@ class BehaviorBook:
 
     def finish(self, agent_state: dict[str, Any], stage_states: Sequence[dict[str, Any]], loss_window: torch.Tensor) -> dict[str, Any]:
         self.save_checkpoint(agent_state, stage_states, loss_window)
-        self.close()
         return {"steps_done": self.step, "evaluations": len(self.evals)}
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        self.envs = []
 
 
 def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
@@ -273,9 +277,9 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
         stage.load_member_state(0, state)
         book.step = stage.steps
     try:
-        fit(learner, [book], [(stage, config.total_steps)], desc=f"SAC {config.robot}", progress=progress)
+        fit(_SnapshotEvaluation(learner, current_agent, config.robot, config.eval_episodes), [book], [(stage, config.total_steps)],
+            desc=f"SAC {config.robot}", progress=progress)
     finally:
-        book.close()
         env.close()
     return out
 
