@@ -44,6 +44,21 @@ def test_a_training_that_ends_between_evaluations_evaluates_its_last_step(tmp_pa
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 250
 
 
+def test_a_training_is_not_continued_with_other_settings_nor_by_two_processes(tmp_path: Path) -> None:
+    from hybrid_rl.core.fileio import file_lock
+    from hybrid_rl.engine.behavior import TRAINING_LOCK_FILE, BehaviorTrainingError
+
+    out = train_behavior_policy(replace(TINY, total_steps=100), tmp_path / "run", progress=False)
+    recorded = (out / "config.json").read_text()
+    with pytest.raises(BehaviorTrainingError, match=r"other settings \(sac\): pass the recorded ones"):
+        train_behavior_policy(replace(TINY, sac=SACConfig(hidden=(32, 32), batch_size=32)), out, progress=False)
+    assert (out / "config.json").read_text() == recorded and progress_steps(out) == [100]  # nothing touched
+    with file_lock(out / TRAINING_LOCK_FILE, owner="pid 99 on elsewhere"):
+        with pytest.raises(BehaviorTrainingError, match="being trained by another process .*pid 99 on elsewhere"):
+            train_behavior_policy(TINY, out, progress=False)
+    assert progress_steps(out) == [100]
+
+
 def evaluations(out: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"} for line in (out / "progress.jsonl").read_text().splitlines()]
 

@@ -42,7 +42,8 @@ from .population import SACPopulation, cpp_compiler
 from ..data.replay import ReplayBuffer
 from ..data.refs import normalized_score
 from ..data.robots import evaluate_actor, make_robot_env
-from ..core.fileio import atomic_torch_save, atomic_write_text
+from ..core.errors import HybridRLError
+from ..core.fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,40 @@ def train_behavior_policy(config: BehaviorTrainingConfig, out_dir: str | Path, *
     """
     out = Path(out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
+
+    def busy(exc: LockHeld) -> Exception:
+        return BehaviorTrainingError(f"{out} is being trained by another process ({exc}); wait for it to finish or choose another --out")
+
+    with held_exclusively(out / TRAINING_LOCK_FILE, busy, role="behaviour training"):
+        check_resumable(out, config)
+        atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
+        return _train_locked(config, out, progress)
+
+
+class BehaviorTrainingError(HybridRLError, ValueError):
+    """A behaviour training that cannot run as asked (another process has it, or its
+    directory holds a training of other settings)."""
+
+
+TRAINING_LOCK_FILE = ".training.lock"
+# Settings a resumed training may change: how far it goes, how often it checkpoints and which
+# update path it takes (the same math). Every other setting must be the recorded one.
+RESUMABLE_CHANGES = ("total_steps", "checkpoint_every", "compile")
+
+
+def check_resumable(out: Path, config: BehaviorTrainingConfig) -> None:
+    """Raise BehaviorTrainingError if ``out`` holds a checkpoint of a training with other settings."""
+    recorded_path = out / "config.json"
+    if not (out / "checkpoint.pt").exists() or not recorded_path.exists():
+        return
+    recorded, wanted = json.loads(recorded_path.read_text()), json.loads(json.dumps(asdict(config)))
+    differing = sorted(key for key in set(recorded) | set(wanted) if key not in RESUMABLE_CHANGES and recorded.get(key) != wanted.get(key))
+    if differing:
+        raise BehaviorTrainingError(f"{out} holds a behaviour training with other settings ({', '.join(differing)}): pass the recorded ones "
+                                    "to continue it (config.json), or another --out to start afresh")
+
+
+def _train_locked(config: BehaviorTrainingConfig, out: Path, progress: bool) -> Path:
     env = make_robot_env(config.robot)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(config.seed)
