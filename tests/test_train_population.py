@@ -48,6 +48,12 @@ def test_population_key_groups_what_can_share_a_population(base_config: TrainCon
         train_population([a, replace(a, seed=9, total_steps=200)])
 
 
+def test_a_population_of_the_same_run_twice_is_refused_before_any_file(base_config: TrainConfig) -> None:
+    with pytest.raises(ValueError, match="must be distinct runs"):
+        train_population([base_config, base_config])
+    assert not (Path(base_config.results_dir) / base_config.run_id).exists()
+
+
 def test_population_members_equal_their_single_runs(base_config: TrainConfig, tmp_path: Path) -> None:
     configs = members(base_config)
     summaries = train_population(configs)

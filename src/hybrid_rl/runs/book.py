@@ -392,6 +392,8 @@ def run_population(configs: Sequence[Any], locked: Callable[..., dict[str, dict[
     finished members are skipped, every other member's run lock is held while ``locked``
     trains them together; if it returns None (members at different steps), or only one is
     left, they run one by one with ``single``."""
+    if len({config.run_id for config in configs}) != len(configs):
+        raise ValueError("a population's configs must be distinct runs (two have the same run id)")
     one_by_one = dict(resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
     summaries: dict[str, dict[str, Any]] = {}
     todo = []

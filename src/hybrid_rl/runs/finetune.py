@@ -356,8 +356,6 @@ def finetune_population(configs: list[FinetuneConfig], *, resume: bool = True, l
     if None in keys or len(keys) != 1:
         raise ValueError("a fine-tuning population needs runs of one method and online settings, from parents of one population-capable "
                          f"algorithm that stopped at the same step or from scratch, that differ only in {', '.join(POPULATION_FREE_FIELDS)}")
-    if len({config.run_id for config in configs}) != len(configs):
-        raise ValueError("a population's configs must be distinct runs (two have the same run id)")
     return run_population(configs, _finetune_locked, finetune, resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
 
 

@@ -267,8 +267,6 @@ def train_population(configs: list[TrainConfig], *, resume: bool = True, lock_wa
     if None in keys or len(keys) != 1:
         raise ValueError("a population needs configs of one population-capable algorithm that differ only in "
                          f"{', '.join(POPULATION_FREE_FIELDS)} (and only view corruptions)")
-    if len({config.run_id for config in configs}) != len(configs):
-        raise ValueError("a population's configs must be distinct runs (two have the same run id)")
     return run_population(configs, _train_locked, train, resume=resume, lock_wait_s=lock_wait_s, on_progress=on_progress)
 
 
