@@ -8,6 +8,7 @@ set HYBRID_RL_DEBUG=1 for the full traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -147,21 +148,6 @@ def guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return wrapper
 
 
-def corruption_specs(text: str) -> tuple[dict, ...]:
-    """argparse type of --corruption: ``none`` or KIND:NAME=VALUE[:NAME=VALUE...][+KIND:...]."""
-    from .data.corruption import parse_corruptions
-
-    try:
-        return parse_corruptions(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-CORRUPTION_HELP = ("KIND:NAME=VALUE[:NAME=VALUE...], several joined by + (applied in order), or none: e.g. "
-                   "corrupt_transitions:target=observations:rate=0.3:scale=1 (RIQL's random observation corruption); the kinds and their "
-                   "parameters are in docs/data.md, and an unknown kind's error lists them")
-
-
 def corruption_levels(given: Sequence[tuple[dict, ...]] | None) -> tuple[tuple[dict, ...], ...]:
     """The --corruption axis: the levels given, in order and each once; none given: no further corruption."""
     from .data.corruption import format_corruptions
@@ -191,26 +177,23 @@ def check_level_flags(remove_top_k: Sequence[float], reward_noise_std: Sequence[
 # grid / run_phase1.py
 # ---------------------------------------------------------------------------------------
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import DEFAULT_SEEDS, DEFAULT_TOTAL_STEPS, QUICK_EVAL_EVERY, QUICK_STEPS
-    from .core.run_options import run_option
+    from .core.grid_options import DEFAULT_SEEDS, GRID_DEFAULT_ALGOS, GRID_DEFAULT_REMOVE_TOP_K, QUICK_EVAL_EVERY, QUICK_STEPS
+    from .core.run_options import declared_field, run_option
+    from .runs.configs import TrainConfig
 
-    # Names are checked against the registry when the command runs (importing it here would
-    # make --help import torch); `hybrid-rl algorithms` lists them.
-    parser.add_argument("--algo", type=comma_list(str.lower), default=("cql", "iql"),
-                        help="Phase I algorithms, comma-separated (`hybrid-rl algorithms` lists them); default cql,iql")
-    parser.add_argument(
-        "--env", type=comma_list(str), default=None,
-        help="datasets, comma-separated: D4RL ids (halfcheetah-medium-v2), generated ids (gen-hopper-medium-v1[@SIZE]), "
-        "Minari ids or HDF5 paths. Default: halfcheetah-medium-v2,hopper-medium-v2 if both are in the local D4RL cache, "
-        "else their generated counterparts (the embedded offline default)",
-    )
-    parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 30.0, 60.0), help="percent of best trajectories removed, comma-separated; default 0,30,60")
-    parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels (reward units); default 0")
-    parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
-                        help="a further corruption level, repeatable: each is one level of the grid's corruption axis, crossed with --remove_top_k "
-                        "and --reward_noise_std (add --corruption none to keep the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
-    parser.add_argument("--seed", type=comma_list(int), default=None, help=f"seeds, comma-separated; default {seeds_text(DEFAULT_SEEDS)} ({DEFAULT_SEEDS[0]} with --quick)")
-    parser.add_argument("--total_steps", type=positive_int, default=None, help=f"gradient steps per run; default {DEFAULT_TOTAL_STEPS} ({QUICK_STEPS} with --quick)")
+    def declared(name: str) -> Any:
+        return declared_field(TrainConfig, name)
+
+    # Algorithm names are checked against the registry when the command runs (importing it
+    # here would make --help import torch); `hybrid-rl algorithms` lists them.
+    add_study_flag(parser, declared("algo"), axis=True, default=GRID_DEFAULT_ALGOS)
+    add_study_flag(parser, declared("dataset"), axis=True, default_help="halfcheetah-medium-v2,hopper-medium-v2 if both are in the local D4RL cache, "
+                   "else their generated counterparts (the embedded offline default)")
+    add_study_flag(parser, declared("remove_top_k"), axis=True, default=GRID_DEFAULT_REMOVE_TOP_K)
+    add_study_flag(parser, declared("reward_noise_std"), axis=True, default=(0.0,))
+    add_study_flag(parser, declared("extra_corruptions"), levels=True, default_help="none")
+    add_study_flag(parser, declared("seed"), axis=True, default_help=seeds_text(DEFAULT_SEEDS), quick=DEFAULT_SEEDS[0])
+    add_study_flag(parser, declared("total_steps"), default_help=default_text(declared("total_steps").default), quick=QUICK_STEPS)
     add_run_option_flag(parser, "eval_every", f"{run_option('eval_every').metadata['help']}; {QUICK_EVAL_EVERY:,} with --quick")
     add_run_option_flag(parser, "eval_episodes")
     add_run_option_flag(parser, "log_every")
@@ -292,7 +275,7 @@ def grid_spec(args: argparse.Namespace, datasets: Sequence[str]) -> Any:
 
     return GridSpec(
         algos=tuple(args.algo), datasets=tuple(datasets), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
-        corruptions=corruption_levels(args.corruption),
+        corruptions=corruption_levels(args.extra_corruptions),
         seeds=tuple(args.seed or (DEFAULT_SEEDS[:1] if args.quick else DEFAULT_SEEDS)), total_steps=args.total_steps or (QUICK_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
         eval_every=args.eval_every or (QUICK_EVAL_EVERY if args.quick else None), eval_episodes=args.eval_episodes, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, device=args.device, compile=args.compile, results_dir=args.results, settings=tuple(args.settings),
@@ -319,11 +302,11 @@ def grid_command(args: argparse.Namespace) -> int:
         raise HybridRLError(f"unknown algorithm(s) {unknown}; choose from {available_algorithms()}")
     check_setting_axes(args.algo, tuple(args.settings))
     check_level_flags(args.remove_top_k, args.reward_noise_std)
-    if args.env is None:
+    if args.dataset is None:
         datasets, why = default_datasets(args.cache_dir)
         print(f"datasets: {why}")
     else:
-        datasets = args.env
+        datasets = args.dataset
     spec = grid_spec(args, datasets)
     workers = resolve_workers(args.workers, args.device, len(spec.expand())) if args.launcher == "local" else 1
     status = run_grid(spec, workers=workers, launcher=args.launcher, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
@@ -340,7 +323,8 @@ def grid_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from .algos.registry import available_algorithms
     from .studies.grid import check_setting_axes, preflight, setting_combinations
-    from .runs.train import TrainConfig, train
+    from .runs.configs import TrainConfig
+    from .runs.train import train
 
     if args.algo not in available_algorithms():
         raise HybridRLError(f"unknown algorithm {args.algo!r}; choose from {available_algorithms()}")
@@ -350,10 +334,7 @@ def train_command(args: argparse.Namespace) -> int:
         raise HybridRLError(f"--set {swept[0]} has several values: hybrid-rl train runs one setting; sweep with run_phase1.py --set")
     check_setting_axes([args.algo], tuple(args.settings))
     overrides = {**json_overrides(args.algo_overrides), **setting_combinations(args.algo, tuple(args.settings))[0]}
-    config = TrainConfig(
-        algo=args.algo, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, extra_corruptions=args.corruption,
-        total_steps=args.total_steps, algo_overrides=overrides, **run_options_from(args, args.total_steps),
-    )
+    config = TrainConfig(**config_values(args, TrainConfig), algo_overrides=overrides, **run_options_from(args, args.total_steps))
     # Bad input fails here, before the run directory exists (an explicit --run_dir is
     # checked against the config by train() itself).
     preflight([config], log=lambda line: None, run_dirs=args.run_dir is None)
@@ -364,16 +345,9 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
-    from .core.run_options import RunOptions
+    from .runs.configs import TrainConfig
 
-    parser.add_argument("--algo", default="iql", type=str.lower, help="a Phase I algorithm (`hybrid-rl algorithms` lists them); default iql")
-    parser.add_argument("--env", "--dataset", dest="env", default=DEFAULT_DATASET, help=f"dataset id or HDF5 path; default {DEFAULT_DATASET}")
-    parser.add_argument("--remove_top_k", type=float, default=0.0, help="percent of best trajectories removed from the data; default 0")
-    parser.add_argument("--reward_noise_std", type=float, default=0.0, help="std of Gaussian noise added to the rewards (reward units); default 0")
-    parser.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="further corruption of the data: " + CORRUPTION_HELP)
-    parser.add_argument("--total_steps", type=positive_int, default=DEFAULT_TOTAL_STEPS, help=f"gradient steps of the run; default {DEFAULT_TOTAL_STEPS:,}")
-    add_run_arguments(parser, RunOptions, overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
+    add_config_arguments(parser, TrainConfig, overrides_help='JSON dict of algorithm settings, e.g. \'{"beta": 10.0}\' for IQL (or use --set beta=10)')
     add_settings_argument(parser, "one value each here, e.g. --set beta=10")
     parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
 
@@ -391,48 +365,125 @@ SPECIAL_RUN_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"comp
 FLAG_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, options_class: type, *, overrides_help: str) -> None:
-    """The flags every single run takes (hybrid-rl train and hybrid-rl finetune), derived
-    from the run options ``options_class`` declares (core/run_options.py): one flag per
-    option that has one, with the option's type, default, help and domain."""
-    import dataclasses
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, *, overrides_help: str, data_note: str = "") -> None:
+    """The flags of a single run's command (hybrid-rl train, hybrid-rl finetune), derived from
+    its config's declared fields (runs/configs.py): the config's own fields first, then its
+    data (``data_note`` leads their help: when they apply), then the options every run takes.
+    One flag per field that has one, with the field's spelling, type, default, domain and help."""
+    from .core.run_options import declared_fields, run_option_fields
 
-    for spec in dataclasses.fields(options_class):
-        if spec.metadata.get("command_line"):
-            add_run_option_flag(parser, spec.name, options_class=options_class)
+    run_options = {spec.name for spec in run_option_fields()}
+    fields = [spec for spec in declared_fields(config_class) if spec.metadata["command_line"]]
+    own = [spec for spec in fields if spec.name not in run_options and spec.metadata["group"] != "data"]
+    data = [spec for spec in fields if spec.metadata["group"] == "data"]
+    for spec in own:
+        add_field_flag(parser, spec)
+    for spec in data:
+        add_field_flag(parser, spec, help=data_note + spec.metadata["help"] if data_note else None)
+    for spec in fields:
+        if spec.name in run_options:
+            add_field_flag(parser, spec)
     parser.add_argument("--no-resume", dest="no_resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--algo_overrides", default=None, help=overrides_help)
 
 
-def add_run_option_flag(parser: argparse.ArgumentParser, name: str, help: str | None = None, *, dest: str | None = None,
-                        options_class: type | None = None) -> None:
-    """The flag of run option ``name`` as declared (core/run_options.py), for a single run's
-    command or a study's shared setting: ``--<name>`` or the declared spelling, its type
-    (a positive whole number where it must be positive), default, domain and help. A
-    schedule interval has no default here: ``run_schedule`` fits it to the run's length."""
-    import dataclasses
+def add_run_option_flag(parser: argparse.ArgumentParser, name: str, help: str | None = None, *, dest: str | None = None) -> None:
+    """A study's flag for run option ``name``, as a single run's command has it (a setting
+    every run of the study shares)."""
+    from .core.run_options import run_option
 
-    from .core.run_options import RunOptions
+    add_field_flag(parser, run_option(name), help, dest=dest)
 
-    spec = next(field for field in dataclasses.fields(options_class or RunOptions) if field.name == name)
-    if name in SPECIAL_RUN_FLAGS:
-        SPECIAL_RUN_FLAGS[name](parser)
+
+def declared_flag_type(spec: Any) -> Callable[[str], Any]:
+    """How a declared field's flag reads its text: its ``parse`` (a ValueError becomes the
+    flag's own message), else by its type, a whole number checked against its domain."""
+    meta = spec.metadata
+    if meta["parse"] is not None:
+        def parse(text: str) -> Any:
+            try:
+                return meta["parse"](text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        parse.__name__ = spec.name  # argparse names the flag's type in its errors
+        return parse
+    kind = str(spec.type).replace(" | None", "")
+    if kind == "int" and meta["positive"]:
+        return positive_int
+    if kind == "int" and meta["minimum"] == 0:
+        return non_negative_int
+    return FLAG_TYPES[kind]
+
+
+def default_text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def add_field_flag(parser: argparse.ArgumentParser, spec: Any, help: str | None = None, *, dest: str | None = None) -> None:
+    """The flag of one declared config field (``core.run_options.option``): ``--<name>`` or
+    the declared spelling and aliases, its type, default, domain and help (with the default
+    appended where the help does not say it). A schedule interval has no default here:
+    ``run_schedule`` fits it to the run's length."""
+    if spec.name in SPECIAL_RUN_FLAGS:
+        SPECIAL_RUN_FLAGS[spec.name](parser)
         return
     meta = spec.metadata
-    flag, kind, dest = meta["flag"] or f"--{name}", str(spec.type).replace(" | None", ""), dest or name
-    if kind == "bool":
-        parser.add_argument(flag, dest=dest, action="store_true", help=help or meta["help"])
-        return
-    default = None if meta["schedule"] else spec.default
+    flags, dest = [meta["flag"] or f"--{spec.name}", *meta["aliases"]], dest or spec.name
     text = help or meta["help"]
-    if "default" not in text and default is not None:
-        text = f"{text}; default {default}"
-    parser.add_argument(flag, dest=dest, type=positive_int if kind == "int" and meta["positive"] else FLAG_TYPES[kind], default=default,
-                        choices=meta["choices"], help=text)
+    if str(spec.type) == "bool":
+        parser.add_argument(*flags, dest=dest, action="store_true", help=text)
+        return
+    if meta["required"]:
+        parser.add_argument(*flags, dest=dest, type=declared_flag_type(spec), required=True, metavar=meta["metavar"], choices=meta["choices"], help=text)
+        return
+    default = None if meta["schedule"] else (spec.default_factory() if spec.default is dataclasses.MISSING else spec.default)
+    if "default" not in text and default not in (None, ()):
+        text = f"{text}; default {default_text(default)}"
+    parser.add_argument(*flags, dest=dest, type=declared_flag_type(spec), default=default, metavar=meta["metavar"], choices=meta["choices"], help=text)
+
+
+def config_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The values a command's flags (``add_config_arguments``) give ``config_class``'s own
+    fields and data: every declared field with a flag, except the run options (``run_options_from``)."""
+    from .core.run_options import declared_fields, run_option_fields
+
+    run_options = {spec.name for spec in run_option_fields()}
+    return {spec.name: getattr(args, spec.name) for spec in declared_fields(config_class) if spec.metadata["command_line"] and spec.name not in run_options}
 
 
 def seeds_text(seeds: Sequence[int]) -> str:
     return ",".join(str(seed) for seed in seeds)
+
+
+def add_study_flag(parser: argparse.ArgumentParser, spec: Any, *, axis: bool = False, levels: bool = False, default: Any = None,
+                   default_help: str | None = None, quick: Any = None, help: str | None = None, type: Callable[[str], Any] | None = None) -> None:
+    """A study's flag (the Phase I grid, the Phase II study) for a declared run field, named,
+    read and explained as the single run's flag (``add_field_flag``): the study gives all its
+    runs this value, or with ``axis`` several comma-separated values (one run each), or with
+    ``levels`` a repeatable flag, each use one level of the axis. ``default``: the study's
+    own (None: decided later, ``default_help`` says how; else the field's default);
+    ``quick``: the value under --quick; ``help``: when the study's meaning is narrower than
+    the field's; ``type``: a narrower domain than the field's."""
+    meta = spec.metadata
+    read = type or declared_flag_type(spec)
+    text = help or meta["help"]
+    if axis:
+        text += "; one or several, comma-separated"
+    if levels:
+        text += ("; repeatable: each is one level of the study's corruption axis, crossed with --remove_top_k and --reward_noise_std "
+                 "(add --corruption none to keep the runs without it)")
+    shown = default_help or (",".join(default_text(value) for value in default) if isinstance(default, tuple) else
+                             default_text(default if default is not None else spec.default))
+    if "default" not in text:
+        text += f"; default {shown}" + (f" ({default_text(quick)} with --quick)" if quick is not None else "")
+    flags = [meta["flag"] or f"--{spec.name}", *meta["aliases"]]
+    if levels:
+        parser.add_argument(*flags, dest=spec.name, action="append", type=read, default=None, metavar=meta["metavar"], help=text)
+    else:
+        parser.add_argument(*flags, dest=spec.name, type=comma_list(read) if axis else read, default=default, metavar=meta["metavar"], help=text)
 
 
 def run_options_from(args: argparse.Namespace, total_steps: int) -> dict[str, Any]:
@@ -451,16 +502,12 @@ def run_options_from(args: argparse.Namespace, total_steps: int) -> dict[str, An
 # ---------------------------------------------------------------------------------------
 @guarded
 def finetune_command(args: argparse.Namespace) -> int:
-    from .runs.finetune import SCRATCH, FinetuneConfig, finetune, with_parent
+    from .runs.configs import SCRATCH, FinetuneConfig
+    from .runs.finetune import finetune, with_parent
     from .studies.grid import check_writable_dir
 
-    config = FinetuneConfig(
-        method=args.method, parent=args.parent, dataset=args.env, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
-        extra_corruptions=args.corruption,
-        online_steps=args.online_steps, utd=args.utd, sampling=args.sampling, switch_episodes=args.switch_episodes,
-        online_fraction=args.online_fraction, warmup_steps=args.warmup_steps, buffer_size=args.buffer_size,
-        exploration_noise=args.exploration_noise, algo_overrides=json_overrides(args.algo_overrides), **run_options_from(args, args.online_steps),
-    )
+    config = FinetuneConfig(**config_values(args, FinetuneConfig), algo_overrides=json_overrides(args.algo_overrides),
+                            **run_options_from(args, args.online_steps))
     check_wandb(args)
     # Bad input fails here, before anything is written.
     check_writable_dir(config.results_dir)
@@ -468,7 +515,7 @@ def finetune_command(args: argparse.Namespace) -> int:
         from .data.loader import check_dataset_name
 
         check_dataset_name(config.dataset)
-    elif args.env is not None:
+    elif args.dataset is not None:
         raise HybridRLError("--env is only for --from scratch: a fine-tuning run uses its parent's dataset")
     with_parent(config)
     announce_run(Path(config.results_dir) / config.run_id, resume=not args.no_resume)
@@ -478,62 +525,50 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
-    from .core.run_options import FinetuneRunOptions
+    from .runs.configs import FinetuneConfig
 
-    # Choices are checked by FinetuneConfig (importing it here would make --help import torch).
-    parser.add_argument("--from", dest="parent", required=True, help="RESULTS/RUN_ID of a finished Phase I run, or 'scratch' (then --env)")
-    parser.add_argument("--method", required=True, type=str.lower, help="fine-tuning method: one `hybrid-rl algorithms` lists with a Phase II recipe "
-                        "(from a Phase I run of that algorithm, or from scratch), or the control offline (the parent keeps training offline); see docs/recovery.md")
-    parser.add_argument("--env", "--dataset", dest="env", default=None, help="with --from scratch: the dataset whose environment (and, for rlpd, data) to use")
-    parser.add_argument("--remove_top_k", type=float, default=0.0, help="with --from scratch: percent of best trajectories removed from that data")
-    parser.add_argument("--reward_noise_std", type=float, default=0.0, help="with --from scratch: Gaussian reward noise of that data")
-    parser.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="with --from scratch: further corruption of that data: " + CORRUPTION_HELP)
-    parser.add_argument("--online_steps", type=positive_int, default=DEFAULT_ONLINE_STEPS, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS}")
-    parser.add_argument("--utd", type=non_negative_int, default=None, help="gradient steps per environment step (0: a frozen policy, evaluated only); default: the method's")
-    parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only: how batches mix offline and online data; default: the method's")
-    parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
-                        help=f"episodes of the starting policy's evaluation at step 0 (the switch score); default {DEFAULT_SWITCH_EPISODES}")
-    parser.add_argument("--online_fraction", type=float, default=0.5, help="online share of a symmetric batch; default 0.5")
-    parser.add_argument("--warmup_steps", type=int, default=None, help="environment steps before the first update; default: the method's")
-    parser.add_argument("--buffer_size", type=positive_int, default=None, help="online replay capacity; default: --online_steps")
-    parser.add_argument("--exploration_noise", type=float, default=None, help="Gaussian action noise; default 0.1 for a deterministic actor, else 0")
-    add_run_arguments(parser, FinetuneRunOptions, overrides_help="with --from scratch: JSON dict of the algorithm's settings")
+    # The method is checked by FinetuneConfig (its choices come from the registry, which loads torch).
+    add_config_arguments(parser, FinetuneConfig, overrides_help="with --from scratch: JSON dict of the algorithm's settings", data_note="with --from scratch: ")
 
 
 # ---------------------------------------------------------------------------------------
 # phase2 / run_phase2.py
 # ---------------------------------------------------------------------------------------
 def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
-    from .core.grid_options import (DEFAULT_DATASET, DEFAULT_EVAL_EVERY, DEFAULT_ONLINE_STEPS, DEFAULT_SEEDS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
-                                    PHASE2_DEFAULT_METHODS, PHASE2_QUICK_EVAL_EVERY, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS,
-                                    PHASE2_QUICK_UTD, PHASE2_QUICK_WARMUP_STEPS)
+    from .core.grid_options import (DEFAULT_DATASET, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, PHASE2_DEFAULT_METHODS, PHASE2_DEFAULT_REMOVE_TOP_K,
+                                    PHASE2_QUICK_EVAL_EVERY, PHASE2_QUICK_ONLINE_STEPS, PHASE2_QUICK_PRETRAIN_STEPS, PHASE2_QUICK_UTD,
+                                    PHASE2_QUICK_WARMUP_STEPS)
+    from .core.run_options import declared_field
+    from .runs.configs import FinetuneConfig, TrainConfig
 
-    parser.add_argument("--method", type=comma_list(str.lower), default=PHASE2_DEFAULT_METHODS,
-                        help="methods, comma-separated: those `hybrid-rl algorithms` lists with a Phase II recipe, the control offline, with variants NAME@utdN or NAME@SAMPLING "
-                        f"(iql@utd0: the frozen policy; rlpd@online_only: RLPD without data); default {','.join(PHASE2_DEFAULT_METHODS)}")
-    parser.add_argument("--env", type=comma_list(str), default=(DEFAULT_DATASET,), help=f"datasets, comma-separated; default {DEFAULT_DATASET}")
-    parser.add_argument("--remove_top_k", type=comma_list(float), default=(0.0, 60.0), help="percent of best trajectories removed; default 0,60")
-    parser.add_argument("--reward_noise_std", type=comma_list(float), default=(0.0,), help="Gaussian reward-noise std levels; default 0")
-    parser.add_argument("--corruption", action="append", type=corruption_specs, default=None, metavar="SPEC",
-                        help="a further corruption level, repeatable (crossed with --remove_top_k and --reward_noise_std; add --corruption none to keep "
-                        "the runs without it); SPEC = " + CORRUPTION_HELP + "; default none")
-    parser.add_argument("--seed", type=comma_list(int), default=None, help=f"seeds; default {seeds_text(DEFAULT_SEEDS)} ({DEFAULT_SEEDS[0]} with --quick)")
-    parser.add_argument("--total_steps", type=positive_int, default=None, help=f"Phase I steps of the pretrained parents; default {DEFAULT_TOTAL_STEPS} ({PHASE2_QUICK_PRETRAIN_STEPS} with --quick)")
-    parser.add_argument("--online_steps", type=positive_int, default=None, help=f"online environment steps; default {DEFAULT_ONLINE_STEPS} ({PHASE2_QUICK_ONLINE_STEPS} with --quick)")
-    parser.add_argument("--utd", type=positive_int, default=None,
-                        help=f"gradient steps per environment step for every method without its own @utdN; default: each method's ({PHASE2_QUICK_UTD} with --quick)")
-    parser.add_argument("--sampling", default=None, help="symmetric, uniform or online_only for every method; default: each method's")
+    def declared(name: str) -> Any:
+        return declared_field(FinetuneConfig, name)
+
+    add_study_flag(parser, declared("method"), axis=True, default=PHASE2_DEFAULT_METHODS,
+                   help="a fine-tuning method: one `hybrid-rl algorithms` lists with a Phase II recipe, or the control offline (the parent keeps "
+                   "training offline), with variants NAME@utdN or NAME@SAMPLING (iql@utd0: the frozen policy; rlpd@online_only: RLPD without data)")
+    add_study_flag(parser, declared("dataset"), axis=True, default=(DEFAULT_DATASET,))
+    add_study_flag(parser, declared("remove_top_k"), axis=True, default=PHASE2_DEFAULT_REMOVE_TOP_K)
+    add_study_flag(parser, declared("reward_noise_std"), axis=True, default=(0.0,))
+    add_study_flag(parser, declared("extra_corruptions"), levels=True, default_help="none")
+    add_study_flag(parser, declared("seed"), axis=True, default_help=seeds_text(DEFAULT_SEEDS), quick=DEFAULT_SEEDS[0])
+    add_study_flag(parser, declared_field(TrainConfig, "total_steps"), help="gradient steps of each pretrained parent (a Phase I run)",
+                   default_help=default_text(declared_field(TrainConfig, "total_steps").default), quick=PHASE2_QUICK_PRETRAIN_STEPS)
+    add_study_flag(parser, declared("online_steps"), default_help=default_text(declared("online_steps").default), quick=PHASE2_QUICK_ONLINE_STEPS)
+    # A whole study at UTD 0 would freeze every method: the frozen control is the variant NAME@utd0.
+    add_study_flag(parser, declared("utd"), type=positive_int, quick=PHASE2_QUICK_UTD,
+                   help="gradient steps per environment step for every method without its own @utdN", default_help="each method's")
+    add_study_flag(parser, declared("sampling"), help="symmetric, uniform or online_only for every method without its own @SAMPLING",
+                   default_help="each method's")
     add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
     add_wandb_argument(parser)
-    parser.add_argument("--eval_every", type=positive_int, default=None,
-                        help=f"online steps between evaluations; default {DEFAULT_EVAL_EVERY:,} ({PHASE2_QUICK_EVAL_EVERY} with --quick)")
+    add_study_flag(parser, declared("eval_every"), help="online steps between evaluations", default_help=default_text(DEFAULT_EVAL_EVERY),
+                   quick=PHASE2_QUICK_EVAL_EVERY)
     add_run_option_flag(parser, "eval_episodes")
-    parser.add_argument("--switch_episodes", type=positive_int, default=DEFAULT_SWITCH_EPISODES,
-                        help=f"episodes of each run's starting-policy evaluation at step 0; default {DEFAULT_SWITCH_EPISODES}")
+    add_study_flag(parser, declared("switch_episodes"), default=declared("switch_episodes").default)
     add_run_option_flag(parser, "device")
-    parser.add_argument("--warmup_steps", type=int, default=None,
-                        help=f"random warm-up steps of the from-scratch methods (rlpd, sac); default: each method's ({PHASE2_QUICK_WARMUP_STEPS:,} with --quick)")
+    add_study_flag(parser, declared("warmup_steps"), help="random warm-up steps of the from-scratch methods (rlpd, sac)", default_help="each method's",
+                   quick=PHASE2_QUICK_WARMUP_STEPS)
     parser.add_argument("--quick", action="store_true",
                         help=f"a small CPU budget, one seed: parents of {PHASE2_QUICK_PRETRAIN_STEPS // 1000}k steps (run_phase1.py --quick's runs, reused), "
                         f"{PHASE2_QUICK_ONLINE_STEPS // 1000}k online steps, UTD {PHASE2_QUICK_UTD}")
@@ -559,8 +594,8 @@ def phase2_spec(args: argparse.Namespace) -> Any:
 
     online_steps = args.online_steps or (PHASE2_QUICK_ONLINE_STEPS if args.quick else DEFAULT_ONLINE_STEPS)
     return Phase2Spec(
-        methods=tuple(args.method), datasets=tuple(args.env), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
-        corruptions=corruption_levels(args.corruption),
+        methods=tuple(args.method), datasets=tuple(args.dataset), remove_top_k=tuple(args.remove_top_k), reward_noise_std=tuple(args.reward_noise_std),
+        corruptions=corruption_levels(args.extra_corruptions),
         seeds=tuple(args.seed or (DEFAULT_SEEDS[:1] if args.quick else DEFAULT_SEEDS)),
         pretrain_steps=args.total_steps or (PHASE2_QUICK_PRETRAIN_STEPS if args.quick else DEFAULT_TOTAL_STEPS),
         online_steps=online_steps, utd=args.utd or (PHASE2_QUICK_UTD if args.quick else None), sampling=args.sampling,
@@ -639,7 +674,7 @@ def report_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     """``hybrid-rl dataset export``: every check before the data are loaded, nothing written on bad input."""
     from .runs.export import data_config_of_run, export_dataset
-    from .runs.train import TrainConfig
+    from .runs.configs import TrainConfig
 
     if (args.name is None) == (args.run_dir is None):
         raise HybridRLError("name a dataset or pass --from RESULTS/RUN_ID (one of the two)")
@@ -653,7 +688,7 @@ def export_command(args: argparse.Namespace) -> int:
         raise HybridRLError(f"--out {args.out}: a Minari dataset id needs a namespace, e.g. hybrid-rl/{args.out}")
     run_config = None
     if args.run_dir is not None:
-        if args.remove_top_k or args.reward_noise_std or args.corruption or args.seed:
+        if args.remove_top_k or args.reward_noise_std or args.extra_corruptions or args.seed:
             raise HybridRLError("--from exports exactly the run's data: drop --remove_top_k, --reward_noise_std, --corruption and --seed")
         data, run_config = data_config_of_run(args.run_dir)
         data = TrainConfig(**{**data.__dict__, "cache_dir": args.cache_dir or data.cache_dir, "mirror": args.mirror or data.mirror})
@@ -661,9 +696,8 @@ def export_command(args: argparse.Namespace) -> int:
         from .data.loader import check_dataset_name
 
         check_dataset_name(args.name)
-        data = TrainConfig(dataset=args.name, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std, extra_corruptions=args.corruption,
-                           seed=args.seed,
-                           cache_dir=args.cache_dir, mirror=args.mirror)
+        data = TrainConfig(dataset=args.name, remove_top_k=args.remove_top_k, reward_noise_std=args.reward_noise_std,
+                           extra_corruptions=args.extra_corruptions, seed=args.seed, cache_dir=args.cache_dir, mirror=args.mirror)
     written = export_dataset(data, args.out, fmt=args.format, run_config=run_config)
     print(f"{args.format} data of {args.run_dir or args.name} written to {written}")
     return 0
@@ -775,6 +809,9 @@ def algorithms_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.run_options import declared_fields
+    from .data.dataspec import DataOptions
+
     parser = OneLineParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     grid = sub.add_parser("grid", help="run the Phase I experiment grid (same flags as run_phase1.py)")
@@ -820,9 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = actions.add_parser("export", help="write damaged data (a dataset with corruptions and a seed, or a finished run's exact data) for other libraries")
     export.add_argument("name", nargs="?", default=None, help="dataset id or HDF5 path (or --from RUN_DIR)")
     export.add_argument("--from", dest="run_dir", default=None, help="RESULTS/RUN_ID of a finished run: exactly the data it trained on")
-    export.add_argument("--remove_top_k", type=float, default=0.0, help="percent of best trajectories removed")
-    export.add_argument("--reward_noise_std", type=float, default=0.0, help="Gaussian reward noise (reward units)")
-    export.add_argument("--corruption", type=corruption_specs, default=(), metavar="SPEC", help="further corruption: " + CORRUPTION_HELP)
+    for spec in declared_fields(DataOptions)[1:]:  # the corruptions (the dataset is NAME)
+        add_field_flag(export, spec)
     export.add_argument("--seed", type=int, default=0, help="the corruption's seed (a run's seed gives its data)")
     export.add_argument("--format", choices=("d4rl", "minari"), default="d4rl", help="d4rl: an HDF5 file in D4RL's layout; minari: a local Minari dataset")
     export.add_argument("--out", required=True, help="d4rl: the file to write; minari: the dataset id (namespace/name-v0)")

@@ -12,6 +12,8 @@ DEFAULT_ONLINE_STEPS = 250_000  # online environment steps of a fine-tuning run
 QUICK_STEPS = 20_000
 QUICK_EVAL_EVERY = 2_000  # evaluations of a --quick grid's runs (and of the quick study's parents)
 DEFAULT_SEEDS = (0, 1, 2)  # seeds of the grid and the study; --quick takes the first only
+GRID_DEFAULT_ALGOS = ("cql", "iql")  # the Phase I grid's algorithms and trajectory-removal levels when none are named
+GRID_DEFAULT_REMOVE_TOP_K = (0.0, 30.0, 60.0)
 # A run's evaluation, log and checkpoint schedule when not given (train and the grid alike).
 DEFAULT_EVAL_EVERY = 5_000
 DEFAULT_LOG_EVERY = 1_000
@@ -33,6 +35,7 @@ PHASE2_QUICK_EVAL_EVERY = 500  # online steps between a quick study's evaluation
 PHASE2_QUICK_UTD = 1  # every method's gradient steps per environment step in a quick study
 DEFAULT_SWITCH_EPISODES = 50  # episodes of a fine-tuning run's starting-policy evaluation at step 0
 PHASE2_DEFAULT_METHODS = ("iql", "offline", "iql@utd0", "rlpd", "sac")  # IQL fine-tuning, its two controls, RLPD, SAC
+PHASE2_DEFAULT_REMOVE_TOP_K = (0.0, 60.0)  # the study's trajectory-removal levels: clean and heavily damaged
 
 
 def run_schedule(total_steps: int, eval_every: int | None = None, log_every: int | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import HybridRLError
 from .grid_options import COMPILE_HELP, COMPILE_MODES, DEFAULT_CHECKPOINT_EVERY, DEFAULT_EVAL_EVERY, DEFAULT_LOG_EVERY
@@ -21,21 +21,36 @@ class RunOptionError(HybridRLError, ValueError):
     """A run option outside its domain."""
 
 
-def option(default: Any, help: str, *, flag: str | None = None, positive: bool = False, choices: tuple[str, ...] | None = None,
-           command_line: bool = True, schedule: bool = False, identity: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A run option's field: its default, help text and check.
+def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), parse: Callable[[str], Any] | None = None,
+           metavar: str | None = None, required: bool = False, positive: bool = False, minimum: float | None = None, maximum: float | None = None,
+           choices: tuple[str, ...] | None = None, command_line: bool = True, schedule: bool = False, identity: bool = True, group: str = "",
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field's declaration: its default, help text, check and command-line flag.
 
-    ``flag``: the command-line spelling when it is not ``--<name>``. ``positive``: the value
-    must be > 0. ``choices``: the values it may take. ``schedule``: a step interval that the
-    command line leaves unset by default, so that ``grid_options.run_schedule`` fits it to
-    the run's length. ``command_line=False``: a Python-only option (no flag).
-    ``identity=False``: the option does not change what the run computes (where it runs,
-    how it is watched, where its files go), so a run resumes under another value.
+    The flag: ``flag`` is its spelling when it is not ``--<name>`` (``aliases``: further
+    spellings), ``parse`` reads its text when the field's type is not a plain int, float or
+    str (a ValueError becomes the flag's one-line error), ``required``: the command needs
+    it even though Python callers have a default. ``command_line=False``: a Python-only
+    field (no flag). ``schedule``: a step interval that the command line leaves unset by
+    default, so that ``grid_options.run_schedule`` fits it to the run's length.
+    The check (``check_options``, when a config is made): ``positive`` (> 0), ``minimum``
+    and ``maximum`` (inclusive), ``choices``. ``identity=False``: the field does not change
+    what the run computes (where it runs, how it is watched, where its files go), so a run
+    resumes under another value. ``group``: fields a command may introduce together (the
+    data's, ``"data"``).
     """
-    metadata = {"help": help, "flag": flag, "positive": positive, "choices": choices, "command_line": command_line, "schedule": schedule,
-                "identity": identity}
+    metadata = {"help": help, "flag": flag, "aliases": aliases, "parse": parse, "metavar": metavar, "required": required, "positive": positive,
+                "minimum": minimum, "maximum": maximum, "choices": choices, "command_line": command_line, "schedule": schedule, "identity": identity,
+                "group": group}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=metadata, kw_only=True)
+    return field(default=default, metadata=metadata, kw_only=True)
+
+
+def redeclared(owner: type, name: str, default: Any) -> Any:
+    """Field ``name`` of ``owner`` as declared there (help, check, flag), with another default:
+    for a config whose default differs from its base's (a Phase I run has a default dataset)."""
+    metadata = dict(declared_field(owner, name).metadata)
     return field(default=default, metadata=metadata, kw_only=True)
 
 
@@ -71,7 +86,7 @@ class RunOptions:
     mirror: str | None = option(None, "base URL of a D4RL mirror (or set HYBRID_RL_D4RL_MIRROR)", identity=False)
 
     def __post_init__(self) -> None:
-        check_run_options(self)
+        check_options(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,9 +100,22 @@ def run_option_fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(RunOptions)
 
 
+def declared_fields(config_class: type) -> tuple[dataclasses.Field, ...]:
+    """The fields of ``config_class`` declared with ``option`` (each with its help and check)."""
+    return tuple(spec for spec in dataclasses.fields(config_class) if "help" in spec.metadata)
+
+
+def declared_field(config_class: type, name: str) -> dataclasses.Field:
+    """One declared field of ``config_class`` (its default, ``metadata["help"]``, ...)."""
+    found = [spec for spec in declared_fields(config_class) if spec.name == name]
+    if not found:
+        raise KeyError(f"{config_class.__name__} declares no field {name!r}")
+    return found[0]
+
+
 def run_option(name: str) -> dataclasses.Field:
     """One run option's declaration (its default, ``metadata["help"]``, ...)."""
-    return next(spec for spec in run_option_fields() if spec.name == name)
+    return declared_field(RunOptions, name)
 
 
 def non_identity_options() -> tuple[str, ...]:
@@ -95,14 +123,18 @@ def non_identity_options() -> tuple[str, ...]:
     return tuple(spec.name for spec in run_option_fields() if not spec.metadata["identity"])
 
 
-def check_run_options(options: Any) -> None:
-    """Each declared run option's check (``positive``, ``choices``) on a config that has them."""
-    for spec in run_option_fields():
-        value = getattr(options, spec.name)
+def check_options(config: Any) -> None:
+    """Every declared field's check (``positive``, ``minimum``, ``maximum``, ``choices``) on ``config``."""
+    for spec in declared_fields(type(config)):
+        value = getattr(config, spec.name)
         if value is None:
             continue
-        if spec.metadata["positive"] and not value > 0:
+        meta = spec.metadata
+        if meta["positive"] and not value > 0:
             raise RunOptionError(f"{spec.name} must be positive, got {value}")
-        choices = spec.metadata["choices"]
-        if choices is not None and value not in choices:
-            raise RunOptionError(f"{spec.name} must be one of {', '.join(choices)}, got {value!r}")
+        if meta["minimum"] is not None and not value >= meta["minimum"]:
+            raise RunOptionError(f"{spec.name} must be >= {meta['minimum']:g}, got {value}")
+        if meta["maximum"] is not None and not value <= meta["maximum"]:
+            raise RunOptionError(f"{spec.name} must be <= {meta['maximum']:g}, got {value}")
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise RunOptionError(f"{spec.name} must be one of {', '.join(meta['choices'])}, got {value!r}")

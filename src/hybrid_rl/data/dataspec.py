@@ -8,11 +8,16 @@ and it names itself in run ids the same way wherever it is used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .corruption import apply_corruptions, check_corruptions, check_shorthands
-from .dataset import OfflineDataset
+from ..core.run_options import option
+
+if TYPE_CHECKING:
+    from .dataset import OfflineDataset
+
+# This module loads without torch (the corruption code loads when a spec is checked or
+# applied), so that the command line derives its data flags from ``DataOptions`` alone.
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class DataSpec:
     extra_corruptions: tuple[dict, ...] = ()  # further corruption specs, applied after the two above
 
     def __post_init__(self) -> None:
+        from .corruption import check_corruptions, check_shorthands
+
         check_shorthands(self.remove_top_k, self.reward_noise_std)
         if self.extra_corruptions:
             check_corruptions(self.extra_corruptions)
@@ -48,6 +55,7 @@ class DataSpec:
                 original: OfflineDataset | None = None) -> tuple[OfflineDataset, OfflineDataset, list[dict]]:
         """Load the dataset (unless given) and apply the corruptions with ``seed``:
         (original, corrupted, one record per corruption)."""
+        from .corruption import apply_corruptions
         from .loader import load_dataset
 
         if original is None:
@@ -56,17 +64,31 @@ class DataSpec:
         return original, corrupted, records
 
 
+CORRUPTION_HELP = ("KIND:NAME=VALUE[:NAME=VALUE...], several joined by + (applied in order), or none: e.g. "
+                   "corrupt_transitions:target=observations:rate=0.3:scale=1 (RIQL's random observation corruption); the kinds and their "
+                   "parameters are in docs/data.md, and an unknown kind's error lists them")
+
+
+def parse_corruption_text(text: str) -> tuple[dict, ...]:
+    """The specs a ``--corruption`` text names (``corruption.parse_corruptions``; ValueError if bad)."""
+    from .corruption import parse_corruptions
+
+    return parse_corruptions(text)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataOptions:
     """A run config's data, as flat fields (so config.json keeps them at the top level):
-    the base of ``runs.train.TrainConfig`` and ``runs.finetune.FinetuneConfig``. ``data`` is
-    the spec they make (checked when it is made). A fine-tuning run from a parent leaves
-    ``dataset`` empty until ``with_parent`` copies the parent's data in."""
+    the base of ``runs.configs.TrainConfig`` and ``FinetuneConfig``. ``data`` is the spec
+    they make (checked when it is made). A fine-tuning run from a parent leaves ``dataset``
+    empty until ``with_parent`` copies the parent's data in."""
 
-    dataset: str | None = None
-    remove_top_k: float = 0.0  # percent of the highest-return trajectories removed
-    reward_noise_std: float = 0.0  # std of Gaussian noise added to every reward (reward units)
-    extra_corruptions: tuple[dict, ...] = field(default=())  # further corruption specs (data.corruption), applied after the two above
+    dataset: str | None = option(None, "the dataset: a D4RL id (halfcheetah-medium-v2), a generated id (gen-hopper-medium-v1[@SIZE]), a Minari id "
+                                 "or an HDF5 path", flag="--env", aliases=("--dataset",), group="data")
+    remove_top_k: float = option(0.0, "percent of the highest-return trajectories removed from the data", group="data")
+    reward_noise_std: float = option(0.0, "std of Gaussian noise added to every reward (reward units)", group="data")
+    extra_corruptions: tuple[dict, ...] = option((), "further corruption of the data, applied after the two above: " + CORRUPTION_HELP,
+                                                 flag="--corruption", parse=parse_corruption_text, metavar="SPEC", group="data")
 
     @property
     def data(self) -> DataSpec:

@@ -22,7 +22,6 @@ import torch
 from ..core.errors import HybridRLError
 from ..core.fileio import LockHeld, atomic_torch_save, atomic_write_text, held_exclusively
 from ..core.provenance import source_revision
-from ..core.run_options import non_identity_options
 from ..data.dataset import OfflineDataset, truncated_tail_steps
 from ..data.refs import normalized_score
 from ..data.views import mc_returns_to_go, run_preprocessing
@@ -31,12 +30,7 @@ from ..core.run_format import (CHECKPOINT_FILE, CONFIG_FILE, FAILED, METRICS_FIL
 
 
 ProgressCallback = Callable[[str, int], None]  # (run_id, step), called at every train log
-RunConfig = Any  # a run's configuration: train.TrainConfig, or finetune.FinetuneConfig for a run with an online stage
-
-
-# Config fields that do not change what a run computes: a run may resume under new values
-# (declared with the run options: core/run_options.py).
-NON_IDENTITY_FIELDS = non_identity_options()
+RunConfig = Any  # a run's configuration: configs.TrainConfig, or configs.FinetuneConfig for a run with an online stage
 
 
 class ConfigMismatchError(HybridRLError):

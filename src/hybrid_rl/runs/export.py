@@ -16,7 +16,8 @@ from typing import Any
 
 from ..core.errors import HybridRLError
 from ..core.run_format import CONFIG_FILE, RESULT_STATUSES, read_summary
-from .train import TrainConfig, prepare_dataset
+from .configs import TrainConfig
+from .train import prepare_dataset
 
 FORMATS = ("d4rl", "minari")
 

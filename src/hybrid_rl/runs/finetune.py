@@ -50,175 +50,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..algos.registry import algorithm_spec, finetune_recipes, make_config
-from ..algos.spec import FinetuneRecipe
-from ..data.dataspec import DataOptions
+from ..algos.registry import algorithm_spec, make_config
 from ..data.refs import normalized_score
 from ..data.robots import EPISODE_LIMIT
 from ..core.errors import HybridRLError
 from ..core.fileio import sha256_of_file
-from ..core.grid_options import DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES
-from ..core.naming import format_steps, settings_parts
-from ..core.run_options import FinetuneRunOptions, check_run_options
 from ..core.run_format import CHECKPOINT_FILE, CONFIG_FILE, RESULT_STATUSES, read_summary
-from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device, restore_rng,
+from .book import (ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device, restore_rng,
                    run_lock, run_population)
-# Phase I's own: its config (a parent's), its data and its algorithm.
+from .configs import SCRATCH, FinetuneConfig, TrainConfig, methods  # the run's configuration (fields and flags declared there)
+# Phase I's own: its data and its algorithm (the parent's).
 from .train import POPULATION_FREE_FIELDS as PARENT_POPULATION_FREE_FIELDS
-from .train import TrainConfig, build_algorithm, prepare_dataset
-
-SCRATCH = "scratch"
-
-
-OFFLINE_CONTROL = "offline"
-
-
-def methods() -> dict[str, FinetuneRecipe]:
-    """Every fine-tuning method by name: each algorithm's declared Phase II recipe
-    (algos/*.py: ``SPEC.finetune``) and the control that separates recovery from more
-    training, ``offline`` (the parent keeps training offline, for any pretrained method)."""
-    recipes = finetune_recipes()
-    pretrained = tuple(dict.fromkeys(algo for recipe in recipes.values() for algo in recipe.parent_algos))  # every pretrained parent's algorithm
-    control = FinetuneRecipe(parent_algos=pretrained, sampling="offline", utd=1, source="control: continued offline training of the parent",
-                             interacts=False)
-    return {**recipes, OFFLINE_CONTROL: control}
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(DataOptions, FinetuneRunOptions):
-    """One fine-tuning run. Steps are online environment steps."""
-
-    method: str = "iql"
-    parent: str = SCRATCH  # a Phase I run directory, or "scratch"
-    # The data (DataOptions): the parent's (filled in by with_parent), or for "scratch" the
-    # dataset whose environment (and, for rlpd, offline data) the run uses, with its corruptions.
-    online_steps: int = DEFAULT_ONLINE_STEPS
-    utd: int | None = None  # gradient steps per env step (0: a frozen policy); None: the method's
-    sampling: str | None = None  # symmetric | uniform | online_only; None: the method's
-    online_fraction: float = 0.5  # share of online data in a symmetric batch
-    warmup_steps: int | None = None  # env steps before the first update; None: the method's
-    buffer_size: int | None = None  # online buffer capacity; None: online_steps
-    exploration_noise: float | None = None  # None: 0.1 for a deterministic actor, else 0
-    switch_episodes: int = DEFAULT_SWITCH_EPISODES  # episodes of the starting policy's evaluation at step 0
-    parent_identity: dict[str, Any] = field(default_factory=dict)  # filled from the parent's config.json
-    # The run options every run takes (core/run_options.py); algo_overrides are, for
-    # "scratch", the algorithm's settings.
-
-    def __post_init__(self) -> None:
-        if self.method not in methods():
-            raise HybridRLError(f"unknown fine-tuning method {self.method!r}; choose from {sorted(methods())}")
-        check_run_options(self)
-        for name in ("online_steps", "switch_episodes"):
-            if getattr(self, name) <= 0:
-                raise HybridRLError(f"{name} must be positive, got {getattr(self, name)}")
-        from ..data.replay import SAMPLING_MODES
-
-        if not self.recipe.interacts and self.sampling not in (None, self.recipe.sampling):
-            raise HybridRLError(f"method {self.method} samples its parent's offline data only: drop --sampling {self.sampling}")
-        if self.sampling is not None and self.recipe.interacts and self.sampling not in SAMPLING_MODES:
-            raise HybridRLError(f"unknown sampling mode {self.sampling!r}; use one of {', '.join(SAMPLING_MODES)}")
-        if self.utd is not None and self.utd < 0:
-            raise HybridRLError(f"--utd must be >= 0 (0: a frozen policy, evaluated only), got {self.utd}")
-        if self.utd == 0 and not self.recipe.interacts:
-            raise HybridRLError(f"method {self.method} at --utd 0 would do nothing: the frozen-policy control is a pretrained method at --utd 0 (e.g. --method iql --utd 0)")
-        if self.utd == 0 and not self.recipe.parent_algos:
-            raise HybridRLError(f"--utd 0 freezes a pretrained policy; method {self.method} starts from scratch, so there is none to freeze")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise HybridRLError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.buffer_size is not None and self.buffer_size <= 0:
-            raise HybridRLError(f"--buffer_size must be positive, got {self.buffer_size}")
-        if not 0.0 < self.online_fraction <= 1.0:
-            raise HybridRLError(f"--online_fraction must be in (0, 1], got {self.online_fraction}")
-        if self.parent == SCRATCH and not self.dataset:
-            raise HybridRLError("fine-tuning from scratch needs the dataset whose environment to use: add --env DATASET")
-        self.data  # the data spec checks its corruptions (levels and specs) here, before any data loads
-        if self.parent == SCRATCH and self.recipe.parent_algos and not self.recipe.interacts:
-            raise HybridRLError(f"method {self.method} continues a pretrained agent's offline training: pass --from RESULTS/RUN_ID, not --from scratch")
-
-    # --- the recipe with defaults filled in ---------------------------------------------------
-    @property
-    def recipe(self) -> FinetuneRecipe:
-        return methods()[self.method]
-
-    @property
-    def resolved_utd(self) -> int:
-        return self.utd if self.utd is not None else self.recipe.utd
-
-    @property
-    def resolved_sampling(self) -> str:
-        return self.sampling or self.recipe.sampling
-
-    @property
-    def resolved_warmup_steps(self) -> int:
-        return self.warmup_steps if self.warmup_steps is not None else self.recipe.warmup_steps
-
-    @property
-    def variant(self) -> str:
-        """The method as the study's tables name it: "offline" and "frozen" (UTD 0) for the
-        controls, else the method with any UTD or sampling that departs from its recipe
-        (``"rlpd online_only"``: RLPD without offline data)."""
-        if not self.recipe.interacts:
-            return self.method
-        if self.resolved_utd == 0:
-            return "frozen"
-        parts = [self.method]
-        if self.utd is not None and self.utd != self.recipe.utd:
-            parts.append(f"utd{self.utd}")
-        if self.sampling is not None and self.sampling != self.recipe.sampling:
-            parts.append(self.sampling)
-        return " ".join(parts)
-
-    @property
-    def gradient_steps(self) -> int:
-        """Updates the run makes: UTD per online step after the warm-up (which makes none)."""
-        return max(self.online_steps - self.resolved_warmup_steps, 0) * self.resolved_utd
-
-    # --- what RunBook and the analysis read of a run's config ---------------------------------
-    @property
-    def total_steps(self) -> int:
-        return self.online_steps
-
-    @property
-    def algo(self) -> str:
-        """The pretraining algorithm (the parent's), or the method's own for scratch runs."""
-        return self.parent_identity.get("algo", self.method)
-
-    @property
-    def run_id(self) -> str:
-        """``ft-METHOD__from__PARENT_ID`` (or ``__scratch__`` and the Phase I run-id parts of the
-        data and the method's non-default settings) ``__utdU__SAMPLING[__onlineB]__sS``, the
-        budget written when it is not the default 250k."""
-        if self.parent != SCRATCH:
-            start = f"from__{Path(self.parent).name}"
-        else:
-            start = "__".join(["scratch", *self.data.id_parts(), *settings_parts(self.settings())])
-        budget = [f"online{format_steps(self.online_steps)}"] if self.online_steps != DEFAULT_ONLINE_STEPS else []
-        return "__".join([f"ft-{self.method}", start, f"utd{self.resolved_utd}", self.resolved_sampling, *budget, f"s{self.seed}"])
-
-    def settings(self) -> dict[str, Any]:
-        """The algorithm settings that depart from the published defaults: a from-scratch
-        method's own, else its parent's (what the report groups sweeps by)."""
-        from ..algos.registry import non_default_settings
-
-        if self.parent == SCRATCH:
-            return non_default_settings(self.method, self.algo_overrides)
-        if self.parent_identity:
-            return non_default_settings(self.parent_identity["algo"], self.parent_identity.get("algo_overrides") or {})
-        return {}
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what a run computes (the parent by its identity, not its path)."""
-        data = json.loads(json.dumps(dataclasses.asdict(self)))
-        for name in (*NON_IDENTITY_FIELDS, "parent"):
-            data.pop(name, None)
-        return data
-
+from .train import build_algorithm, prepare_dataset
 
 # ---------------------------------------------------------------------------------------
 # The parent run

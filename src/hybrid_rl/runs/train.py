@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,57 +30,11 @@ import numpy as np
 import torch
 
 from ..data.dataset import OfflineDataset, TransitionSampler
-from ..data.dataspec import DataOptions
 from ..data.views import is_view_corruption
 from ..engine.loop import OfflineStage, Schedule, fit, load_stage_states
-from ..core.grid_options import DEFAULT_DATASET, DEFAULT_TOTAL_STEPS
-from ..core.run_options import RunOptions, check_run_options
-from ..core.naming import format_steps, settings_parts
-from .book import (NON_IDENTITY_FIELDS, ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device,
+from .book import (ProgressCallback, RunBook, finished_summary_for, mc_extra, record_failure, resolve_device,
                    restore_rng, run_lock, run_population)
-
-
-@dataclass(frozen=True)
-class TrainConfig(DataOptions, RunOptions):
-    """One run. Steps are gradient updates; returns are undiscounted episode returns."""
-
-    algo: str = "iql"
-    dataset: str = field(default=DEFAULT_DATASET, kw_only=True)  # with remove_top_k, reward_noise_std, extra_corruptions: DataOptions
-    total_steps: int = DEFAULT_TOTAL_STEPS
-    # seed, the evaluation/log/checkpoint schedule, algo_overrides, device, threads, compile,
-    # trackers and directories: the run options every run takes (core/run_options.py).
-
-    def __post_init__(self) -> None:
-        check_run_options(self)
-        if self.total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {self.total_steps}")
-        self.data  # the data spec checks itself (corruption levels and specs), before any data loads
-
-    @property
-    def run_id(self) -> str:
-        """``algo__dataset__kK__noiseN[__corruption...][__setting=value...][__stepsB]__sS``:
-        every algorithm setting that departs from the published defaults, and the budget when
-        it is not the default 500k, so runs of other settings and budgets coexist in one
-        results directory (runs of the default budget and settings keep their short ids)."""
-        parts = [self.algo, *self.data.id_parts(), *settings_parts(self.settings())]
-        if self.total_steps != DEFAULT_TOTAL_STEPS:
-            parts.append(f"steps{format_steps(self.total_steps)}")
-        parts.append(f"s{self.seed}")
-        return "__".join(parts)
-
-    def settings(self) -> dict[str, Any]:
-        """The algorithm settings this run changes from the published defaults
-        (``algos.registry.non_default_settings``; ValueError for a field the algorithm lacks)."""
-        from ..algos.registry import available_algorithms, non_default_settings
-
-        return non_default_settings(self.algo, self.algo_overrides) if self.algo in available_algorithms() else {}
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what a run computes."""
-        data = json.loads(json.dumps(dataclasses.asdict(self)))
-        for name in NON_IDENTITY_FIELDS:
-            data.pop(name, None)
-        return data
+from .configs import TrainConfig  # the run's configuration (its fields and flags are declared there)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ from ..core.errors import HybridRLError
 from ..core.grid_options import DEFAULT_MAX_POPULATION, POPULATION_MODES
 from ..core.run_format import STATE_COMPLETE, read_summary
 from ..core.run_format import run_state as run_dir_state
-from .finetune import FinetuneConfig, finetune, finetune_population
+from .configs import FinetuneConfig, TrainConfig
+from .finetune import finetune, finetune_population
 from .finetune import population_key as finetune_population_key
 from .book import ProgressCallback
-from .train import TrainConfig, population_key, train, train_population
+from .train import population_key, train, train_population
 
 RunConfig = TrainConfig | FinetuneConfig  # a Phase I run, or a run with an online stage
 

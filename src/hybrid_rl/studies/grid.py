@@ -17,11 +17,13 @@ from typing import Any, Callable, Sequence
 
 from ..algos.registry import algorithm_spec
 from ..core.errors import HybridRLError
-from ..core.grid_options import D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_TOTAL_STEPS, run_schedule
+from ..core.grid_options import (D4RL_DEFAULT_ENVS, DEFAULT_MAX_POPULATION, DEFAULT_SEEDS, DEFAULT_TOTAL_STEPS, GRID_DEFAULT_ALGOS,
+                                 GRID_DEFAULT_REMOVE_TOP_K, run_schedule)
 from .launcher import check_launcher, launch, threads_per_run
 from ..core.run_format import STATE_COMPLETE, STATE_NEW, STATE_PARTIAL
 from ..runs.book import check_compatible
-from ..runs.train import TrainConfig, algorithm_overrides
+from ..runs.configs import TrainConfig
+from ..runs.train import algorithm_overrides
 
 
 SettingAxes = tuple[tuple[str, tuple[str, ...]], ...]  # --set NAME=V1,V2 ...: (name, value texts) per axis
@@ -60,12 +62,12 @@ def setting_combinations(algo: str, axes: SettingAxes) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class GridSpec:
-    algos: tuple[str, ...] = ("cql", "iql")
+    algos: tuple[str, ...] = GRID_DEFAULT_ALGOS
     datasets: tuple[str, ...] = D4RL_DEFAULT_ENVS
-    remove_top_k: tuple[float, ...] = (0.0, 30.0, 60.0)
+    remove_top_k: tuple[float, ...] = GRID_DEFAULT_REMOVE_TOP_K
     reward_noise_std: tuple[float, ...] = (0.0,)
     corruptions: tuple[tuple[dict, ...], ...] = ((),)  # further corruption levels (--corruption): each a list of specs, () = none
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     total_steps: int = DEFAULT_TOTAL_STEPS
     eval_every: int | None = None  # None: grid_options.run_schedule's defaults, as hybrid-rl train
     eval_episodes: int = 10

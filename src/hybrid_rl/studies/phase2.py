@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import HybridRLError
-from ..runs.finetune import SCRATCH, FinetuneConfig, methods
+from ..runs.configs import SCRATCH, FinetuneConfig, methods
 from .grid import GridSpec, SettingAxes, check_datasets, check_setting_axes, check_writable_dir, run_grid, setting_combinations
-from ..core.grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS,
-                           PHASE2_DEFAULT_METHODS, run_schedule)
+from ..core.grid_options import (DEFAULT_DATASET, DEFAULT_MAX_POPULATION, DEFAULT_ONLINE_STEPS, DEFAULT_SEEDS, DEFAULT_SWITCH_EPISODES,
+                                 DEFAULT_TOTAL_STEPS, PHASE2_DEFAULT_METHODS, PHASE2_DEFAULT_REMOVE_TOP_K, run_schedule)
 from .launcher import check_launcher, launch
 from ..runs.book import resolve_device
 
@@ -70,10 +70,10 @@ class MethodSpec:
 class Phase2Spec:
     methods: tuple[str, ...] = PHASE2_DEFAULT_METHODS
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
-    remove_top_k: tuple[float, ...] = (0.0, 60.0)
+    remove_top_k: tuple[float, ...] = PHASE2_DEFAULT_REMOVE_TOP_K
     reward_noise_std: tuple[float, ...] = (0.0,)
     corruptions: tuple[tuple[dict, ...], ...] = ((),)  # further corruption levels (--corruption): each a list of specs, () = none
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     pretrain_steps: int = DEFAULT_TOTAL_STEPS  # Phase I steps of the parents
     online_steps: int = DEFAULT_ONLINE_STEPS
     utd: int | None = None  # None: each method's (a method's own @utdN wins)

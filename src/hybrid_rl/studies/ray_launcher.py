@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..core.errors import HybridRLError, MissingDependencyError
-from ..runs.finetune import SCRATCH, FinetuneConfig
+from ..runs.configs import SCRATCH, FinetuneConfig, TrainConfig
 from ..core.run_format import checkpoint_step
-from ..runs.train import TrainConfig
 from ..runs.units import train_unit_safely
 
 RunConfig = TrainConfig | FinetuneConfig  # a Phase I run or a Phase II fine-tuning run
