@@ -349,7 +349,8 @@ def run_phase2_scenarios(root: Path) -> dict[str, Any]:
 
         # A short behaviour-policy training (the dataset factory's SAC).
         from hybrid_rl.algos.sac import SACConfig
-        from hybrid_rl.engine.behavior import BehaviorTrainingConfig, train_behavior_policy
+        from hybrid_rl.runs.behavior import train_behavior_policy
+        from hybrid_rl.runs.configs import BehaviorTrainingConfig
 
         behavior = BehaviorTrainingConfig(robot="hopper", total_steps=300, seed=0, random_steps=100, eval_every=100, eval_episodes=1,
                                           checkpoint_every=100, sac=SACConfig(hidden=(16, 16), batch_size=32), compile="off")

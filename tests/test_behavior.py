@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from hybrid_rl.algos.sac import SAC, SACConfig
-from hybrid_rl.engine.behavior import BehaviorTrainingConfig, train_behavior_policy
+from hybrid_rl.runs.behavior import train_behavior_policy
+from hybrid_rl.runs.configs import BehaviorTrainingConfig
 from hybrid_rl.engine.population import cpp_compiler
 
 from conftest import run_killed
@@ -45,18 +46,22 @@ def test_a_training_that_ends_between_evaluations_evaluates_its_last_step(tmp_pa
 
 
 def test_a_training_is_not_continued_with_other_settings_nor_by_two_processes(tmp_path: Path) -> None:
+    """The run layer's rules, as for every run: its directory's run lock, and its identity
+    (every setting but the length, the checkpoint interval and the update path)."""
     from hybrid_rl.core.fileio import file_lock
-    from hybrid_rl.engine.behavior import TRAINING_LOCK_FILE, BehaviorTrainingError
+    from hybrid_rl.core.run_format import RUN_LOCK_FILE
+    from hybrid_rl.runs.book import ConfigMismatchError, RunBusyError
 
     out = train_behavior_policy(replace(TINY, total_steps=100), tmp_path / "run", progress=False)
     recorded = (out / "config.json").read_text()
-    with pytest.raises(BehaviorTrainingError, match=r"other settings \(sac\): pass the recorded ones"):
+    with pytest.raises(ConfigMismatchError, match=r"different configuration \(fields \['sac'\]\); pass the recorded settings"):
         train_behavior_policy(replace(TINY, sac=SACConfig(hidden=(32, 32), batch_size=32)), out, progress=False)
     assert (out / "config.json").read_text() == recorded and progress_steps(out) == [100]  # nothing touched
-    with file_lock(out / TRAINING_LOCK_FILE, owner="pid 99 on elsewhere"):
-        with pytest.raises(BehaviorTrainingError, match="being trained by another process .*pid 99 on elsewhere"):
+    with file_lock(out / RUN_LOCK_FILE, owner="pid 99 on elsewhere"):
+        with pytest.raises(RunBusyError, match="being trained by another process .*pid 99 on elsewhere"):
             train_behavior_policy(TINY, out, progress=False)
     assert progress_steps(out) == [100]
+    assert set(TINY.identity()) == {spec for spec in json.loads(recorded)} - {"total_steps", "checkpoint_every", "compile"}
 
 
 def evaluations(out: Path) -> list[dict]:
@@ -180,7 +185,20 @@ def test_train_policy_command_passes_its_flags_on(tmp_path: Path) -> None:
     assert config["sac"]["hidden"] == [24, 24] and config["sac"]["actor_lr"] == config["sac"]["critic_lr"] == 1e-4
     assert (config["update_every"], config["compile"], config["seed"], config["total_steps"]) == (4, "off", 3, 200)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 200
-    for bad in (["--hidden", "24,x"], ["--lr", "-1e-4"], ["--lr", "nan"]):
+    for bad in (["--hidden", "24,x"], ["--lr", "-1e-4"], ["--lr", "nan"], ["--steps", "0"], ["--random_steps", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["dataset", "train-policy", "--robot", "hopper", *bad, "--out", str(tmp_path / "bad")])
         assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_train_policy_flags_are_the_configs_declared_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without flags the command trains the config's defaults (SAC 2x128 at 3e-4 included,
+    as --hidden's and --lr's help say)."""
+    from hybrid_rl.cli import main as cli_main
+    from hybrid_rl.runs import behavior
+
+    made: list[BehaviorTrainingConfig] = []
+    monkeypatch.setattr(behavior, "train_behavior_policy", lambda config, out, **kw: made.append(config) or Path(out))
+    assert cli_main(["dataset", "train-policy", "--robot", "walker2d", "--out", str(tmp_path / "w")]) == 0
+    assert made == [BehaviorTrainingConfig(robot="walker2d")]
+    assert made[0].sac == SACConfig(hidden=(128, 128)) and made[0].sac.actor_lr == made[0].sac.critic_lr == 3e-4

@@ -70,12 +70,6 @@ def setting_axis(text: str) -> tuple[str, tuple[str, ...]]:
     return name.strip(), texts
 
 
-def add_wandb_argument(parser: argparse.ArgumentParser) -> None:
-    from .core.run_options import run_option
-
-    parser.add_argument("--wandb", default=None, metavar="PROJECT", help=run_option("wandb").metadata["help"])
-
-
 def check_wandb(args: argparse.Namespace) -> None:
     """--wandb without the package is a one-line error before any work."""
     if getattr(args, "wandb", None):
@@ -199,7 +193,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_option_flag(parser, "log_every")
     add_run_option_flag(parser, "checkpoint_every")
     add_settings_argument(parser, "e.g. --set cql_alpha=1,5,10 --set beta=3,10; a setting applies to the algorithms that have it")
-    add_wandb_argument(parser)
+    add_run_option_flag(parser, "wandb")
     add_run_option_flag(parser, "device")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_STEPS // 1000}k steps, one seed, evaluations every {QUICK_EVAL_EVERY:,}: a fast look")
@@ -210,7 +204,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_option_flag(parser, "cache_dir")
     add_run_option_flag(parser, "mirror")
     add_population_arguments(parser)
-    add_compile_argument(parser)
+    add_run_option_flag(parser, "compile")
     add_launcher_arguments(parser)
 
 
@@ -352,16 +346,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_dir", default=None, help="run directory (default RESULTS/RUN_ID)")
 
 
-def add_compile_argument(parser: argparse.ArgumentParser) -> None:
-    from .core.run_options import run_option
-
-    declared = run_option("compile")
-    parser.add_argument("--compile", nargs="?", const="on", choices=declared.metadata["choices"], default=declared.default, help=declared.metadata["help"])
-
-
-# Run options whose flags are more than a typed value: a bare --compile means on, --wandb is
-# checked for its package (check_wandb).
-SPECIAL_RUN_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"compile": add_compile_argument, "wandb": add_wandb_argument}
 FLAG_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
@@ -427,30 +411,31 @@ def add_field_flag(parser: argparse.ArgumentParser, spec: Any, help: str | None 
     the declared spelling and aliases, its type, default, domain and help (with the default
     appended where the help does not say it). A schedule interval has no default here:
     ``run_schedule`` fits it to the run's length."""
-    if spec.name in SPECIAL_RUN_FLAGS:
-        SPECIAL_RUN_FLAGS[spec.name](parser)
-        return
     meta = spec.metadata
     flags, dest = [meta["flag"] or f"--{spec.name}", *meta["aliases"]], dest or spec.name
     text = help or meta["help"]
     if str(spec.type) == "bool":
         parser.add_argument(*flags, dest=dest, action="store_true", help=text)
         return
+    reading = {"type": declared_flag_type(spec), "metavar": meta["metavar"], "choices": meta["choices"]}
+    if meta["const"] is not None:
+        reading.update(nargs="?", const=meta["const"])
     if meta["required"]:
-        parser.add_argument(*flags, dest=dest, type=declared_flag_type(spec), required=True, metavar=meta["metavar"], choices=meta["choices"], help=text)
+        parser.add_argument(*flags, dest=dest, required=True, help=text, **reading)
         return
     default = None if meta["schedule"] else (spec.default_factory() if spec.default is dataclasses.MISSING else spec.default)
     if "default" not in text and default not in (None, ()):
         text = f"{text}; default {default_text(default)}"
-    parser.add_argument(*flags, dest=dest, type=declared_flag_type(spec), default=default, metavar=meta["metavar"], choices=meta["choices"], help=text)
+    parser.add_argument(*flags, dest=dest, default=default, help=text, **reading)
 
 
 def config_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
     """The values a command's flags (``add_config_arguments``) give ``config_class``'s own
-    fields and data: every declared field with a flag, except the run options (``run_options_from``)."""
-    from .core.run_options import declared_fields, run_option_fields
+    fields and data: every declared field with a flag, except a run's run options (those
+    ``run_options_from`` reads, fitting the schedule to the run's length)."""
+    from .core.run_options import RunOptions, declared_fields, run_option_fields
 
-    run_options = {spec.name for spec in run_option_fields()}
+    run_options = {spec.name for spec in run_option_fields()} if issubclass(config_class, RunOptions) else set()
     return {spec.name: getattr(args, spec.name) for spec in declared_fields(config_class) if spec.metadata["command_line"] and spec.name not in run_options}
 
 
@@ -487,7 +472,7 @@ def add_study_flag(parser: argparse.ArgumentParser, spec: Any, *, axis: bool = F
 
 
 def run_options_from(args: argparse.Namespace, total_steps: int) -> dict[str, Any]:
-    """The run options of a command's flags (``add_run_arguments``), with the evaluation, log
+    """The run options of a command's flags (``add_config_arguments``), with the evaluation, log
     and checkpoint steps fitted to a run of ``total_steps`` (``run_schedule``)."""
     from .core.grid_options import run_schedule
     from .core.run_options import run_option_fields
@@ -561,7 +546,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_flag(parser, declared("sampling"), help="symmetric, uniform or online_only for every method without its own @SAMPLING",
                    default_help="each method's")
     add_settings_argument(parser, "the parents' algorithm settings, e.g. --set beta=3,10, and the from-scratch methods' that have the field")
-    add_wandb_argument(parser)
+    add_run_option_flag(parser, "wandb")
     add_study_flag(parser, declared("eval_every"), help="online steps between evaluations", default_help=default_text(DEFAULT_EVAL_EVERY),
                    quick=PHASE2_QUICK_EVAL_EVERY)
     add_run_option_flag(parser, "eval_episodes")
@@ -580,7 +565,7 @@ def add_phase2_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_option_flag(parser, "cache_dir")
     add_run_option_flag(parser, "mirror")
     add_population_arguments(parser)
-    add_compile_argument(parser)
+    add_run_option_flag(parser, "compile")
     add_launcher_arguments(parser)
 
 
@@ -744,12 +729,13 @@ def dataset_command(args: argparse.Namespace) -> int:
     if args.dataset_action == "train-policy":
         import torch
 
-        from .algos.sac import SACConfig
-        from .engine.behavior import BehaviorTrainingConfig, train_behavior_policy
+        from .runs.behavior import train_behavior_policy
+        from .runs.configs import BehaviorTrainingConfig, behavior_sac
 
         torch.set_num_threads(args.threads)
-        config = BehaviorTrainingConfig(robot=args.robot, total_steps=args.steps, seed=args.seed, update_every=args.update_every,
-                                        sac=SACConfig(hidden=args.hidden, actor_lr=args.lr, critic_lr=args.lr), compile=args.compile)
+        sac = {"hidden": args.hidden, **({"actor_lr": args.lr, "critic_lr": args.lr} if args.lr is not None else {})}
+        config = BehaviorTrainingConfig(**config_values(args, BehaviorTrainingConfig),
+                                        sac=dataclasses.replace(behavior_sac(), **{key: value for key, value in sac.items() if value is not None}))
         out = train_behavior_policy(config, args.out or f"behavior_training/{args.robot}")
         print(f"training written to {out}; ship it with: hybrid-rl dataset ship-policy --robot {args.robot} --from {out}")
         return 0
@@ -811,6 +797,7 @@ def algorithms_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .core.run_options import declared_fields
     from .data.dataspec import DataOptions
+    from .runs.configs import BehaviorTrainingConfig
 
     parser = OneLineParser(prog="hybrid-rl", description="Offline RL (CQL, IQL) under damaged D4RL-style datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -866,16 +853,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cache_dir", default=None)
     export.add_argument("--mirror", default=None)
     train_policy = actions.add_parser("train-policy", help="train a SAC behaviour policy (resumable)")
-    train_policy.add_argument("--robot", required=True)
-    train_policy.add_argument("--steps", type=positive_int, default=300_000)
-    train_policy.add_argument("--seed", type=int, default=0)
-    train_policy.add_argument("--threads", type=int, default=1)
-    train_policy.add_argument("--update_every", type=positive_int, default=1, help="one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)")
-    train_policy.add_argument("--hidden", type=comma_list(positive_int), default=(128, 128), help="actor and critic layer sizes (v0: 128,128; v1: 256,256)")
-    train_policy.add_argument("--lr", type=positive_float, default=3e-4, help="actor and critic learning rate (SAC's 3e-4; smaller: a slower learner, for medium-replay)")
-    train_policy.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                              help="SAC's update as a compiled population of one (auto: where a C++ compiler exists; off: SAC.update)")
-    train_policy.add_argument("--out", default=None)
+    for spec in declared_fields(BehaviorTrainingConfig):
+        if spec.metadata["command_line"]:
+            add_field_flag(train_policy, spec)
+    # The agent's SAC settings (BehaviorTrainingConfig.sac) that a behaviour training varies.
+    train_policy.add_argument("--hidden", type=comma_list(positive_int), default=None,
+                              help="actor and critic layer sizes; default 128,128 (the v0 policies'; v1: 256,256)")
+    train_policy.add_argument("--lr", type=positive_float, default=None,
+                              help="actor and critic learning rate; default SAC's 3e-4 (smaller: a slower learner, for medium-replay)")
+    train_policy.add_argument("--threads", type=positive_int, default=1, help="torch threads of the training; default 1")
+    train_policy.add_argument("--out", default=None, help="the training's directory; default behavior_training/ROBOT")
     ship = actions.add_parser("ship-policy", help="select medium/expert snapshots of a training and write the shipped policy file")
     ship.add_argument("--robot", required=True)
     ship.add_argument("--from", dest="source", required=True, help="behaviour training directory")

@@ -1,11 +1,13 @@
-"""The options every run takes, Phase I and Phase II alike, declared once.
+"""The declaration of a config field (``option``), and the options every run takes.
 
-``RunOptions`` is the base of ``runs.train.TrainConfig`` and ``runs.finetune.FinetuneConfig``:
-each field carries its default, its help text and its check, and the command line derives
-the flags of ``hybrid-rl train`` and ``hybrid-rl finetune`` from these fields
-(``cli.add_run_arguments``), so a default or a help text is written in one place. The
-fields stay flat in both configs (and in every config.json). Importable without torch, so
-that building the command line (and ``--help``) does not load the trainer.
+Every config field is declared with ``option``: its default, help text, check and flag.
+``RunOptions`` is the base of ``runs.configs.TrainConfig`` and ``FinetuneConfig``, as
+``data.dataspec.DataOptions`` is; the command line derives the flags of ``hybrid-rl train``,
+``hybrid-rl finetune``, ``dataset train-policy`` and the studies' axes from the declared
+fields (``cli.add_config_arguments``, ``cli.add_study_flag``), so a default or a help text is
+written in one place. The fields stay flat in the configs (and in every config.json).
+Importable without torch, so that building the command line (and ``--help``) does not load
+the trainer.
 """
 from __future__ import annotations
 
@@ -22,15 +24,16 @@ class RunOptionError(HybridRLError, ValueError):
 
 
 def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), parse: Callable[[str], Any] | None = None,
-           metavar: str | None = None, required: bool = False, positive: bool = False, minimum: float | None = None, maximum: float | None = None,
+           metavar: str | None = None, const: Any = None, required: bool = False, positive: bool = False, minimum: float | None = None, maximum: float | None = None,
            choices: tuple[str, ...] | None = None, command_line: bool = True, schedule: bool = False, identity: bool = True, group: str = "",
            default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field's declaration: its default, help text, check and command-line flag.
 
     The flag: ``flag`` is its spelling when it is not ``--<name>`` (``aliases``: further
     spellings), ``parse`` reads its text when the field's type is not a plain int, float or
-    str (a ValueError becomes the flag's one-line error), ``required``: the command needs
-    it even though Python callers have a default. ``command_line=False``: a Python-only
+    str (a ValueError becomes the flag's one-line error), ``const``: the value of the bare
+    flag (``--compile`` alone means on), ``required``: the command needs it (a field
+    without a default, ``dataclasses.MISSING``, is required from Python too). ``command_line=False``: a Python-only
     field (no flag). ``schedule``: a step interval that the command line leaves unset by
     default, so that ``grid_options.run_schedule`` fits it to the run's length.
     The check (``check_options``, when a config is made): ``positive`` (> 0), ``minimum``
@@ -39,7 +42,8 @@ def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[s
     resumes under another value. ``group``: fields a command may introduce together (the
     data's, ``"data"``).
     """
-    metadata = {"help": help, "flag": flag, "aliases": aliases, "parse": parse, "metavar": metavar, "required": required, "positive": positive,
+    metadata = {"help": help, "flag": flag, "aliases": aliases, "parse": parse, "metavar": metavar, "const": const,
+                "required": required or (default is dataclasses.MISSING and default_factory is dataclasses.MISSING), "positive": positive,
                 "minimum": minimum, "maximum": maximum, "choices": choices, "command_line": command_line, "schedule": schedule, "identity": identity,
                 "group": group}
     if default_factory is not dataclasses.MISSING:
@@ -73,12 +77,12 @@ class RunOptions:
                                             command_line=False)
     device: str = option("auto", "auto, cpu, cuda (cuda:N) or mps; default auto", identity=False)
     threads: int | None = option(None, "torch threads of the run; default: torch's choice", positive=True, identity=False)
-    # The update path: the same math either way (compiled_step_wanted). Its flag takes a bare
-    # --compile too (cli.add_compile_argument), and --wandb's checks that the package is there.
-    compile: str = option("auto", COMPILE_HELP, choices=COMPILE_MODES, identity=False)
+    # The update path: the same math either way (compiled_step_wanted).
+    compile: str = option("auto", COMPILE_HELP, choices=COMPILE_MODES, const="on", identity=False)
     tensorboard: bool = option(False, "also write TensorBoard event files into the run directory", identity=False)
+    # A command checks that the package is there before any work (cli.check_wandb).
     wandb: str | None = option(None, "also log to this Weights & Biases project (pip install 'hybrid-rl[wandb]'; WANDB_MODE=offline keeps it local)",
-                               identity=False)
+                               metavar="PROJECT", identity=False)
     progress: bool = option(True, "show a progress bar", command_line=False, identity=False)
     results_dir: str = option("results", "results directory (one sub-directory per run)", flag="--results", identity=False)
     cache_dir: str | None = option(None, "dataset cache directory; default ~/.d4rl/datasets for D4RL files ($D4RL_DATASET_DIR) and "
@@ -118,9 +122,10 @@ def run_option(name: str) -> dataclasses.Field:
     return declared_field(RunOptions, name)
 
 
-def non_identity_options() -> tuple[str, ...]:
-    """The run options that do not change what a run computes (left out of its identity)."""
-    return tuple(spec.name for spec in run_option_fields() if not spec.metadata["identity"])
+def non_identity_options(config_class: type | None = None) -> tuple[str, ...]:
+    """The declared fields of ``config_class`` (default: the run options) that do not change
+    what a run computes: left out of its identity, so a run resumes under other values."""
+    return tuple(spec.name for spec in declared_fields(config_class or RunOptions) if not spec.metadata["identity"])
 
 
 def check_options(config: Any) -> None:

@@ -126,8 +126,11 @@ def record_failure(run_dir: Path, config: RunConfig, exc: BaseException | str, s
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
-def check_compatible(run_dir: Path, config: RunConfig) -> None:
-    """Raise ConfigMismatchError if run_dir holds a run of another configuration."""
+def check_compatible(run_dir: Path, config: RunConfig, *, identity_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                     remedy: str = "use another --results directory or delete that run directory") -> None:
+    """Raise ConfigMismatchError (ending with ``remedy``) if run_dir holds a run of another
+    configuration: its config.json's recorded ``identity``, or for a directory that records
+    only its fields (a behaviour training's), ``identity_of`` those fields."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
         return
@@ -135,13 +138,11 @@ def check_compatible(run_dir: Path, config: RunConfig) -> None:
         existing = json.loads(path.read_text())
     except json.JSONDecodeError:
         return  # written atomically, so this is foreign junk: it will be overwritten
-    recorded, wanted = existing.get("identity", {}), config.identity()
+    recorded = existing.get("identity", {}) if identity_of is None else identity_of(existing)
+    wanted = config.identity()
     if recorded != wanted:
         differing = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-        raise ConfigMismatchError(
-            f"{run_dir} holds a run with a different configuration (fields {differing}); "
-            "use another --results directory or delete that run directory"
-        )
+        raise ConfigMismatchError(f"{run_dir} holds a run with a different configuration (fields {differing}); {remedy}")
 
 
 class RunBook:

@@ -3,7 +3,8 @@ default, help text and check, and the flags of ``hybrid-rl train`` and ``hybrid-
 derived from those declarations (``cli.add_config_arguments``).
 
 ``TrainConfig`` is one offline run (``runs.train.train``), ``FinetuneConfig`` one fine-tuning
-run (``runs.finetune.finetune``). Both are their data (``data.dataspec.DataOptions``), the
+run (``runs.finetune.finetune``), ``BehaviorTrainingConfig`` the training of a behaviour policy
+for the dataset factory (``runs.behavior.train_behavior_policy``). The first two are their data (``data.dataspec.DataOptions``), the
 options every run takes (``core.run_options.RunOptions``) and their own fields below. The
 module loads without torch: the registry, the replay buffer and the data code load when a
 config is checked or named, so that the command line builds its flags (and ``--help``
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import HybridRLError
-from ..core.grid_options import DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS
+from ..core.grid_options import COMPILE_MODES, DEFAULT_DATASET, DEFAULT_ONLINE_STEPS, DEFAULT_SWITCH_EPISODES, DEFAULT_TOTAL_STEPS
 from ..core.naming import format_steps, settings_parts
 from ..core.run_options import FinetuneRunOptions, RunOptions, check_options, non_identity_options, option, redeclared
 from ..data.dataspec import DataOptions
 
 if TYPE_CHECKING:
+    from ..algos.sac import SACConfig
     from ..algos.spec import FinetuneRecipe
 
 # The run options that do not change what a run computes: left out of its identity.
@@ -210,3 +212,56 @@ class FinetuneConfig(DataOptions, FinetuneRunOptions):
         for name in (*NON_IDENTITY_FIELDS, "parent"):
             data.pop(name, None)
         return data
+
+
+# ---------------------------------------------------------------------------------------
+# Behaviour-policy training (the dataset factory's SAC agents)
+# ---------------------------------------------------------------------------------------
+def behavior_sac() -> SACConfig:
+    """A behaviour policy's SAC: v0's 2x128 rather than SAC's 2x256, half the time per update
+    on this CPU (benchmarks/behavior_sac.py); v1 trains 2x256 (``train-policy --hidden
+    256,256``) to reach D4RL's expert level (docs/datasets.md)."""
+    from ..algos.sac import SACConfig
+
+    return SACConfig(hidden=(128, 128))
+
+
+@dataclass(frozen=True)
+class BehaviorTrainingConfig:
+    """One behaviour-policy training: SAC online on a robot, an actor snapshot at every
+    evaluation (D4RL's recipe; docs/datasets.md). Steps are environment steps."""
+
+    robot: str = option(dataclasses.MISSING, "the robot: hopper, halfcheetah, walker2d or ant")
+    total_steps: int = option(300_000, "environment steps of the training", flag="--steps", positive=True, identity=False)
+    seed: int = option(0, "random seed: networks, warm-up actions, exploration and the first reset")
+    random_steps: int = option(10_000, "uniformly random warm-up actions before the first update, as in SAC's MuJoCo setup", minimum=0)
+    eval_every: int = option(10_000, "environment steps between evaluations (each keeps an actor snapshot)", positive=True)
+    eval_episodes: int = option(5, "episodes per evaluation, of the stochastic and of the deterministic policy", positive=True)
+    checkpoint_every: int = option(25_000, "environment steps between checkpoints", positive=True, identity=False)
+    update_every: int = option(1, "one SAC update per N environment steps (N > 1: a slower learner, for medium-replay)", positive=True)
+    sac: SACConfig = option(None, "the agent's SAC settings (train-policy: --hidden, --lr)", command_line=False, default_factory=behavior_sac)
+    # The update path: "off" is SAC.update; "on" a population of one under torch.compile
+    # (engine.population.SACPopulation: the same math, 1.8-1.9x the updates/s at 2x256 on
+    # this CPU, benchmarks/behavior_sac.py).
+    compile: str = option("auto", "SAC's update as a compiled population of one (auto: where a C++ compiler exists; off: SAC.update)",
+                          choices=COMPILE_MODES, identity=False)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @property
+    def run_id(self) -> str:
+        return f"behavior-{self.robot}"
+
+    def identity(self) -> dict[str, Any]:
+        """What the training computes: every setting but how far it goes, how often it
+        checkpoints and which update path it takes (the same math), which a resumed
+        training may change."""
+        return identity_of_recorded(BehaviorTrainingConfig, json.loads(json.dumps(dataclasses.asdict(self))))
+
+
+def identity_of_recorded(config_class: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The identity of a config recorded as its fields (a config.json without an ``identity``
+    entry: a behaviour training's): the fields that change what the run computes."""
+    excluded = non_identity_options(config_class)
+    return {key: value for key, value in recorded.items() if key not in excluded}
