@@ -97,15 +97,20 @@ def test_grid_where_every_run_fails_still_writes_the_summary(tmp_path: Path, gen
     assert "FAILED" in capsys.readouterr().out
 
 
-def test_plan_units_groups_population_runs(tmp_path: Path) -> None:
+def test_plan_units_groups_population_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     configs = small_spec(tmp_path / "r", tmp_path / "c", algos=("bc", "iql", "cql"), seeds=(0, 1, 2)).expand()
     assert plan_units(configs, "auto", "cpu") == [[c] for c in configs]  # populations do not pay on a CPU
     assert plan_units(configs, "off", "cuda") == [[c] for c in configs]
     units = plan_units(configs, "on", "cpu", max_size=4)
     assert sorted(c.run_id for unit in units for c in unit) == sorted(c.run_id for c in configs)  # each run exactly once
-    assert [len(u) for u in units if u[0].algo == "bc"] == [1] * 6  # no BC population
-    for algo in ("iql", "cql"):
+    for algo in ("bc", "iql", "cql"):
         assert sorted(len(u) for u in units if u[0].algo == algo) == [2, 4]  # 6 runs, at most 4 per population
+    # An algorithm without a population step (one that writes its update() by hand) runs alone.
+    from hybrid_rl.engine import population
+
+    declared = population.population_class
+    monkeypatch.setattr(population, "population_class", lambda algo: None if algo == "bc" else declared(algo))
+    assert [len(u) for u in plan_units(configs, "on", "cpu", max_size=4) if u[0].algo == "bc"] == [1] * 6
     assert all(len({c.algo for c in unit}) == 1 for unit in units)
     assert plan_units(configs, "auto", "cuda", max_size=36) == plan_units(configs, "on", "cuda", max_size=36)
     with pytest.raises(HybridRLError, match="population mode"):
@@ -119,7 +124,7 @@ def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cach
     grouped = small_spec(tmp_path / "pop", generated_cache, seeds=(0, 1))
     status = run_grid(grouped, workers=1, log=lines.append, progress=False, population="on")
     assert not status["failed"] and status["ran"] == 8
-    assert any("4 runs in 1 population(s) of up to 4" in line for line in lines), lines
+    assert any("8 runs in 2 population(s) of up to 4" in line for line in lines), lines  # BC and IQL, 4 runs each
     singles = small_spec(tmp_path / "single", generated_cache, seeds=(0, 1))
     run_grid(singles, workers=1, log=lambda line: None, progress=False, population="off")
     for config in grouped.expand():
@@ -128,8 +133,6 @@ def test_grid_of_populations_writes_the_same_runs(tmp_path: Path, generated_cach
         assert mine.keys() == theirs.keys() and mine["status"] == theirs["status"] == "completed"
         assert mine["num_evaluations"] == theirs["num_evaluations"] == 2
         assert mine["steps_done"] == theirs["steps_done"] == 200
-        if config.algo == "bc":  # BC has no population: the very same run
-            assert mine["final_normalized_return"] == theirs["final_normalized_return"]
         # Each member trained its own seed on its own corrupted data ...
         assert mine["dataset_normalized_return"] == theirs["dataset_normalized_return"], config.run_id
         written = json.loads((tmp_path / "pop" / config.run_id / "config.json").read_text())

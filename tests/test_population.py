@@ -15,16 +15,19 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from hybrid_rl.algos.bc import BC, BCConfig
 from hybrid_rl.algos.calql import CalQL, CalQLConfig
 from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.algos.rlpd import RLPD, RLPDConfig
 from hybrid_rl.algos.sac import SAC, SACConfig
+from hybrid_rl.algos.td3bc import TD3BC, TD3BCConfig
 from hybrid_rl.data.corruption import apply_corruptions
 from hybrid_rl.data.dataset import OfflineDataset, TransitionSampler
 from hybrid_rl.data.views import DatasetView, PopulationSampler, mc_returns_to_go
 from hybrid_rl.engine.functional import cosine_lr_table
-from hybrid_rl.engine.population import CalQLPopulation, CQLPopulation, IQLPopulation, RLPDPopulation, SACPopulation, cpp_compiler
+from hybrid_rl.engine.population import (BCPopulation, CalQLPopulation, CQLPopulation, IQLPopulation, RLPDPopulation, SACPopulation, TD3BCPopulation,
+                                         cpp_compiler)
 
 OBS_DIM, ACT_DIM, NUM_TRANSITIONS = 5, 2, 300
 IQL_TINY = IQLConfig(hidden=(32, 32), batch_size=16, max_steps=15, reward_scaling="iql")
@@ -483,6 +486,53 @@ def test_sac_and_rlpd_populations_of_one_equal_the_single_run(algo: str, base: O
     actions = torch.as_tensor(base.actions[:5]).clamp(-0.9, 0.9)
     assert_close(rebuilt.agent_entropy_bonus(0, obs, actions), single.entropy_bonus(obs, actions), "entropy bonus")
 
+
+
+# policy_freq 3: the actor steps on updates 1, 4, 7 (0-based 0, 3, 6), the targets move with it.
+TD3BC_TINY = TD3BCConfig(hidden=(16, 16), batch_size=8, policy_freq=3)
+
+
+@pytest.mark.parametrize("algo", ["bc", "td3bc"])
+def test_bc_and_td3bc_populations_of_one_equal_the_single_run(algo: str, base: OfflineDataset) -> None:
+    """BC (one phase, no critic) and TD3+BC (the critic every update, the delayed actor on the
+    first update and every policy_freq-th after it, the targets averaged on actor updates only,
+    the smoothing noise drawn inside the critic's target, the latest actor metrics reported
+    again in between) against their single runs: the same metrics in the same order at every
+    update, the same weights, targets, Adam states and kept metrics."""
+    cls, pop_cls, config = (BC, BCPopulation, BCConfig(hidden=(16, 16), batch_size=8)) if algo == "bc" else (TD3BC, TD3BCPopulation, TD3BC_TINY)
+    population = pop_cls.create(OBS_DIM, ACT_DIM, config, [8])
+    torch.manual_seed(8)
+    single = cls(OBS_DIM, ACT_DIM, config)
+    view = DatasetView.full(base, normalize_observations=True)
+    sampler, single_sampler_ = PopulationSampler(base, [view], [8]), single_sampler(base, view, 8)
+    for step in range(7):
+        torch.manual_seed(500 + step)
+        metrics = population.train_step(sampler)
+        torch.manual_seed(500 + step)
+        expected = single.update(single_sampler_.sample(config.batch_size))
+        assert list(metrics) == list(expected), step
+        for name, value in expected.items():
+            assert_close(metrics[name][0], value, f"step {step} {name}")
+    logged = list(expected)
+    member = population.member(0)
+    for network in single.modules:
+        for expected, actual in zip(single.modules[network].parameters(), member.modules[network].parameters()):
+            assert_close(actual, expected, network)
+    for name, optimizer in single.optimizers.items():
+        for param, theirs in zip(optimizer.param_groups[0]["params"], member.optimizers[name].param_groups[0]["params"]):
+            assert float(member.optimizers[name].state[theirs]["step"]) == float(optimizer.state[param]["step"]), name
+    assert member.kept_metrics.keys() == single.kept_metrics.keys() == ({"actor"} if algo == "td3bc" else set())
+    for phase, kept in single.kept_metrics.items():
+        for name, value in kept.items():
+            assert_close(member.kept_metrics[phase][name], value, f"kept {name}")
+    if algo == "td3bc":
+        assert float(population.phase_steps["actor"]) == 3  # updates 1, 4 and 7
+        # A population rebuilt from its exported member reports the kept actor metrics at its next update.
+        rebuilt = pop_cls([member])
+        torch.manual_seed(600)
+        continued = rebuilt.train_step(PopulationSampler(base, [view], [8]))
+        assert list(continued) == logged  # update 8: no actor step, its kept metrics
+        assert_close(continued["actor_loss"][0], single.kept_metrics["actor"]["actor_loss"], "kept actor_loss")
 
 
 @pytest.mark.slow

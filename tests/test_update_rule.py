@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hybrid_rl.algos.bc import BC, BCConfig
 from hybrid_rl.algos.calql import CalQL, CalQLConfig
 from hybrid_rl.algos.cql import CQL, CQLConfig
 from hybrid_rl.algos.iql import IQL, IQLConfig
 from hybrid_rl.algos.rlpd import RLPD, RLPDConfig
 from hybrid_rl.algos.sac import SAC, SACConfig
+from hybrid_rl.algos.td3bc import TD3BC, TD3BCConfig
 from hybrid_rl.algos.update import Phase, UpdateRule
 from hybrid_rl.engine.population import population_for
 
@@ -47,12 +49,31 @@ def test_metrics_are_logged_phase_by_phase_then_norms_with_the_leading_names_fir
     assert rule.optimizer_steps("critic", 7, config) == 7 and rule.optimizer_steps("actor", 7, config) == 2
 
 
+def test_a_delayed_phase_can_start_with_the_first_update_keep_its_metrics_and_carry_the_targets() -> None:
+    """TD3's schedule: the actor on updates 1, n+1, 2n+1, ... (1-based), the targets averaged
+    after those only, its latest metrics reported in between once it has run."""
+    rule = UpdateRule(networks=("critic", "actor"), targets_with="actor",
+                      phases=(Phase("critic", no_losses, ("critic",)), Phase("actor", no_losses, ("actor",), every="k", from_first=True, keep_metrics=True)))
+    config = type("Config", (), {"k": 3})()
+    due = [rule.due(update, config) for update in range(1, 8)]
+    assert [actor for _, actor in due] == [True, False, False, True, False, False, True]
+    assert [rule.targets_due(d) for d in due] == [actor for _, actor in due]
+    assert [rule.optimizer_steps("actor", updates, config) for updates in range(8)] == [0, 1, 1, 1, 2, 2, 2, 3]
+    assert rule.kept((True, False), 0, config) == (False, False) and rule.kept((True, False), 1, config) == (False, True)
+    with pytest.raises(ValueError, match="targets_with names no phase"):
+        UpdateRule(networks=("critic",), phases=(Phase("critic", no_losses, ("critic",)),), targets_with="actor")
+    with pytest.raises(ValueError, match="from_first and keep_metrics are for a phase that runs every n-th update"):
+        UpdateRule(networks=("critic",), phases=(Phase("critic", no_losses, ("critic",), keep_metrics=True),))
+
+
 TINY = {
     IQL: IQLConfig(hidden=(16, 16), batch_size=8),
     CQL: CQLConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=8, num_sampled_actions=2),
     CalQL: CalQLConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=8, num_sampled_actions=2),
     SAC: SACConfig(hidden=(16, 16), batch_size=8),
     RLPD: RLPDConfig(hidden=(16, 16), batch_size=8, ensemble_size=3, actor_every=2),
+    BC: BCConfig(hidden=(16, 16), batch_size=8),
+    TD3BC: TD3BCConfig(hidden=(16, 16), batch_size=8, policy_freq=2),
 }
 
 
@@ -65,7 +86,7 @@ def test_a_population_logs_the_single_runs_metrics_in_the_single_runs_order(cls:
     population = population_for(cls)([single.__class__(OBS_DIM, ACT_DIM, TINY[cls])])
     batch = {"observations": torch.randn(8, OBS_DIM), "actions": torch.rand(8, ACT_DIM) * 2 - 1, "rewards": torch.randn(8),
              "next_observations": torch.randn(8, OBS_DIM), "dones": torch.zeros(8), "mc_returns": torch.randn(8)}
-    for _ in range(2):  # RLPD: an update without its actor phase, then one with it
+    for _ in range(3):  # RLPD: an update without its actor phase, then one with it; TD3+BC: with, then kept
         expected = list(single.update(batch))
         assert list(population.update({key: value[None] for key, value in batch.items()})) == expected
 

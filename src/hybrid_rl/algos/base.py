@@ -43,6 +43,7 @@ class Algorithm:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.total_updates = 0
+        self.kept_metrics: dict[str, Metrics] = {}  # the latest metrics of the rule's phases that keep theirs (algos/update.py)
 
     # The actor used for evaluation; subclasses set self.actor.
     actor: nn.Module
@@ -125,11 +126,17 @@ class Algorithm:
         self.load_extra_state(state.get("extra", {}))
 
     def extra_state(self) -> dict[str, Any]:
-        """Tensors that are neither module parameters nor optimizer state (e.g. log_alpha)."""
-        return {}
+        """Tensors that are neither module parameters nor optimizer state: the kept metrics of
+        the rule's phases that keep theirs, as ``<phase>_metrics`` (subclasses add log_alpha)."""
+        return {f"{phase.name}_metrics": {key: value.detach().clone() for key, value in self.kept_metrics.get(phase.name, {}).items()}
+                for phase in self._keeping_phases()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        self.kept_metrics = {phase.name: {key: value.to(self.device) for key, value in state[f"{phase.name}_metrics"].items()}
+                             for phase in self._keeping_phases() if state.get(f"{phase.name}_metrics")}
+
+    def _keeping_phases(self) -> list[Any]:
+        return [phase for phase in self.update_rule.phases if phase.keep_metrics] if self.update_rule is not None else []
 
 
 class LearnedTemperature:
@@ -153,9 +160,10 @@ class LearnedTemperature:
         return -self.log_alpha.exp().detach() * self.actor.log_prob(obs, actions)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"log_alpha": self.log_alpha.detach().clone()}
+        return {**super().extra_state(), "log_alpha": self.log_alpha.detach().clone()}  # type: ignore[misc]
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)  # type: ignore[misc]
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
 

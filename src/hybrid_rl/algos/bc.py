@@ -6,16 +6,19 @@ A deterministic tanh-MLP actor regresses the dataset actions:
     L(phi) = E_(s,a)~D [ mean_i (pi_phi(s)_i - a_i)^2 ]   (mean over batch and action dims)
 
 BC has no critic: ``update`` reports ``actor_loss`` and ``grad_norm_actor`` only (no
-``critic_loss``, no Q statistics) and ``q_values`` raises ``NotImplementedError``.
+``critic_loss``, no Q statistics) and ``q_values`` raises ``NotImplementedError``. Its step
+is declared as a one-phase update rule (``algos/update.py``), so BC trains as vmapped
+populations too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .base import Algorithm, Batch, Metrics
-from .update import step_optimizer
+from .update import Phase, UpdateRule
 from .spec import AlgorithmSpec, check_reward_scaling
 from ..core.networks import DeterministicPolicy
 
@@ -42,21 +45,24 @@ def bc_loss(policy: DeterministicPolicy, batch: Batch) -> tuple[torch.Tensor, Me
     return loss, {"actor_loss": loss.detach()}
 
 
+def bc_phase(nets: Any, batch: Batch, draws: Any) -> tuple[dict[str, torch.Tensor], Metrics]:
+    loss, metrics = bc_loss(nets.actor, batch)
+    return {"actor": loss}, metrics
+
+
+BC_UPDATE = UpdateRule(networks=("actor",), phases=(Phase("actor", bc_phase, ("actor",)),), targets=())
+
+
 class BC(Algorithm):
     """Deterministic behaviour cloning."""
 
     name = "bc"
+    update_rule = BC_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: BCConfig = BCConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
         self.register(actor=DeterministicPolicy(obs_dim, act_dim, config.hidden))
         self.optimizers = {"actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)}
-
-    def update(self, batch: Batch) -> Metrics:
-        loss, metrics = bc_loss(self.actor, batch)
-        metrics["grad_norm_actor"] = step_optimizer(self.optimizers["actor"], loss, list(self.actor.parameters()))
-        self.total_updates += 1
-        return metrics
 
     def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("BC learns no critic: there are no Q-values to report")

@@ -13,7 +13,9 @@ NeurIPS; arXiv:2106.06860): TD3 with a behaviour-cloning term in the actor loss.
 
 Actor steps happen on updates 0, policy_freq, 2 policy_freq, ...; on the other updates the
 returned actor metrics are those of the latest actor step (kept in the checkpoint, so a
-resumed run reports exactly what an uninterrupted one would).
+resumed run reports exactly what an uninterrupted one would). The step is declared as an
+update rule (``TD3BC_UPDATE``, algos/update.py), from which the single run's update and the
+population step are derived.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ from typing import Any, Callable
 import torch
 
 from .base import Algorithm, Batch, Metrics
-from .update import step_optimizer
+from .update import Phase, UpdateRule
 from .spec import AlgorithmSpec, check_reward_scaling
-from ..core.networks import DeterministicPolicy, EnsembleCritic, soft_update
+from ..core.networks import DeterministicPolicy, EnsembleCritic
 from .sac import q_statistics, td_loss
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, act) -> (E, B)
@@ -91,15 +93,45 @@ def td3bc_actor_loss(critic: QFunction, policy: PolicyFunction, batch: Batch, al
     }
 
 
+def td3bc_critic_phase(nets: Any, batch: Batch, draws: Any) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The critic's step: twin critics towards the smoothed clipped double-Q target."""
+    cfg = nets.config
+    target = td3_target(nets.target_critic, nets.target_actor, batch, cfg.discount, cfg.policy_noise, cfg.noise_clip)
+    q = nets.critic(batch["observations"], batch["actions"])
+    critic_loss = td_loss(q, target)
+    return {"critic": critic_loss}, {"critic_loss": critic_loss.detach(), "target_q_mean": target.mean(), **q_statistics("q", q)}
+
+
+def td3bc_actor_phase(nets: Any, batch: Batch, draws: Any) -> tuple[dict[str, torch.Tensor], Metrics]:
+    """The delayed actor's step, on the critic just updated."""
+    loss, metrics = td3bc_actor_loss(nets.critic, nets.actor, batch, nets.config.alpha)
+    return {"actor": loss}, metrics
+
+
+# The critic every update; the actor on updates 0, policy_freq, 2 policy_freq, ... (0-based),
+# the targets averaged after those only; between actor steps the latest actor metrics are
+# logged again. The smoothing noise is drawn inside the critic's target.
+TD3BC_UPDATE = UpdateRule(
+    networks=("critic", "actor"),
+    phases=(Phase("critic", td3bc_critic_phase, ("critic",)),
+            Phase("actor", td3bc_actor_phase, ("actor",), every="policy_freq", from_first=True, keep_metrics=True)),
+    targets=(("target_critic", "critic"), ("target_actor", "actor")),
+    targets_with="actor",
+    leading_metrics=("critic_loss", "target_q_mean", "grad_norm_critic"),
+    random=True,
+)
+
+
 class TD3BC(Algorithm):
     """TD3+BC with twin critics, target actor and delayed actor updates.
 
-    ``update`` metrics (0-d tensors): critic_loss, target_q_mean, q_mean/std/min/max,
-    grad_norm_critic, and from the latest actor step actor_loss, bc_loss, lambda,
+    ``update`` metrics (0-d tensors): critic_loss, target_q_mean, grad_norm_critic,
+    q_mean/std/min/max, and from the latest actor step actor_loss, bc_loss, lambda,
     q_policy_mean (min critic at pi(s)), grad_norm_actor.
     """
 
     name = "td3bc"
+    update_rule = TD3BC_UPDATE
 
     def __init__(self, obs_dim: int, act_dim: int, config: TD3BCConfig = TD3BCConfig(), device: torch.device | str = "cpu") -> None:
         super().__init__(obs_dim, act_dim, config, device)
@@ -115,41 +147,6 @@ class TD3BC(Algorithm):
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr),
         }
-        self._actor_metrics: Metrics = {}
-
-    def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
-        target = td3_target(self.target_critic, self.target_actor, batch, cfg.discount, cfg.policy_noise, cfg.noise_clip)
-        q = self.critic(batch["observations"], batch["actions"])
-        critic_loss = td_loss(q, target)
-        critic_grad = step_optimizer(self.optimizers["critic"], critic_loss, list(self.critic.parameters()))
-
-        # A Python-int schedule: deciding whether to step the actor never reads a tensor.
-        if self.total_updates % cfg.policy_freq == 0:
-            actor_loss, actor_metrics = td3bc_actor_loss(self.critic, self.actor, batch, cfg.alpha)
-            actor_metrics["grad_norm_actor"] = step_optimizer(self.optimizers["actor"], actor_loss, list(self.actor.parameters()))
-            soft_update(self.target_critic, self.critic, cfg.tau)
-            soft_update(self.target_actor, self.actor, cfg.tau)
-            self._actor_metrics = actor_metrics
-        self.total_updates += 1
-        return {
-            "critic_loss": critic_loss.detach(),
-            "target_q_mean": target.mean(),
-            "grad_norm_critic": critic_grad,
-            **q_statistics("q", q),
-            **self._actor_metrics,
-        }
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min over the twin critics, ``(B,)``."""
-        return self.critic(obs, actions).min(dim=0).values
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"actor_metrics": {key: value.detach().clone() for key, value in self._actor_metrics.items()}}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._actor_metrics = {key: value.to(self.device) for key, value in state.get("actor_metrics", {}).items()}
 
 
 SPEC = AlgorithmSpec(

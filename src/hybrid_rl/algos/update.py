@@ -49,14 +49,19 @@ class Phase:
     from, then each group in ``groups`` takes its Adam step, in that order.
 
     ``every``: the name of a config field n; the phase then runs on the n-th, 2n-th, ...
-    update only (RLPD's actor steps once per environment step), and its groups' optimizers
-    count their own steps.
+    update only (RLPD's actor steps once per environment step), or with ``from_first`` on
+    the first and every n-th after it, 1, n+1, 2n+1, ... (TD3's delayed actor), and its
+    groups' optimizers count their own steps. ``keep_metrics``: on the updates it skips, the
+    phase's metrics and gradient norms from its latest run are reported again (TD3+BC logs
+    its actor's figures at every update; they are kept in the checkpoint).
     """
 
     name: str
     losses: LossFunction
     groups: tuple[str, ...]
     every: str | None = None
+    from_first: bool = False
+    keep_metrics: bool = False
 
 
 def min_over_critics(q: torch.Tensor, config: Any) -> torch.Tensor:
@@ -71,7 +76,8 @@ class UpdateRule:
     ``networks``: the trained networks (attributes of the algorithm), each with its own
     optimizer group of the same name; ``temperature`` adds the group ``"alpha"``
     (``log_alpha``). ``targets``: (target, source) network pairs Polyak-averaged with
-    ``config.tau`` after every update. ``grad_norms``: the groups whose gradient norm is
+    ``config.tau`` after every update, or with ``targets_with`` only after the updates in
+    which that phase runs (TD3's targets move with its delayed actor). ``grad_norms``: the groups whose gradient norm is
     logged as ``grad_norm_<group>``, in log order (None: every group, in step order).
     ``leading_metrics``: metric names logged first, in this order (the rest follow phase by
     phase, then the gradient norms). ``draws``: random tensors drawn before the update from
@@ -89,6 +95,7 @@ class UpdateRule:
     phases: tuple[Phase, ...]
     temperature: bool = False
     targets: tuple[tuple[str, str], ...] = (("target_critic", "critic"),)
+    targets_with: str | None = None
     grad_norms: tuple[str, ...] | None = None
     leading_metrics: tuple[str, ...] = ()
     draws: Callable[[Any, torch.device], torch.Tensor] | None = None
@@ -105,6 +112,11 @@ class UpdateRule:
         unknown = set(self.grad_norms or ()) - set(declared)
         if unknown:
             raise ValueError(f"grad_norms names groups {sorted(unknown)} that the rule does not train")
+        if self.targets_with is not None and self.targets_with not in [phase.name for phase in self.phases]:
+            raise ValueError(f"targets_with names no phase of the rule: {self.targets_with!r}")
+        for phase in self.phases:
+            if (phase.from_first or phase.keep_metrics) and phase.every is None:
+                raise ValueError(f"phase {phase.name}: from_first and keep_metrics are for a phase that runs every n-th update (every=...)")
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -116,12 +128,20 @@ class UpdateRule:
 
     def due(self, update: int, config: Any) -> tuple[bool, ...]:
         """Which phases run in the ``update``-th update (1-based)."""
-        return tuple(phase.every is None or update % int(getattr(config, phase.every)) == 0 for phase in self.phases)
+        return tuple(phase_runs(phase, update, config) for phase in self.phases)
 
     def optimizer_steps(self, group: str, updates: int, config: Any) -> int:
         """Adam steps ``group``'s optimizer has taken after ``updates`` updates."""
-        every = self.phase_of(group).every
-        return updates if every is None else updates // int(getattr(config, every))
+        return phase_runs_in(self.phase_of(group), updates, config)
+
+    def kept(self, due: Sequence[bool], updates_done: int, config: Any) -> tuple[bool, ...]:
+        """Which skipped phases report their kept metrics in the update after ``updates_done``
+        updates: those that keep them and have run before."""
+        return tuple(not runs and phase.keep_metrics and phase_runs_in(phase, updates_done, config) > 0 for phase, runs in zip(self.phases, due))
+
+    def targets_due(self, due: Sequence[bool]) -> bool:
+        """Whether the targets are averaged after an update running the phases in ``due``."""
+        return self.targets_with is None or due[[phase.name for phase in self.phases].index(self.targets_with)]
 
     def logged_norms(self) -> tuple[str, ...]:
         return self.groups if self.grad_norms is None else self.grad_norms
@@ -135,6 +155,28 @@ class UpdateRule:
         merged.update({f"grad_norm_{group}": norms[group] for group in self.logged_norms() if group in norms})
         leading = {name: merged.pop(name) for name in self.leading_metrics if name in merged}
         return {**leading, **merged}
+
+
+def phase_runs(phase: Phase, update: int, config: Any) -> bool:
+    """Whether ``phase`` runs in the ``update``-th update (1-based)."""
+    if phase.every is None:
+        return True
+    every = int(getattr(config, phase.every))
+    return (update - 1) % every == 0 if phase.from_first else update % every == 0
+
+
+def phase_runs_in(phase: Phase, updates: int, config: Any) -> int:
+    """How many times ``phase`` has run in the first ``updates`` updates."""
+    if phase.every is None:
+        return updates
+    every = int(getattr(config, phase.every))
+    return (updates + every - 1) // every if phase.from_first else updates // every
+
+
+def split_kept(phase: Phase, kept: Mapping[str, V]) -> tuple[dict[str, V], dict[str, V]]:
+    """A phase's kept metrics (its metrics, then its ``grad_norm_<group>``s) as (metrics, norms by group)."""
+    norms = {group: kept[f"grad_norm_{group}"] for group in phase.groups if f"grad_norm_{group}" in kept}
+    return {name: value for name, value in kept.items() if not name.startswith("grad_norm_")}, norms
 
 
 def total_loss(losses: Mapping[str, torch.Tensor], groups: Sequence[str]) -> torch.Tensor:
@@ -167,20 +209,29 @@ def apply_rule(algorithm: Any, rule: UpdateRule, batch: Batch) -> Metrics:
     draws = rule.draws(config, algorithm.device) if rule.draws is not None else None
     phase_metrics: list[Metrics] = []
     norms: Metrics = {}
-    for phase, due in zip(rule.phases, rule.due(algorithm.total_updates + 1, config)):
-        if not due:
+    due = rule.due(algorithm.total_updates + 1, config)
+    for phase, runs, kept in zip(rule.phases, due, rule.kept(due, algorithm.total_updates, config)):
+        if kept:
+            metrics, kept_norms = split_kept(phase, algorithm.kept_metrics[phase.name])
+            phase_metrics.append(metrics)
+            norms.update(kept_norms)
+        if not runs:
             continue
         losses, metrics = phase.losses(algorithm, batch, draws)
         phase_metrics.append(metrics)
         for group in phase.groups:
             norms[group] = step_optimizer(algorithm.optimizers[group], losses[group], group_parameters(algorithm, group))
+        if phase.keep_metrics:
+            algorithm.kept_metrics[phase.name] = {**metrics, **{f"grad_norm_{group}": norms[group] for group in phase.groups
+                                                               if group in rule.logged_norms()}}
     if rule.cosine_lr is not None:
         group, horizon = rule.cosine_lr
         # A cosine decay stays at 0 after its horizon; CosineAnnealingLR would climb back up
         # (it is periodic), so it is not stepped there.
         if algorithm.total_updates < int(getattr(config, horizon)):
             algorithm.schedulers[group].step()
-    for target, source in rule.targets:
-        soft_update(algorithm.modules[target], algorithm.modules[source], config.tau)
+    if rule.targets_due(due):
+        for target, source in rule.targets:
+            soft_update(algorithm.modules[target], algorithm.modules[source], config.tau)
     algorithm.total_updates += 1
     return rule.assemble(phase_metrics, norms)

@@ -22,7 +22,7 @@ POPULATION_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("auto", "on", "off")  # the update path (engine.population.compiled_step_wanted)
 COMPILE_HELP = (
     "update path: auto (default) = the compiled step on a CPU for runs long enough to pay for compiling, else eager; "
-    "on = compiled wherever the algorithm has a compiled step (iql, cql, calql, sac, rlpd); off = the eager reference of algos/ "
+    "on = compiled wherever the algorithm has a compiled step (every built-in one has); off = the eager reference of algos/ "
     "(reproduces results made before the compiled default); a bare --compile means on"
 )
 DEFAULT_MAX_POPULATION = 36

@@ -15,8 +15,8 @@ The data side (each run's view of the base dataset, the shared device-resident s
     function the single run's step calls) evaluated through ``functional_call`` + ``grad``
     + ``vmap`` over the agent dimension, Adam over the stacked tensors, Polyak-averaged
     targets, a cosine LR schedule read from a device table where the rule declares one
-    (IQL's actor), phases that run on every n-th update only (RLPD's actor). No algorithm
-    has code here. ``compile=True`` wraps the whole step (batch gather, losses, gradients,
+    (IQL's actor), phases that run on every n-th update only (RLPD's actor; TD3+BC's, with
+    its targets and its kept metrics). No algorithm has code here. ``compile=True`` wraps the whole step (batch gather, losses, gradients,
     Adam, Polyak) in ``torch.compile``, falling back to the eager vmapped step with a
     warning if compilation fails on this platform.
 
@@ -58,13 +58,15 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from ..algos.base import Batch, Metrics
+from ..algos.bc import BC
 from ..algos.calql import CalQL
 from ..algos.cql import CQL
 from ..algos.iql import IQL
 from ..algos.registry import algorithm_spec
 from ..algos.rlpd import RLPD
 from ..algos.sac import SAC
-from ..algos.update import TEMPERATURE_GROUP, Phase, UpdateRule, total_loss
+from ..algos.td3bc import TD3BC
+from ..algos.update import TEMPERATURE_GROUP, Phase, UpdateRule, split_kept, total_loss
 from ..data.views import PopulationSampler
 from ..core.networks import EnsembleCritic
 from ..core.grid_options import COMPILE_MODES
@@ -239,8 +241,13 @@ class Population:
         self._phase_grad_fns = {phase.name: vmap(functools.partial(self._phase_gradients, phase), in_dims=(0, 0, 0, draw_dim), randomness=randomness)
                                 for phase in self.rule.phases}
         self._phase_metric_names = self._probe_metric_names()
-        self._names_by_due: dict[tuple[bool, ...], list[str]] = {}
-        self.metric_names = self._names(tuple(True for _ in self.rule.phases))
+        # A phase that keeps its metrics (TD3+BC's delayed actor) keeps them here between its
+        # runs, one row per name (its metrics, then its gradient norms), as the single run does.
+        self.kept_metrics: Tensors = {phase.name: torch.zeros(len(self._kept_names(phase)), self.num_agents, device=self.device)
+                                      for phase in self.rule.phases if phase.keep_metrics}
+        self._load_kept_metrics(agents)
+        self._names_by_due: dict[tuple[tuple[bool, ...], tuple[bool, ...]], list[str]] = {}
+        self.metric_names = self._names(tuple(True for _ in self.rule.phases), tuple(False for _ in self.rule.phases))
 
         self.compile_mode = self._resolve_compile(compile)
         member_products = self.rule.member_critic_products if self.member_critic_products is None else self.member_critic_products
@@ -331,17 +338,32 @@ class Population:
                 metrics[f"grad_norm_{group}"] = global_norm([grads[key] for key in self.network_keys[group]])
         return grads, metrics
 
+    def _kept_names(self, phase: Phase) -> list[str]:
+        return [*self._phase_metric_names[phase.name], *(f"grad_norm_{group}" for group in phase.groups if group in self.rule.logged_norms())]
+
+    def _load_kept_metrics(self, agents: Sequence[Any]) -> None:
+        for phase in self.rule.phases:
+            if phase.keep_metrics and phase.name in agents[0].kept_metrics:
+                names = self._kept_names(phase)
+                self.kept_metrics[phase.name].copy_(torch.stack([torch.stack([agent.kept_metrics[phase.name][name] for name in names])
+                                                                 for agent in agents], dim=1))
+
     def _apply_polyak(self) -> None:
         pairs = [(target_key, source + target_key[len(target):]) for target, source in self.rule.targets
                  for target_key in self.frozen if target_key.startswith(target + ".")]
         polyak_([self.frozen[t] for t, _ in pairs], [self.params[s] for _, s in pairs], self.config.tau)
 
-    def _update_impl(self, batch: Batch, draws: torch.Tensor | None = None, due: tuple[bool, ...] | None = None) -> torch.Tensor:
+    def _update_impl(self, batch: Batch, draws: torch.Tensor | None = None, due: tuple[bool, ...] | None = None,
+                     kept: tuple[bool, ...] | None = None) -> torch.Tensor:
         """One update of every agent on ``batch`` (``(P, B, ...)`` tensors), running the phases
-        in ``due`` (all by default); returns the metrics stacked as ``(len(names), P)``."""
+        in ``due`` (all by default) and reporting the kept metrics of the skipped phases in
+        ``kept``; returns the metrics stacked as ``(len(names), P)``."""
         due = tuple(True for _ in self.rule.phases) if due is None else due
+        kept = tuple(False for _ in self.rule.phases) if kept is None else kept
         metrics: Metrics = {}
-        for phase, runs in zip(self.rule.phases, due):
+        for phase, runs, reported in zip(self.rule.phases, due, kept):
+            if reported:
+                metrics.update(zip(self._kept_names(phase), self.kept_metrics[phase.name]))
             if not runs:
                 continue
             grads, phase_metrics = self._phase_grad_fns[phase.name](self.params, self.frozen, batch, draws)
@@ -350,17 +372,20 @@ class Population:
             if phase.name in self.phase_steps:
                 counter.add_(1.0)
             metrics.update(phase_metrics)
-        self._apply_polyak()  # after the last phase: no phase reads the targets after its own start
+            if phase.keep_metrics:
+                self.kept_metrics[phase.name].copy_(torch.stack([phase_metrics[name] for name in self._kept_names(phase)]))
+        if self.rule.targets and self.rule.targets_due(due):
+            self._apply_polyak()  # after the last phase: no phase reads the targets after its own start
         self.step.add_(1.0)
-        return torch.stack([metrics[name] for name in self._names(due)])
+        return torch.stack([metrics[name] for name in self._names(due, kept)])
 
     def _train_step_impl(self, sampler: PopulationSampler, rows: torch.Tensor, draws: torch.Tensor | None = None,
-                         due: tuple[bool, ...] | None = None) -> torch.Tensor:
-        return self._update_impl(sampler.gather(rows), draws, due)
+                         due: tuple[bool, ...] | None = None, kept: tuple[bool, ...] | None = None) -> torch.Tensor:
+        return self._update_impl(sampler.gather(rows), draws, due, kept)
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return [*self.params.values(), *self.frozen.values(), *self.exp_avg.values(), *self.exp_avg_sq.values(), self.step,
-                *self.phase_steps.values(), *(group.lr_table for group in self.groups if group.lr_table is not None)]
+                *self.phase_steps.values(), *self.kept_metrics.values(), *(group.lr_table for group in self.groups if group.lr_table is not None)]
 
     # --- compilation ---------------------------------------------------------------------
     def _resolve_compile(self, compile: bool | str) -> str | None:
@@ -450,10 +475,10 @@ class Population:
         metric names, in its order; reading values syncs with the device, so do it only
         when logging.
         """
-        draws, due = self._host_arguments()
-        out = self._update_fn(batch, draws, due)
+        draws, due, kept = self._host_arguments()
+        out = self._update_fn(batch, draws, due, kept)
         self.total_updates += 1
-        return self._metrics(out, self._names(due))
+        return self._metrics(out, self._names(due, kept))
 
     def train_step(self, sampler: PopulationSampler, batch_size: int | None = None) -> PopulationMetrics:
         """Sample every agent's batch and update: the hot loop's one call.
@@ -469,31 +494,42 @@ class Population:
                 torch._dynamo.mark_static_address(tensor)
             self._static_samplers.add(sampler)
         rows = sampler.sample_indices(batch_size or self.config.batch_size)
-        draws, due = self._host_arguments()
-        out = self._train_step_fn(sampler, rows, draws, due)
+        draws, due, kept = self._host_arguments()
+        out = self._train_step_fn(sampler, rows, draws, due, kept)
         self.total_updates += 1
-        return self._metrics(out, self._names(due))
+        return self._metrics(out, self._names(due, kept))
 
-    def _host_arguments(self) -> tuple[torch.Tensor | None, tuple[bool, ...]]:
+    def _host_arguments(self) -> tuple[torch.Tensor | None, tuple[bool, ...], tuple[bool, ...]]:
         """What the host decides for this update: the rule's random draws, one per agent,
-        made eagerly before anything else of the step (as the single run makes its one), and
-        which phases run (from the host's update count: no device read)."""
+        made eagerly before anything else of the step (as the single run makes its one),
+        which phases run and which skipped ones report their kept metrics (from the host's
+        update count: no device read)."""
         draws = None
         if self.rule.draws is not None:
             draws = torch.stack([self.rule.draws(self.config, self.device) for _ in range(self.num_agents)])
-        return draws, self.rule.due(self.total_updates + 1, self.config)
+        due = self.rule.due(self.total_updates + 1, self.config)
+        return draws, due, self.rule.kept(due, self.total_updates, self.config)
 
-    def _names(self, due: tuple[bool, ...]) -> list[str]:
-        """The metric names of an update running the phases in ``due``, in the single run's
-        order (``UpdateRule.assemble``); a plain lookup, so a compiled step can read it."""
+    def _names(self, due: tuple[bool, ...], kept: tuple[bool, ...]) -> list[str]:
+        """The metric names of an update running the phases in ``due`` and reporting the kept
+        metrics of those in ``kept``, in the single run's order (``UpdateRule.assemble``, as
+        ``apply_rule`` calls it); a plain lookup, so a compiled step can read it."""
         if not self._names_by_due:
-            patterns = itertools.product(*[(True,) if phase.every is None else (True, False) for phase in self.rule.phases])
-            for pattern in patterns:
-                ran = [phase for phase, runs in zip(self.rule.phases, pattern) if runs]
-                phase_names = [dict.fromkeys(self._phase_metric_names[phase.name]) for phase in ran]
-                norms = dict.fromkeys(group for phase in ran for group in phase.groups)
-                self._names_by_due[pattern] = list(self.rule.assemble(phase_names, norms))
-        return self._names_by_due[due]
+            states = [("run",) if phase.every is None else ("run", "skip", *(("kept",) if phase.keep_metrics else ())) for phase in self.rule.phases]
+            for pattern in itertools.product(*states):
+                phase_names: list[dict[str, None]] = []
+                norms: dict[str, None] = {}
+                for phase, state in zip(self.rule.phases, pattern):
+                    if state == "kept":
+                        metrics, kept_norms = split_kept(phase, dict.fromkeys(self._kept_names(phase)))
+                        phase_names.append(metrics)
+                        norms.update(kept_norms)
+                    elif state == "run":
+                        phase_names.append(dict.fromkeys(self._phase_metric_names[phase.name]))
+                        norms.update(dict.fromkeys(phase.groups))
+                key = (tuple(state == "run" for state in pattern), tuple(state == "kept" for state in pattern))
+                self._names_by_due[key] = list(self.rule.assemble(phase_names, norms))
+        return self._names_by_due[(due, kept)]
 
     def _probe_batch(self) -> Batch:
         """A 2-row batch of zeros with every field the losses read (names and shapes only)."""
@@ -608,6 +644,9 @@ class Population:
                     "exp_avg_sq": self.exp_avg_sq[key][agent].clone(),
                 }
         single.total_updates = steps
+        for phase in self.rule.phases:
+            if phase.keep_metrics and self.rule.optimizer_steps(phase.groups[0], steps, self.config) > 0:
+                single.kept_metrics[phase.name] = {name: row[agent].clone() for name, row in zip(self._kept_names(phase), self.kept_metrics[phase.name])}
         self._export_cosine_schedule(single, steps)
         return single
 
@@ -639,6 +678,7 @@ class Population:
             "exp_avg_sq": clone(self.exp_avg_sq),
             "step": self.step.clone(),
             **{f"{name}_step": counter.clone() for name, counter in self.phase_steps.items()},
+            **{f"{name}_metrics": kept.clone() for name, kept in self.kept_metrics.items()},
             "total_updates": self.total_updates,
             "num_agents": self.num_agents,
         }
@@ -657,6 +697,8 @@ class Population:
         self.step.copy_(state["step"])
         for name, counter in self.phase_steps.items():
             counter.copy_(state[f"{name}_step"])
+        for name, kept in self.kept_metrics.items():
+            kept.copy_(state[f"{name}_metrics"])
         self.total_updates = int(state["total_updates"])
 
 
@@ -676,6 +718,8 @@ def population_for(algorithm_cls: type) -> type[Population]:
 
 
 # The built-in algorithms' populations under their usual names (tests, benchmarks, behaviour training).
+BCPopulation = population_for(BC)
+TD3BCPopulation = population_for(TD3BC)
 IQLPopulation = population_for(IQL)
 CQLPopulation = population_for(CQL)
 CalQLPopulation = population_for(CalQL)
@@ -728,5 +772,5 @@ def compiled_step_wanted(algo: str, mode: str, device: torch.device, total_steps
     return device.type == "cpu" and threshold is not None and total_steps >= threshold and cpp_compiler() is not None
 
 
-__all__ = ["COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "IQLPopulation", "Population", "PopulationMetrics", "RLPDPopulation", "SACPopulation",
-           "compiled_step_wanted", "cpp_compiler", "population_class", "population_for"]
+__all__ = ["BCPopulation", "COMPILE_MODES", "CQLPopulation", "CalQLPopulation", "IQLPopulation", "Population", "PopulationMetrics", "RLPDPopulation", "SACPopulation",
+           "TD3BCPopulation", "compiled_step_wanted", "cpp_compiler", "population_class", "population_for"]
