@@ -3,7 +3,7 @@
 What the data layer needs to know about behaviour policies without training them: the env
 a robot's data is collected in (D4RL's v4 envs, 1000-step episodes), the normalized-score
 window a generated medium dataset should land in, and how to read the evaluation records
-that a behaviour training (``hybrid_rl.engine.behavior``) writes.
+that a behaviour training (``hybrid_rl.runs.behavior``) writes.
 """
 from __future__ import annotations
 

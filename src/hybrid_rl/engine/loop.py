@@ -113,7 +113,7 @@ def fit(learner: Learner, books: Sequence[Any], schedule: Schedule, *, desc: str
     """Train every member to the end of the schedule (or its divergence); ``{run_id: summary}``.
 
     ``books[m]`` is member m's book (``runs.book.RunBook``; behaviour training's
-    ``engine.behavior.BehaviorBook``): all members share the logging, evaluation and
+    ``runs.behavior.BehaviorBook``): all members share the logging, evaluation and
     checkpoint steps of ``books[0].config`` and start at the same step. A diverged member
     is finished at once and drops out of logging, evaluation and checkpoints (in a
     population its parameters go on being updated, but nothing reads them any more).

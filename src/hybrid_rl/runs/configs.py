@@ -1,14 +1,14 @@
-"""The configuration of a run, Phase I's and Phase II's: each field declared once, with its
-default, help text and check, and the flags of ``hybrid-rl train`` and ``hybrid-rl finetune``
-derived from those declarations (``cli.add_config_arguments``).
+"""The configuration of a run (Phase I, Phase II, behaviour training): each field declared
+once, with its default, help text and check; the command line derives its flags from these
+declarations (``cli.add_config_arguments``, ``cli.add_study_flag``).
 
 ``TrainConfig`` is one offline run (``runs.train.train``), ``FinetuneConfig`` one fine-tuning
 run (``runs.finetune.finetune``), ``BehaviorTrainingConfig`` the training of a behaviour policy
-for the dataset factory (``runs.behavior.train_behavior_policy``). The first two are their data (``data.dataspec.DataOptions``), the
-options every run takes (``core.run_options.RunOptions``) and their own fields below. The
-module loads without torch: the registry, the replay buffer and the data code load when a
-config is checked or named, so that the command line builds its flags (and ``--help``
-answers) from here alone.
+for the dataset factory (``runs.behavior.train_behavior_policy``). The first two are their
+data (``data.dataspec.DataOptions``), the options every run takes
+(``core.run_options.RunOptions``) and their own fields below. The module loads without
+torch: the registry, the replay buffer and the data code load when a config is checked or
+named, so that the command line builds its flags (and ``--help`` answers) from here alone.
 """
 from __future__ import annotations
 
