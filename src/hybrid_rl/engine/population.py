@@ -243,8 +243,10 @@ class Population:
         self._phase_metric_names = self._probe_metric_names()
         # A phase that keeps its metrics (TD3+BC's delayed actor) keeps them here between its
         # runs, one row per name (its metrics, then its gradient norms), as the single run does.
-        self.kept_metrics: Tensors = {phase.name: torch.zeros(len(self._kept_names(phase)), self.num_agents, device=self.device)
-                                      for phase in self.rule.phases if phase.keep_metrics}
+        self._kept_names: dict[str, list[str]] = {
+            phase.name: [*self._phase_metric_names[phase.name], *(f"grad_norm_{group}" for group in phase.groups if group in self.rule.logged_norms())]
+            for phase in self.rule.phases if phase.keep_metrics}
+        self.kept_metrics: Tensors = {name: torch.zeros(len(names), self.num_agents, device=self.device) for name, names in self._kept_names.items()}
         self._load_kept_metrics(agents)
         self._names_by_due: dict[tuple[tuple[bool, ...], tuple[bool, ...]], list[str]] = {}
         self.metric_names = self._names(tuple(True for _ in self.rule.phases), tuple(False for _ in self.rule.phases))
@@ -338,13 +340,10 @@ class Population:
                 metrics[f"grad_norm_{group}"] = global_norm([grads[key] for key in self.network_keys[group]])
         return grads, metrics
 
-    def _kept_names(self, phase: Phase) -> list[str]:
-        return [*self._phase_metric_names[phase.name], *(f"grad_norm_{group}" for group in phase.groups if group in self.rule.logged_norms())]
-
     def _load_kept_metrics(self, agents: Sequence[Any]) -> None:
         for phase in self.rule.phases:
             if phase.keep_metrics and phase.name in agents[0].kept_metrics:
-                names = self._kept_names(phase)
+                names = self._kept_names[phase.name]
                 self.kept_metrics[phase.name].copy_(torch.stack([torch.stack([agent.kept_metrics[phase.name][name] for name in names])
                                                                  for agent in agents], dim=1))
 
@@ -363,7 +362,7 @@ class Population:
         metrics: Metrics = {}
         for phase, runs, reported in zip(self.rule.phases, due, kept):
             if reported:
-                metrics.update(zip(self._kept_names(phase), self.kept_metrics[phase.name]))
+                metrics.update(zip(self._kept_names[phase.name], self.kept_metrics[phase.name]))
             if not runs:
                 continue
             grads, phase_metrics = self._phase_grad_fns[phase.name](self.params, self.frozen, batch, draws)
@@ -373,7 +372,7 @@ class Population:
                 counter.add_(1.0)
             metrics.update(phase_metrics)
             if phase.keep_metrics:
-                self.kept_metrics[phase.name].copy_(torch.stack([phase_metrics[name] for name in self._kept_names(phase)]))
+                self.kept_metrics[phase.name].copy_(torch.stack([phase_metrics[name] for name in self._kept_names[phase.name]]))
         if self.rule.targets and self.rule.targets_due(due):
             self._apply_polyak()  # after the last phase: no phase reads the targets after its own start
         self.step.add_(1.0)
@@ -521,7 +520,7 @@ class Population:
                 norms: dict[str, None] = {}
                 for phase, state in zip(self.rule.phases, pattern):
                     if state == "kept":
-                        metrics, kept_norms = split_kept(phase, dict.fromkeys(self._kept_names(phase)))
+                        metrics, kept_norms = split_kept(phase, dict.fromkeys(self._kept_names[phase.name]))
                         phase_names.append(metrics)
                         norms.update(kept_norms)
                     elif state == "run":
@@ -646,7 +645,7 @@ class Population:
         single.total_updates = steps
         for phase in self.rule.phases:
             if phase.keep_metrics and self.rule.optimizer_steps(phase.groups[0], steps, self.config) > 0:
-                single.kept_metrics[phase.name] = {name: row[agent].clone() for name, row in zip(self._kept_names(phase), self.kept_metrics[phase.name])}
+                single.kept_metrics[phase.name] = {name: row[agent].clone() for name, row in zip(self._kept_names[phase.name], self.kept_metrics[phase.name])}
         self._export_cosine_schedule(single, steps)
         return single
 
